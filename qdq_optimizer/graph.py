@@ -1,0 +1,468 @@
+"""QGraph: a Q/DQ-aware index over an ONNX graph, and the one mutation API rules use.
+
+onnx-graphsurgeon is the single source of truth: its tensors know their producer
+(``tensor.inputs``) and consumers (``tensor.outputs``), so both lookups are O(1) and stay
+consistent through edits. On top of that QGraph keeps a name index, an iterative topological
+order and a networkx DiGraph for walks (ancestors, descendants, paths), both rebuilt lazily after a
+mutation. Nothing here recurses over the graph, so 100k-node chains are fine.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+Node = gs.Node
+Tensor = gs.Tensor
+
+QUANTIZE = "QuantizeLinear"
+DEQUANTIZE = "DequantizeLinear"
+
+# Ops that TensorRT lets Q/DQ commute through (it propagates Q backwards and DQ forwards).
+# MaxPool commutes only for a positive scale; Pad only with zero padding; Resize only for nearest.
+COMMUTING_OPS = frozenset(
+    {
+        "MaxPool",
+        "Reshape",
+        "Transpose",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Slice",
+        "Split",
+        "Pad",
+        "Resize",
+        "Upsample",
+        "Identity",
+        "Concat",
+    }
+)
+
+# Ops with weights: TensorRT expects Q/DQ on every input and fuses the output activation.
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Quantization parameters of one Q or DQ node (constants resolved to numpy)."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray | None
+    axis: int | None
+    dtype: int  # onnx.TensorProto element type of the quantized side
+
+    @property
+    def per_axis(self) -> bool:
+        return self.scale.size > 1
+
+    def same_as(self, other: QParams) -> bool:
+        """Bit-equal parameters (the condition for merging two quantizers exactly)."""
+        return (
+            self.dtype == other.dtype
+            and self.scale.shape == other.scale.shape
+            and np.array_equal(self.scale, other.scale)
+            and _zp_equal(self.zero_point, other.zero_point)
+            and (not self.per_axis or self.axis == other.axis)
+        )
+
+
+def _zp_equal(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    a_ = np.zeros(1) if a is None else a
+    b_ = np.zeros(1) if b is None else b
+    return np.array_equal(
+        np.broadcast_to(a_, max(a_.shape, b_.shape)), np.broadcast_to(b_, max(a_.shape, b_.shape))
+    )
+
+
+class QGraph:
+    """Index and mutation API over a graph-surgeon graph; see the module docstring."""
+
+    def __init__(self, graph: gs.Graph, model: onnx.ModelProto | None = None) -> None:
+        self.gs = graph
+        self._template = model  # keeps opsets, metadata, producer info for export
+        self._names = itertools.count()
+        self._dirty = True
+        self._node_by_name: dict[str, Node] = {}
+        self._tensor_by_name: dict[str, Tensor] = {}
+        self._order: list[Node] = []
+        self._nx: nx.DiGraph | None = None
+
+    # ------------------------------------------------------------------ construction / export
+    @classmethod
+    def from_model(cls, model: onnx.ModelProto) -> QGraph:
+        """Import a (validated) model. Initializers stay lazy, so large weights are not copied."""
+        return cls(gs.import_onnx(model), model)
+
+    def to_model(self) -> onnx.ModelProto:
+        """Export in topological order with the input model's opsets and metadata."""
+        self.gs.nodes = list(self.topo_nodes())
+        exported = gs.export_onnx(self.gs, do_type_check=False)
+        if self._template is not None:
+            exported.ClearField("opset_import")
+            exported.opset_import.extend(self._template.opset_import)
+            for field in (
+                "ir_version",
+                "producer_name",
+                "producer_version",
+                "domain",
+                "model_version",
+                "doc_string",
+            ):
+                setattr(exported, field, getattr(self._template, field))
+            del exported.metadata_props[:]
+            exported.metadata_props.extend(self._template.metadata_props)
+        return exported
+
+    @property
+    def opset(self) -> int:
+        return int(self.gs.opset)
+
+    # ------------------------------------------------------------------ index
+    def _refresh(self) -> None:
+        if not self._dirty:
+            return
+        self._node_by_name = {}
+        self._tensor_by_name = {}
+        for node in self.gs.nodes:
+            if node.name:
+                self._node_by_name.setdefault(node.name, node)
+            for t in itertools.chain(node.inputs, node.outputs):
+                if t.name:
+                    self._tensor_by_name.setdefault(t.name, t)
+        for t in itertools.chain(self.gs.inputs, self.gs.outputs):
+            self._tensor_by_name.setdefault(t.name, t)
+        self._order = _toposort(self.gs.nodes)
+        self._nx = None
+        self._dirty = False
+
+    def touch(self) -> None:
+        """Mark derived indexes stale; every mutation method calls this."""
+        self._dirty = True
+
+    @property
+    def nodes(self) -> list[Node]:
+        return self.gs.nodes
+
+    def node(self, name: str) -> Node:
+        self._refresh()
+        return self._node_by_name[name]
+
+    def tensor(self, name: str) -> Tensor:
+        self._refresh()
+        return self._tensor_by_name[name]
+
+    def has_tensor(self, name: str) -> bool:
+        self._refresh()
+        return name in self._tensor_by_name
+
+    def topo_nodes(self) -> list[Node]:
+        """Nodes in a deterministic topological order (ties keep file order)."""
+        self._refresh()
+        return list(self._order)
+
+    def nx_graph(self) -> nx.DiGraph:
+        """A DiGraph over node ids (``id(node)``, attribute ``node``) for ancestors/paths."""
+        self._refresh()
+        if self._nx is None:
+            g = nx.DiGraph()
+            for n in self._order:
+                g.add_node(id(n), node=n)
+            for n in self._order:
+                for t in n.outputs:
+                    for c in t.outputs:
+                        g.add_edge(id(n), id(c))
+            self._nx = g
+        return self._nx
+
+    def ancestors(self, node: Node) -> list[Node]:
+        g = self.nx_graph()
+        return [g.nodes[i]["node"] for i in nx.ancestors(g, id(node))]
+
+    def descendants(self, node: Node) -> list[Node]:
+        g = self.nx_graph()
+        return [g.nodes[i]["node"] for i in nx.descendants(g, id(node))]
+
+    @staticmethod
+    def producer(tensor: Tensor) -> Node | None:
+        return tensor.inputs[0] if tensor.inputs else None
+
+    @staticmethod
+    def consumers(tensor: Tensor) -> list[Node]:
+        return list(tensor.outputs)
+
+    def is_graph_output(self, tensor: Tensor) -> bool:
+        return any(t is tensor for t in self.gs.outputs)
+
+    def nodes_of(self, *ops: str) -> Iterator[Node]:
+        """Nodes of the given op types, in topological order."""
+        wanted = set(ops)
+        return (n for n in self.topo_nodes() if n.op in wanted)
+
+    # ------------------------------------------------------------------ Q/DQ helpers
+    @staticmethod
+    def is_q(node: Node | None) -> bool:
+        return node is not None and node.op == QUANTIZE
+
+    @staticmethod
+    def is_dq(node: Node | None) -> bool:
+        return node is not None and node.op == DEQUANTIZE
+
+    def qparams(self, node: Node) -> QParams:
+        """Scale, zero point, axis and quantized dtype of a Q or DQ node."""
+        scale = constant_value(node.inputs[1])
+        if scale is None:
+            raise ValueError(f"{node.op} '{node.name}' has a non-constant scale")
+        zp = (
+            constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+        )
+        if zp is not None:
+            dtype = onnx.helper.np_dtype_to_tensor_dtype(zp.dtype)
+        elif node.op == QUANTIZE and "output_dtype" in node.attrs:
+            dtype = int(node.attrs["output_dtype"])
+        else:
+            dtype = onnx.TensorProto.UINT8 if node.op == QUANTIZE else _dq_input_dtype(node)
+        axis = node.attrs.get("axis", 1) if np.asarray(scale).size > 1 else None
+        if axis is not None:
+            rank = _rank(node.inputs[0])
+            if rank is not None and axis < 0:
+                axis += rank
+        return QParams(np.asarray(scale, dtype=np.float32), zp, axis, dtype)
+
+    def dq_producing(self, tensor: Tensor) -> Node | None:
+        """The DequantizeLinear that produces ``tensor``, if any."""
+        p = self.producer(tensor)
+        return p if self.is_dq(p) else None
+
+    def qdq_pair_on(self, tensor: Tensor) -> tuple[Node, Node] | None:
+        """(Q, DQ) when ``tensor`` is produced by DQ whose input is produced by Q."""
+        dq = self.dq_producing(tensor)
+        if dq is None:
+            return None
+        q = self.producer(dq.inputs[0])
+        return (q, dq) if self.is_q(q) else None
+
+    def quantizers_of(self, tensor: Tensor) -> list[Node]:
+        """Q nodes reading ``tensor`` directly (the quantizers TensorRT must merge into one)."""
+        return [c for c in tensor.outputs if self.is_q(c)]
+
+    def is_int8_tensor(self, tensor: Tensor) -> bool:
+        """True when TensorRT sees ``tensor`` as INT8: produced by DQ, directly or through ops
+        that commute with quantization (TensorRT propagates DQ forward through them)."""
+        seen: set[int] = set()
+        todo = deque([tensor])
+        while todo:
+            t = todo.popleft()
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            p = self.producer(t)
+            if p is None:
+                return False
+            if self.is_dq(p):
+                continue
+            if p.op not in COMMUTING_OPS:
+                return False
+            data_inputs = [
+                i
+                for i in p.inputs[: 1 if p.op != "Concat" else None]
+                if not isinstance(i, gs.Constant)
+            ]
+            if not data_inputs:
+                return False
+            todo.extend(data_inputs)
+        return True
+
+    # ------------------------------------------------------------------ mutation API
+    def unique_name(self, prefix: str) -> str:
+        self._refresh()
+        while True:
+            name = f"{prefix}_qdqopt{next(self._names)}"
+            if name not in self._tensor_by_name and name not in self._node_by_name:
+                return name
+
+    def constant(self, prefix: str, value: np.ndarray) -> gs.Constant:
+        return gs.Constant(self.unique_name(prefix), np.asarray(value))
+
+    def add_node(
+        self,
+        op: str,
+        inputs: list[Tensor],
+        outputs: list[Tensor],
+        name: str,
+        attrs: dict | None = None,
+    ) -> Node:
+        node = gs.Node(op=op, name=name, attrs=attrs or {}, inputs=inputs, outputs=outputs)
+        self.gs.nodes.append(node)
+        self.touch()
+        return node
+
+    def set_input(self, node: Node, index: int, tensor: Tensor) -> None:
+        """Point one input of one node at ``tensor`` (other consumers are untouched)."""
+        node.inputs[index] = tensor
+        self.touch()
+
+    def replace_uses(self, old: Tensor, new: Tensor, only: Iterable[Node] | None = None) -> None:
+        """Rewire consumers of ``old`` (all, or ``only`` those) to read ``new``.
+        Graph outputs keep their name: an Identity carries ``new`` into the old output tensor."""
+        targets = list(old.outputs) if only is None else list(only)
+        for consumer in targets:
+            for i, t in enumerate(consumer.inputs):
+                if t is old:
+                    consumer.inputs[i] = new
+        if only is None and self.is_graph_output(old):
+            producer = self.producer(old)
+            if producer is not None:
+                producer.outputs.remove(old)
+            self.add_node("Identity", [new], [old], self.unique_name(f"{old.name}_keep"))
+        self.touch()
+
+    def remove_node(self, node: Node) -> None:
+        """Detach and delete a node (its outputs must be unused or rewired first)."""
+        node.inputs.clear()
+        node.outputs.clear()
+        self.gs.nodes.remove(node)
+        self.touch()
+
+    def insert_qdq(
+        self,
+        tensor: Tensor,
+        scale: np.ndarray,
+        zero_point: np.ndarray | None = None,
+        axis: int | None = None,
+        consumers: Iterable[Node] | None = None,
+        name: str | None = None,
+    ) -> tuple[Node, Node, Tensor]:
+        """Insert ``tensor -> Q -> DQ`` and point ``consumers`` (default: all) at the DQ output."""
+        base = name or tensor.name
+        targets = list(tensor.outputs if consumers is None else consumers)
+        zp = np.zeros_like(np.asarray(scale), dtype=np.int8) if zero_point is None else zero_point
+        s_c = self.constant(f"{base}_scale", np.asarray(scale, dtype=np.float32))
+        z_c = self.constant(f"{base}_zero_point", zp)
+        q_out = gs.Variable(self.unique_name(f"{base}_quantized"), dtype=None)
+        dq_out = gs.Variable(
+            self.unique_name(f"{base}_dequantized"), dtype=tensor.dtype, shape=tensor.shape
+        )
+        attrs = {} if axis is None else {"axis": int(axis)}
+        q = self.add_node(
+            QUANTIZE, [tensor, s_c, z_c], [q_out], self.unique_name(f"{base}_QuantizeLinear"), attrs
+        )
+        dq = self.add_node(
+            DEQUANTIZE,
+            [q_out, s_c, z_c],
+            [dq_out],
+            self.unique_name(f"{base}_DequantizeLinear"),
+            dict(attrs),
+        )
+        self.replace_uses(tensor, dq_out, only=targets)
+        return q, dq, dq_out
+
+    def bypass_qdq(self, q: Node, dq: Node, consumers: Iterable[Node] | None = None) -> None:
+        """Make ``consumers`` of the DQ (default: all) read the Q's input; drop nodes left unused."""
+        src = q.inputs[0]
+        dq_out = dq.outputs[0]
+        self.replace_uses(dq_out, src, only=None if consumers is None else list(consumers))
+        self.drop_if_unused(dq)
+        self.drop_if_unused(q)
+
+    def drop_if_unused(self, node: Node) -> bool:
+        """Delete ``node`` when no output is consumed or is a graph output."""
+        if node not in self.gs.nodes:
+            return False
+        if any(t.outputs or self.is_graph_output(t) for t in node.outputs):
+            return False
+        self.remove_node(node)
+        return True
+
+    def set_qparams(self, node: Node, scale: np.ndarray) -> None:
+        """Give a Q or DQ node a new scale constant (its own, so shared constants are safe)."""
+        node.inputs[1] = self.constant(f"{node.name}_scale", np.asarray(scale, dtype=np.float32))
+        self.touch()
+
+    def cleanup(self) -> int:
+        """Remove nodes that do not contribute to a graph output (iteratively). Returns count."""
+        live: set[int] = set()
+        todo = deque(p for t in self.gs.outputs if (p := self.producer(t)) is not None)
+        while todo:
+            n = todo.pop()
+            if id(n) in live:
+                continue
+            live.add(id(n))
+            for t in n.inputs:
+                p = self.producer(t)
+                if p is not None and id(p) not in live:
+                    todo.append(p)
+        dead = [n for n in self.gs.nodes if id(n) not in live]
+        for n in dead:
+            self.remove_node(n)
+        return len(dead)
+
+
+# ---------------------------------------------------------------------- helpers
+def constant_value(tensor: Tensor) -> np.ndarray | None:
+    """Numpy value of an initializer or of a ``Constant`` node's output, else None."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    producer = tensor.inputs[0] if tensor.inputs else None
+    if producer is not None and producer.op == "Constant":
+        value = producer.attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return np.asarray(value.values)
+        if value is not None:
+            return np.asarray(value)
+        for key in ("value_float", "value_floats", "value_int", "value_ints"):
+            if key in producer.attrs:
+                return np.asarray(producer.attrs[key])
+    return None
+
+
+def _dq_input_dtype(dq: Node) -> int:
+    src = dq.inputs[0]
+    if isinstance(src, gs.Constant):
+        return onnx.helper.np_dtype_to_tensor_dtype(np.asarray(src.values).dtype)
+    q = src.inputs[0] if src.inputs else None
+    if q is not None and q.op == QUANTIZE and len(q.inputs) > 2:
+        zp = constant_value(q.inputs[2])
+        if zp is not None:
+            return onnx.helper.np_dtype_to_tensor_dtype(zp.dtype)
+    return onnx.TensorProto.UINT8
+
+
+def _rank(tensor: Tensor) -> int | None:
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values).ndim
+    return len(tensor.shape) if tensor.shape is not None else None
+
+
+def _toposort(nodes: list[Node]) -> list[Node]:
+    """Kahn's algorithm, stable by original position; raises ValueError on a cycle."""
+    index = {id(n): i for i, n in enumerate(nodes)}
+    indeg = [0] * len(nodes)
+    succ: list[list[int]] = [[] for _ in nodes]
+    for i, n in enumerate(nodes):
+        preds = {index[id(p)] for t in n.inputs for p in t.inputs if id(p) in index}
+        indeg[i] = len(preds)
+        for p in preds:
+            succ[p].append(i)
+    import heapq
+
+    ready = [i for i, d in enumerate(indeg) if d == 0]
+    heapq.heapify(ready)
+    out: list[Node] = []
+    while ready:
+        i = heapq.heappop(ready)
+        out.append(nodes[i])
+        for s in succ[i]:
+            indeg[s] -= 1
+            if indeg[s] == 0:
+                heapq.heappush(ready, s)
+    if len(out) != len(nodes):
+        stuck = next(n for i, n in enumerate(nodes) if indeg[i] > 0)
+        raise ValueError(f"graph has a cycle through node '{stuck.name}' ({stuck.op})")
+    return out
