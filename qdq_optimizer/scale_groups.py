@@ -1,0 +1,186 @@
+"""Scale groups: tensors TensorRT must carry in one INT8 scale, found by union-find.
+
+TensorRT propagates Q backwards and DQ forwards through ops that commute with quantization and
+merges a propagated pair only when the scales are equal; a Concat runs (or is eliminated) in INT8
+only when all its inputs and the Q that reads its output share one scale. So every tensor joined
+by such an op, and every Q that reads one of those tensors, must agree. We build the groups over
+the whole graph with ``networkx.utils.UnionFind`` (transitively: chains of concats, pools and
+resizes end up in one group, which pairwise overwriting misses).
+
+Joined tensors:
+- all data inputs and the output of every Concat;
+- input and outputs of MaxPool (while its quantizers have positive scales), Reshape, Transpose,
+  Flatten, Squeeze, Unsqueeze, Slice, Split, Identity, Pad with zero constant padding, and
+  nearest-mode Resize/Upsample;
+- the input of a Q and the output of the DQ that reads it (the same value on both sides of a pair).
+A group's quantizers are the per-tensor Q nodes that read any of its tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from networkx.utils import UnionFind
+
+from qdq_optimizer.graph import Node, QGraph, Tensor, constant_value
+
+# Ops whose data input and outputs are one value in TensorRT's eyes (scale-wise).
+DATA_MOVEMENT_OPS = frozenset(
+    {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Identity"}
+)
+
+
+@dataclass
+class ScaleGroup:
+    """Tensors that must share one INT8 scale, with the quantizers that set it."""
+
+    tensors: list[Tensor]
+    quantizers: list[Node]  # per-tensor Q nodes reading a group tensor, topological order
+    ops: list[Node] = field(default_factory=list)  # the joining ops (Concat, MaxPool, ...)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tensors]
+
+    def has(self, op: str) -> bool:
+        return any(n.op == op for n in self.ops)
+
+
+def _attr_str(node: Node, key: str, default: str) -> str:
+    value = node.attrs.get(key, default)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _is_const(t: Tensor) -> bool:
+    return isinstance(t, gs.Constant) or constant_value(t) is not None
+
+
+def joining_inputs(graph: QGraph, node: Node) -> list[Tensor]:
+    """Data inputs that ``node`` joins to its outputs' scale group ([] when it does not commute)."""
+    op = node.op
+    if op == "Concat":
+        return [t for t in node.inputs if t.name and not _is_const(t)]
+    if not node.inputs or _is_const(node.inputs[0]):
+        return []
+    if op in DATA_MOVEMENT_OPS:
+        return [node.inputs[0]]
+    if op == "MaxPool":
+        if len(node.outputs) > 1 and node.outputs[1].outputs:  # indices output is not a value
+            return []
+        return [node.inputs[0]]
+    if op == "Pad":
+        if _attr_str(node, "mode", "constant") != "constant":
+            return []
+        if len(node.inputs) > 2 and node.inputs[2].name:
+            value = constant_value(node.inputs[2])
+            if value is None or np.any(np.asarray(value) != 0):
+                return []
+        return [node.inputs[0]]
+    if op in ("Resize", "Upsample"):
+        return [node.inputs[0]] if _attr_str(node, "mode", "nearest") == "nearest" else []
+    return []
+
+
+def _value_outputs(node: Node) -> list[Tensor]:
+    if node.op == "MaxPool":
+        return node.outputs[:1]
+    return [t for t in node.outputs if t.name]
+
+
+def _positive(graph: QGraph, q: Node) -> bool:
+    try:
+        return bool(np.all(graph.qparams(q).scale > 0))
+    except ValueError:
+        return False
+
+
+def _per_tensor_q(graph: QGraph, node: Node) -> bool:
+    if not graph.is_q(node) or _is_const(node.inputs[0]):
+        return False
+    try:
+        return not graph.qparams(node).per_axis
+    except ValueError:
+        return False
+
+
+def scale_groups(graph: QGraph, min_tensors: int = 2) -> list[ScaleGroup]:
+    """All scale groups with at least ``min_tensors`` tensors or two quantizers, in topological
+    order of their first tensor (deterministic)."""
+    order = graph.topo_nodes()
+    uf = UnionFind()
+    first_seen: dict[str, int] = {}
+    by_name: dict[str, Tensor] = {}
+    joiners: dict[str, list[Node]] = {}
+
+    def see(t: Tensor, i: int) -> None:
+        if t.name not in first_seen:
+            first_seen[t.name] = i
+            by_name[t.name] = t
+            uf[t.name]  # noqa: B018 - registers the element
+
+    for t in graph.gs.inputs:
+        see(t, -1)
+    for i, node in enumerate(order):
+        for t in node.inputs:
+            if t.name and not isinstance(t, gs.Constant):
+                see(t, i)
+        for t in node.outputs:
+            if t.name:
+                see(t, i)
+        ins = joining_inputs(graph, node)
+        if not ins:
+            if graph.is_dq(node):
+                q = graph.producer(node.inputs[0])
+                if graph.is_q(q) and not _is_const(q.inputs[0]) and q.inputs[0].name:
+                    uf.union(q.inputs[0].name, node.outputs[0].name)
+            continue
+        if node.op == "MaxPool":
+            touching = [c for t in (*ins, *node.outputs[:1]) for c in graph.quantizers_of(t)]
+            if not all(_positive(graph, q) for q in touching):
+                continue
+        outs = _value_outputs(node)
+        names = [t.name for t in (*ins, *outs)]
+        uf.union(*names)
+        joiners.setdefault(names[0], []).append(node)
+
+    members: dict[str, list[str]] = {}
+    for name in sorted(first_seen, key=first_seen.__getitem__):
+        members.setdefault(uf[name], []).append(name)
+    op_of: dict[str, list[Node]] = {}
+    for key, nodes in joiners.items():
+        op_of.setdefault(uf[key], []).extend(nodes)
+
+    topo_index = {id(n): i for i, n in enumerate(order)}
+    groups: list[ScaleGroup] = []
+    for root, names in members.items():
+        tensors = [by_name[n] for n in names]
+        qs = [c for t in tensors for c in t.outputs if _per_tensor_q(graph, c)]
+        qs = sorted({id(q): q for q in qs}.values(), key=lambda q: topo_index[id(q)])
+        if len(tensors) < min_tensors and len(qs) < 2:
+            continue
+        ops = sorted(op_of.get(root, []), key=lambda n: topo_index[id(n)])
+        groups.append(ScaleGroup(tensors, qs, ops))
+    return groups
+
+
+def group_of(graph: QGraph, tensor: Tensor) -> ScaleGroup | None:
+    """The scale group holding ``tensor`` (None when it stands alone)."""
+    for g in scale_groups(graph):
+        if any(t is tensor for t in g.tensors):
+            return g
+    return None
+
+
+def paired_dqs(graph: QGraph, q: Node) -> list[Node]:
+    """DQ nodes reading the output of ``q`` (they must carry the Q's scale)."""
+    return [c for c in q.outputs[0].outputs if graph.is_dq(c)]
+
+
+def quantizer_groups(model: onnx.ModelProto) -> list[list[str]]:
+    """Names of QuantizeLinear nodes that must share one scale, one list per group (groups of two
+    or more only; deterministic, topological order). Used by the trainer to tie quantizers."""
+    graph = QGraph.from_model(model)
+    return [[q.name for q in g.quantizers] for g in scale_groups(graph) if len(g.quantizers) >= 2]
