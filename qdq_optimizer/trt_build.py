@@ -1,0 +1,195 @@
+"""Build a TensorRT engine from ONNX and read layer reports out of ``.plan`` files.
+
+TensorRT is optional (extra ``trt``) and needs a GPU, so everything that touches it sits
+behind the small ``EngineBuilder`` interface: tests inject a fake builder, and without
+TensorRT every entry point fails with a MissingDependencyError that says how to get the same
+JSON from trtexec instead.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import InputError, MissingDependencyError, UsageError
+from .fileio import check_output_path, write_bytes_atomic, write_text_atomic
+
+TRTEXEC_HINT = (
+    "produce the layer report with trtexec instead: trtexec --onnx=model.onnx --int8 "
+    "--profilingVerbosity=detailed --exportLayerInfo=model.graph.json "
+    "--exportProfile=model.profile.json (TensorRT 11 has no --int8 flag: drop it there, "
+    "the Q/DQ nodes alone make the engine INT8)"
+)
+
+
+@dataclass
+class BuildResult:
+    engine: bytes  # the serialized engine (.plan)
+    layer_info: str  # engine inspector JSON at detailed verbosity
+
+
+class EngineBuilder(Protocol):
+    """Anything that turns an ONNX file into an engine and its layer report."""
+
+    def build(self, onnx_path: Path, *, fp16: bool) -> BuildResult: ...
+
+
+def import_tensorrt(purpose: str) -> Any:
+    """The tensorrt module, or a MissingDependencyError naming the trtexec alternative."""
+    try:
+        import tensorrt as trt  # type: ignore[import-not-found]
+    except ImportError:
+        raise MissingDependencyError(
+            f"{purpose} needs the tensorrt Python package and an NVIDIA GPU "
+            f"(pip install 'qdqopt[trt]'); or {TRTEXEC_HINT}"
+        ) from None
+    return trt
+
+
+def _major(trt: Any) -> int:
+    try:
+        return int(str(trt.__version__).split(".")[0])
+    except (AttributeError, ValueError):
+        return 0
+
+
+def _inspector_json(trt: Any, engine: Any) -> str:
+    """The engine inspector's JSON, with dynamic input shapes bound so formats are known."""
+    inspector = engine.create_engine_inspector()
+    try:
+        context = engine.create_execution_context()
+        for i in range(getattr(engine, "num_io_tensors", 0)):
+            name = engine.get_tensor_name(i)
+            if engine.get_tensor_mode(name) != trt.TensorIOMode.INPUT:
+                continue
+            shape = list(engine.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                opt = engine.get_tensor_profile_shape(name, 0)[1]
+                context.set_input_shape(name, list(opt))
+        inspector.execution_context = context
+    except Exception:  # noqa: BLE001 - formats then read "N/A due to dynamic shapes", still useful
+        pass
+    return inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+
+
+class TensorRTBuilder:
+    """The real builder: ONNX parser, detailed profiling verbosity, Q/DQ (explicit) INT8."""
+
+    def __init__(self, workspace_mib: int = 4096) -> None:
+        self.workspace_mib = workspace_mib
+
+    def build(self, onnx_path: Path, *, fp16: bool) -> BuildResult:
+        trt = import_tensorrt("qdqopt build")
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        flags = 0
+        ncf = trt.NetworkDefinitionCreationFlag
+        if _major(trt) < 10:
+            flags |= 1 << int(ncf.EXPLICIT_BATCH)
+        if not hasattr(trt.BuilderFlag, "INT8") and hasattr(ncf, "STRONGLY_TYPED"):
+            flags |= 1 << int(ncf.STRONGLY_TYPED)  # TensorRT 11: types come from the graph
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+            raise InputError(
+                f"{onnx_path}: TensorRT's ONNX parser failed: {errs[0] if errs else '?'}"
+            )
+        config = builder.create_builder_config()
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        if hasattr(config, "set_memory_pool_limit"):
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_mib << 20)
+        if hasattr(trt.BuilderFlag, "INT8"):
+            config.set_flag(trt.BuilderFlag.INT8)
+        if fp16:
+            if not hasattr(trt.BuilderFlag, "FP16"):
+                raise UsageError(
+                    f"TensorRT {trt.__version__} has no FP16 builder flag: cast the float parts "
+                    "of the ONNX model to FP16 instead of passing --fp16"
+                )
+            config.set_flag(trt.BuilderFlag.FP16)
+        profile = None
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            shape = list(tensor.shape)
+            if any(d < 0 for d in shape):
+                profile = profile or builder.create_optimization_profile()
+                fixed = [1 if d < 0 else d for d in shape]  # dynamic dims built at 1
+                profile.set_shape(tensor.name, fixed, fixed, fixed)
+        if profile is not None:
+            config.add_optimization_profile(profile)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise InputError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
+        engine_bytes = bytes(serialized)
+        runtime = trt.Runtime(logger)
+        engine = runtime.deserialize_cuda_engine(engine_bytes)
+        return BuildResult(engine=engine_bytes, layer_info=_inspector_json(trt, engine))
+
+
+#: The builder the CLI uses; tests replace it with a fake.
+default_builder: EngineBuilder = TensorRTBuilder()
+
+
+def default_report_path(engine_path: str | os.PathLike) -> Path:
+    """OUT.plan -> OUT.graph.json beside it (trtexec/TREx naming)."""
+    p = Path(engine_path)
+    return p.with_name(p.stem + ".graph.json")
+
+
+@dataclass
+class BuildOutcome:
+    engine_path: Path
+    report_path: Path
+    layers: int
+
+
+def build_engine(
+    onnx_path: str | os.PathLike,
+    engine_path: str | os.PathLike,
+    *,
+    report_path: str | os.PathLike | None = None,
+    fp16: bool = False,
+    builder: EngineBuilder | None = None,
+) -> BuildOutcome:
+    """Build ``onnx_path`` into ``engine_path`` and write its detailed layer report beside it.
+
+    Both files are written atomically, and only after the report parses as a detailed one.
+    """
+    from .inspect.report import parse_json_documents, report_from_documents
+
+    onnx_p = Path(onnx_path)
+    if not onnx_p.is_file():
+        raise InputError(f"ONNX model not found: {onnx_p}")
+    engine_p = check_output_path(engine_path, onnx_p)
+    report_p = check_output_path(
+        report_path if report_path is not None else default_report_path(engine_p), onnx_p
+    )
+    if report_p.resolve() == engine_p.resolve():
+        raise UsageError("--report must differ from --engine")
+    result = (builder or default_builder).build(onnx_p, fp16=fp16)
+    report = report_from_documents(
+        parse_json_documents(result.layer_info, str(report_p)), str(report_p)
+    )
+    write_bytes_atomic(engine_p, result.engine)
+    write_text_atomic(report_p, result.layer_info)
+    return BuildOutcome(engine_path=engine_p, report_path=report_p, layers=len(report.layers))
+
+
+def read_plan_json(path: str | os.PathLike) -> str:
+    """The layer report of a serialized engine, through TensorRT's engine inspector."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"engine not found: {p}")
+    trt = import_tensorrt(f"reading {p.name}")
+    logger = trt.Logger(trt.Logger.ERROR)
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(p.read_bytes())
+    if engine is None:
+        raise InputError(
+            f"{p}: TensorRT {trt.__version__} cannot deserialize this engine (built by another "
+            f"TensorRT version or for another GPU?); or {TRTEXEC_HINT}"
+        )
+    return _inspector_json(trt, engine)
