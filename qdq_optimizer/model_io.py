@@ -1,0 +1,407 @@
+"""Loading and saving ONNX models safely: models come from elsewhere (CI, other teams).
+
+``load_model`` refuses anything that is not a readable ONNX protobuf with a one-line
+:class:`~qdq_optimizer.errors.InputError`, and checks every external-data reference (location
+inside the model's folder, offset/length inside the file, length matching the tensor) *before*
+reading a byte of it, so a hostile model cannot make qdqopt read outside what it was given.
+
+``save_model`` writes atomically (temp file + rename, via :mod:`qdq_optimizer.fileio`). Models too
+big for one protobuf (2 GiB) are written with their weights in ``<out>.data`` next to the output,
+built tensor by tensor so the in-memory model is neither copied nor modified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import stat
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import TensorProto, external_data_helper
+
+from .errors import InputError, UsageError
+from .fileio import atomic_path
+
+# Protobuf cannot serialize or parse a message of 2 GiB or more.
+PROTOBUF_LIMIT = 2**31 - 1
+# Switch to external data a little below the hard limit: node/graph overhead is not counted.
+EXTERNAL_DATA_THRESHOLD = PROTOBUF_LIMIT - 64 * 2**20
+# Tensors smaller than this stay inline when a model is saved with external data.
+EXTERNAL_MIN_BYTES = 1024
+
+# Files read by load_model in this process (model and external data), resolved. save_model refuses
+# to write onto any of them, so an input is never overwritten, even through its data file.
+_INPUT_FILES: set[str] = set()
+
+# Element sizes of fixed-size tensor types (bits); strings/undefined are not in here.
+_ELEM_BITS: dict[int, int] = {
+    TensorProto.FLOAT: 32,
+    TensorProto.UINT8: 8,
+    TensorProto.INT8: 8,
+    TensorProto.UINT16: 16,
+    TensorProto.INT16: 16,
+    TensorProto.INT32: 32,
+    TensorProto.INT64: 64,
+    TensorProto.BOOL: 8,
+    TensorProto.FLOAT16: 16,
+    TensorProto.DOUBLE: 64,
+    TensorProto.UINT32: 32,
+    TensorProto.UINT64: 64,
+    TensorProto.COMPLEX64: 64,
+    TensorProto.COMPLEX128: 128,
+    TensorProto.BFLOAT16: 16,
+}
+for _name, _bits in (
+    ("FLOAT8E4M3FN", 8),
+    ("FLOAT8E4M3FNUZ", 8),
+    ("FLOAT8E5M2", 8),
+    ("FLOAT8E5M2FNUZ", 8),
+    ("UINT4", 4),
+    ("INT4", 4),
+    ("FLOAT4E2M1", 4),
+    ("FLOAT8E8M0", 8),
+    ("UINT2", 2),
+    ("INT2", 2),
+):
+    if hasattr(TensorProto, _name):
+        _ELEM_BITS[getattr(TensorProto, _name)] = _bits
+
+
+def tensor_nbytes(tensor: TensorProto) -> int | None:
+    """Bytes of a tensor's raw data from its dims and type; None for strings/unknown types."""
+    bits = _ELEM_BITS.get(tensor.data_type)
+    if bits is None:
+        return None
+    count = math.prod(int(d) for d in tensor.dims)
+    return (count * bits + 7) // 8
+
+
+# ---------------------------------------------------------------------------------------- load
+def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
+    """Read an ONNX model, refusing unreadable, non-ONNX or unsafe input with an InputError."""
+    p = Path(path)
+    size = _check_input_file(p, what="model")
+    if size == 0:
+        raise InputError(f"{p}: empty file, not an ONNX model")
+    if size > PROTOBUF_LIMIT:
+        raise InputError(
+            f"{p}: {size} bytes is over protobuf's 2 GiB limit; save big models with external data"
+        )
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+            f.seek(0)
+            data = f.read()
+    except OSError as exc:
+        raise InputError(f"cannot read model {p}: {exc.strerror or exc}") from None
+    kind = _sniff_non_onnx(head)
+    if kind:
+        raise InputError(f"{p}: not an ONNX model (looks like {kind})")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise InputError(
+            f"{p}: not a valid ONNX protobuf (truncated or corrupt: {_short(exc)})"
+        ) from None
+    finally:
+        del data
+    if not model.HasField("graph") or model.ir_version <= 0 or not model.opset_import:
+        missing = (
+            "graph"
+            if not model.HasField("graph")
+            else "ir_version"
+            if model.ir_version <= 0
+            else "opset_import"
+        )
+        raise InputError(f"{p}: not a valid ONNX model (no {missing}; truncated or not ONNX?)")
+    _INPUT_FILES.add(str(p.resolve()))
+    base = p.resolve().parent
+    refs = list(_external_refs(model))
+    for tensor in refs:
+        _check_external_ref(tensor, base, p)
+    if load_external_data and refs:
+        _load_external(model, refs, base, p)
+    return model
+
+
+def _check_input_file(p: Path, *, what: str) -> int:
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise InputError(f"{what} file not found: {p}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{what} path is a folder, not a file: {p}")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{what} path is not a regular file: {p}")
+    if not os.access(p, os.R_OK):
+        raise InputError(f"cannot read {what} {p}: permission denied")
+    return st.st_size
+
+
+def _sniff_non_onnx(head: bytes) -> str | None:
+    """Name the format of a file that is clearly not ONNX, from its first bytes."""
+    stripped = head.lstrip(b" \t\r\n\xef\xbb\xbf")
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "a zip archive, e.g. a PyTorch checkpoint"
+    if head.startswith(b"\x80\x02") or head.startswith(b"\x80\x04") or head.startswith(b"\x80\x05"):
+        return "a Python pickle"
+    if head.startswith(b"\x93NUMPY"):
+        return "a numpy array"
+    if head.startswith(b"\x1f\x8b"):
+        return "a gzip file"
+    if stripped[:1] in (b"{", b"["):
+        return "JSON"
+    if stripped.startswith(b"<"):
+        return "XML/HTML"
+    if stripped.startswith(b"ir_version") or stripped.startswith(b"graph {"):
+        return "ONNX text format; convert it to binary protobuf"
+    return None
+
+
+def _external_refs(model: onnx.ModelProto) -> Iterator[TensorProto]:
+    for tensor in external_data_helper._get_all_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            yield tensor
+
+
+def _check_external_ref(tensor: TensorProto, base: Path, model_path: Path) -> None:
+    """Refuse unsafe or inconsistent external data before anything is read."""
+    name = tensor.name or "<unnamed>"
+    info: dict[str, str] = {}
+    for entry in tensor.external_data:
+        info[entry.key] = entry.value
+    loc = info.get("location", "")
+    where = f"{model_path}: tensor '{name}'"
+    if not loc:
+        raise InputError(f"{where}: external data has no location")
+    if "\x00" in loc:
+        raise InputError(f"{where}: external data location contains a NUL byte")
+    if os.path.isabs(loc) or loc.startswith(("/", "\\")) or (len(loc) > 1 and loc[1] == ":"):
+        raise InputError(f"{where}: external data location '{loc}' is absolute; refused")
+    parts = loc.replace("\\", "/").split("/")
+    if ".." in parts:
+        raise InputError(f"{where}: external data location '{loc}' leaves the model's folder")
+    target = (base / loc).resolve()
+    if target != base and base not in target.parents:
+        raise InputError(
+            f"{where}: external data location '{loc}' resolves outside the model's folder"
+        )
+    size = _check_input_file(target, what=f"external data of tensor '{name}'")
+    try:
+        offset = int(info.get("offset", "0") or 0)
+        length = int(info["length"]) if info.get("length") else None
+    except ValueError:
+        raise InputError(f"{where}: external data offset/length is not an integer") from None
+    if offset < 0 or (length is not None and length < 0):
+        raise InputError(f"{where}: external data offset/length is negative")
+    if any(d < 0 for d in tensor.dims):
+        raise InputError(f"{where}: negative dimension in {list(tensor.dims)}")
+    expected = tensor_nbytes(tensor)
+    available = size - offset
+    if offset > size:
+        raise InputError(f"{where}: external data offset {offset} is past the end of '{loc}'")
+    if length is None:
+        length = available
+    if length > available:
+        raise InputError(
+            f"{where}: external data file '{loc}' is too short "
+            f"({size} bytes, needs {offset + length})"
+        )
+    if expected is not None and length != expected:
+        raise InputError(
+            f"{where}: external data length {length} does not match its shape "
+            f"{list(tensor.dims)} ({expected} bytes)"
+        )
+
+
+def _load_external(
+    model: onnx.ModelProto, refs: Iterable[TensorProto], base: Path, model_path: Path
+) -> None:
+    """Read each checked reference into raw_data, one tensor at a time (no whole-file copies)."""
+    handles: dict[Path, object] = {}
+    try:
+        for tensor in refs:
+            info = {e.key: e.value for e in tensor.external_data}
+            target = (base / info["location"]).resolve()
+            f = handles.get(target)
+            if f is None:
+                try:
+                    f = handles[target] = open(target, "rb")  # noqa: SIM115 - closed below
+                except OSError as exc:
+                    raise InputError(
+                        f"cannot read external data {target}: {exc.strerror or exc}"
+                    ) from None
+                _INPUT_FILES.add(str(target))
+            offset = int(info.get("offset", "0") or 0)
+            length = int(info["length"]) if info.get("length") else -1
+            f.seek(offset)  # type: ignore[attr-defined]
+            data = f.read(length)  # type: ignore[attr-defined]
+            if length >= 0 and len(data) != length:
+                raise InputError(
+                    f"{model_path}: external data of tensor '{tensor.name}' changed while reading"
+                )
+            tensor.raw_data = data
+            del data
+            tensor.data_location = TensorProto.DEFAULT
+            del tensor.external_data[:]
+    finally:
+        for f in handles.values():
+            f.close()  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------- save
+def save_model(
+    model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None
+) -> Path | None:
+    """Write ``model`` atomically; returns the external data file written, if any.
+
+    ``external_data=None`` picks external data only when the model would not fit one protobuf.
+    The data file is ``<out>.data`` next to ``path``; both files appear (renamed) together.
+    """
+    out = Path(path)
+    data_path = out.with_name(out.name + ".data")
+    for target in (out, data_path):
+        if str(target.resolve()) in _INPUT_FILES:
+            raise UsageError(f"refusing to overwrite an input file: {target}")
+    if not out.parent.is_dir():
+        raise UsageError(f"output folder does not exist: {out.parent}")
+    for tensor in external_data_helper._get_all_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            raise UsageError(
+                f"tensor '{tensor.name}' still refers to external data that was not loaded; "
+                "load the model with load_external_data=True before saving it elsewhere"
+            )
+    if external_data is None:
+        external_data = model_nbytes(model) > EXTERNAL_DATA_THRESHOLD
+    if not external_data:
+        with atomic_path(out) as tmp:
+            try:
+                blob = model.SerializeToString()
+            except ValueError as exc:  # message too large
+                raise InputError(f"cannot serialize model for {out}: {_short(exc)}") from None
+            tmp.write_bytes(blob)
+            del blob
+        return None
+    with contextlib.ExitStack() as stack:
+        tmp_data = stack.enter_context(atomic_path(data_path))
+        tmp_out = stack.enter_context(atomic_path(out))
+        header = _write_external(model, tmp_data, data_path.name)
+        tmp_out.write_bytes(header.SerializeToString())
+        del header
+        # Rename both with SIGINT/SIGTERM held back, so an interrupt cannot split the pair.
+        with _signals_deferred():
+            stack.close()
+    return data_path
+
+
+def model_nbytes(model: onnx.ModelProto) -> int:
+    """Approximate serialized size of a model without serializing it (works above 2 GiB)."""
+    graph = model.graph
+    total = sum(t.ByteSize() for t in graph.initializer)
+    total += sum(n.ByteSize() for n in graph.node)
+    for vi in (graph.input, graph.output, graph.value_info):
+        total += sum(v.ByteSize() for v in vi)
+    total += sum(f.ByteSize() for f in model.functions)
+    return total + 2**20  # names, opsets and metadata: small
+
+
+def _write_external(model: onnx.ModelProto, data_file: Path, location: str) -> onnx.ModelProto:
+    """Build a header model whose large initializers point into ``data_file``; write the data.
+
+    Top-level initializers are never copied whole: each one's bytes are written and a small
+    reference tensor is put in the header instead. Everything else is copied (it is small).
+    """
+    header = onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.name == "graph":
+            continue
+        if _is_repeated(field):
+            getattr(header, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(header, field.name).CopyFrom(value)
+        else:
+            setattr(header, field.name, value)
+    graph = model.graph
+    hgraph = header.graph
+    for field, value in graph.ListFields():
+        if field.name == "initializer":
+            continue
+        if _is_repeated(field):
+            getattr(hgraph, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(hgraph, field.name).CopyFrom(value)
+        else:
+            setattr(hgraph, field.name, value)
+    offset = 0
+    with open(data_file, "wb") as f:
+        for src in graph.initializer:
+            dst = hgraph.initializer.add()
+            offset = _externalize(src, dst, f, offset, location)
+        # Tensors inside nodes (Constant values, subgraph initializers) were copied; move the
+        # large ones out too so the header stays small.
+        for tensor in external_data_helper._get_attribute_tensors(header):
+            if tensor.HasField("raw_data") and len(tensor.raw_data) >= EXTERNAL_MIN_BYTES:
+                scratch = TensorProto()
+                offset = _externalize(tensor, scratch, f, offset, location)
+                tensor.CopyFrom(scratch)
+    return header
+
+
+def _externalize(src: TensorProto, dst: TensorProto, f, offset: int, location: str) -> int:  # noqa: ANN001
+    """Write ``src``'s data at ``offset`` (4 KiB aligned) and make ``dst`` refer to it."""
+    if src.data_type == TensorProto.STRING or src.ByteSize() < EXTERNAL_MIN_BYTES:
+        dst.CopyFrom(src)
+        return offset
+    if src.HasField("raw_data"):
+        data = src.raw_data
+    else:
+        data = onnx.numpy_helper.to_array(src).tobytes()
+    pad = (-offset) % 4096
+    if pad:
+        f.write(b"\0" * pad)
+        offset += pad
+    f.write(data)
+    dst.name = src.name
+    dst.data_type = src.data_type
+    dst.dims.extend(src.dims)
+    if src.doc_string:
+        dst.doc_string = src.doc_string
+    dst.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(data)))):
+        entry = dst.external_data.add()
+        entry.key = key
+        entry.value = value
+    return offset + len(data)
+
+
+def _is_repeated(field) -> bool:  # noqa: ANN001 - protobuf FieldDescriptor
+    if hasattr(field, "is_repeated"):  # protobuf >= 5.28 removed .label on upb
+        return bool(field.is_repeated)
+    return field.label == field.LABEL_REPEATED
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back for a few syscalls (POSIX, main thread); no-op elsewhere."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]

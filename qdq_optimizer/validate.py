@@ -1,0 +1,395 @@
+"""Input validation: refuse models the rules cannot safely rewrite, before any work starts.
+
+Every check is one linear pass over the graph (dicts keyed by tensor name, Kahn's algorithm for
+cycles, no recursion over nodes), so a 100k-node model validates in about a second. Problems
+raise :class:`~qdq_optimizer.errors.InputError` naming the node; things that are allowed but
+left alone (uint8/int4/fp8 Q/DQ, asymmetric int8 with ``allow_asymmetric``) come back as warnings.
+Unknown ops (custom domains, ops the installed onnx does not know) pass through untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+import onnx
+from onnx import TensorProto, checker, defs, numpy_helper
+
+from .errors import InputError
+from .model_io import tensor_nbytes
+
+MIN_OPSET = 13
+QUANTIZE = "QuantizeLinear"
+DEQUANTIZE = "DequantizeLinear"
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+_SCALE_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+# Field holding typed (non-raw) data, and how many entries one element takes there.
+_TYPED_FIELD = {
+    TensorProto.FLOAT: "float_data",
+    TensorProto.DOUBLE: "double_data",
+    TensorProto.INT64: "int64_data",
+    TensorProto.UINT64: "uint64_data",
+    TensorProto.UINT32: "uint64_data",
+    TensorProto.COMPLEX64: "float_data",
+    TensorProto.COMPLEX128: "double_data",
+}
+
+
+def validate_model(model: onnx.ModelProto, *, allow_asymmetric: bool = False) -> list[str]:
+    """Check ``model`` for everything qdqopt relies on; return warnings, raise InputError."""
+    warnings: list[str] = []
+    opset = _check_opset(model)
+    graph = model.graph
+    ctx = checker.C.CheckerContext()
+    ctx.ir_version = model.ir_version
+    ctx.opset_imports = {
+        ("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import
+    }
+
+    # ---- names: one producer per tensor, no shadowing
+    inits: dict[str, TensorProto] = {}
+    for t in graph.initializer:
+        if not t.name:
+            raise InputError("an initializer has an empty name")
+        if t.name in inits:
+            raise InputError(f"initializer '{t.name}' is defined twice")
+        inits[t.name] = t
+        _check_tensor_data(t, f"initializer '{t.name}'")
+    for sp in graph.sparse_initializer:
+        raise InputError(f"sparse initializer '{sp.values.name}' is not supported")
+    graph_inputs = set()
+    for vi in graph.input:
+        if vi.name in graph_inputs:
+            raise InputError(f"graph input '{vi.name}' is declared twice")
+        graph_inputs.add(vi.name)
+    producer: dict[str, int] = {}
+    nodes = list(graph.node)
+    for i, node in enumerate(nodes):
+        for out in node.output:
+            if not out:
+                continue
+            if out in producer:
+                other = _label(nodes[producer[out]], producer[out])
+                raise InputError(
+                    f"tensor '{out}' is produced twice: by {other} and by {_label(node, i)}"
+                )
+            if out in inits:
+                raise InputError(
+                    f"{_label(node, i)} output '{out}' shadows an initializer of the same name"
+                )
+            if out in graph_inputs:
+                raise InputError(
+                    f"{_label(node, i)} output '{out}' shadows a graph input of the same name"
+                )
+            producer[out] = i
+
+    # ---- dangling inputs and outputs
+    available = graph_inputs | inits.keys() | producer.keys()
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            if name and name not in available:
+                raise InputError(
+                    f"{_label(node, i)} reads '{name}', which no node, initializer or "
+                    "graph input provides (dangling input)"
+                )
+    for vi in graph.output:
+        if vi.name not in available:
+            raise InputError(f"graph output '{vi.name}' is not produced by any node")
+
+    # ---- cycles (Kahn's algorithm; graphs need not be sorted, but must be acyclic)
+    _check_acyclic(nodes, producer)
+
+    # ---- per node: schema (attributes, input counts), then Q/DQ parameters
+    shapes = _known_shapes(graph, inits)
+    for i, node in enumerate(nodes):
+        _check_schema(node, i, ctx, opset)
+        if node.op_type in (QUANTIZE, DEQUANTIZE) and node.domain in _DEFAULT_DOMAINS:
+            _check_qdq(node, i, nodes, producer, inits, shapes, allow_asymmetric, warnings)
+    return warnings
+
+
+# ---------------------------------------------------------------------------------------- parts
+def _label(node: onnx.NodeProto, index: int) -> str:
+    name = f"'{node.name}'" if node.name else f"#{index} (unnamed)"
+    return f"node {name} ({node.op_type})"
+
+
+def _check_opset(model: onnx.ModelProto) -> int:
+    versions = [o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS]
+    if not versions:
+        raise InputError("model imports no default-domain (ai.onnx) opset")
+    opset = max(versions)
+    if opset < MIN_OPSET:
+        raise InputError(
+            f"model opset {opset} is below {MIN_OPSET}: per-axis Q/DQ needs opset 13; "
+            "re-export with opset_version>=13 (or convert with onnx.version_converter)"
+        )
+    return opset
+
+
+def _check_tensor_data(t: TensorProto, what: str) -> None:
+    """Data length must match dims and type; catches truncated or corrupted weights early."""
+    if any(d < 0 for d in t.dims):
+        raise InputError(f"{what} has a negative dimension {list(t.dims)}")
+    if t.data_type == TensorProto.UNDEFINED or (t.data_type not in TensorProto.DataType.values()):
+        raise InputError(f"{what} has an invalid data type {t.data_type}")
+    if t.data_location == TensorProto.EXTERNAL:
+        return  # checked (offset/length vs. file size) by model_io.load_model
+    if t.data_type == TensorProto.STRING:
+        return
+    expected = tensor_nbytes(t)
+    if expected is None:
+        return
+    count = math.prod(int(d) for d in t.dims)
+    if t.HasField("raw_data"):
+        got = len(t.raw_data)
+        if got != expected:
+            raise InputError(
+                f"{what} holds {got} bytes but its shape {list(t.dims)} needs {expected}"
+            )
+        return
+    field = _TYPED_FIELD.get(t.data_type, "int32_data")
+    per = 2 if t.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128) else 1
+    got = len(getattr(t, field))
+    if t.data_type in (TensorProto.UINT4, TensorProto.INT4) or (
+        hasattr(TensorProto, "FLOAT4E2M1") and t.data_type == TensorProto.FLOAT4E2M1
+    ):
+        want = (count + 1) // 2
+    else:
+        want = count * per
+    if got != want:
+        raise InputError(
+            f"{what} holds {got} values in {field} but its shape {list(t.dims)} needs {want}"
+        )
+
+
+def _check_acyclic(nodes: list[onnx.NodeProto], producer: dict[str, int]) -> None:
+    n = len(nodes)
+    indeg = [0] * n
+    succ: list[list[int]] = [[] for _ in range(n)]
+    for i, node in enumerate(nodes):
+        preds = {producer[x] for x in node.input if x in producer}
+        indeg[i] = len(preds)
+        for p in preds:
+            succ[p].append(i)
+    ready = deque(i for i in range(n) if indeg[i] == 0)
+    done = 0
+    while ready:
+        i = ready.popleft()
+        done += 1
+        for s in succ[i]:
+            indeg[s] -= 1
+            if indeg[s] == 0:
+                ready.append(s)
+    if done == n:
+        return
+    # Walk back along unfinished predecessors until a node repeats: that node is on a cycle.
+    start = next(i for i in range(n) if indeg[i] > 0)
+    seen: dict[int, int] = {}
+    cur = start
+    path: list[int] = []
+    while cur not in seen:
+        seen[cur] = len(path)
+        path.append(cur)
+        cur = next(
+            producer[x] for x in nodes[cur].input if x in producer and indeg[producer[x]] > 0
+        )
+    cycle = path[seen[cur] :][::-1]
+    names = " -> ".join(nodes[j].name or f"#{j}" for j in cycle[:6])
+    more = " -> ..." if len(cycle) > 6 else ""
+    raise InputError(
+        f"graph has a cycle through {_label(nodes[cur], cur)}: {names}{more} -> "
+        f"{nodes[cycle[0]].name or f'#{cycle[0]}'}"
+    )
+
+
+def _check_schema(node: onnx.NodeProto, i: int, ctx: checker.C.CheckerContext, opset: int) -> None:
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    if not defs.has(node.op_type, domain):
+        return  # unknown op: passes through untouched
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+    ):
+        return  # control flow: subgraphs may read outer-scope names; passed through
+    try:
+        defs.get_schema(node.op_type, ctx.opset_imports.get(domain, opset), domain)
+    except defs.SchemaError:
+        raise InputError(
+            f"{_label(node, i)}: op does not exist in opset {ctx.opset_imports.get(domain)}"
+        ) from None
+    try:
+        checker.check_node(node, ctx)
+    except checker.ValidationError as exc:
+        msg = " ".join(str(exc).split("==>")[0].split())
+        raise InputError(f"{_label(node, i)}: {msg}") from None
+
+
+def _known_shapes(graph: onnx.GraphProto, inits: dict[str, TensorProto]) -> dict[str, list]:
+    """Static shapes known without inference: initializers, graph inputs, value_info."""
+    shapes: dict[str, list] = {}
+    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+        if tt is not None and tt.HasField("shape"):
+            shapes[vi.name] = [
+                d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim
+            ]
+    for name, t in inits.items():
+        shapes[name] = list(t.dims)
+    return shapes
+
+
+def _const(
+    name: str,
+    nodes: list[onnx.NodeProto],
+    producer: dict[str, int],
+    inits: dict[str, TensorProto],
+) -> TensorProto | np.ndarray | None:
+    """The TensorProto (or value) behind a constant tensor name, else None."""
+    if name in inits:
+        return inits[name]
+    j = producer.get(name)
+    if j is None or nodes[j].op_type != "Constant":
+        return None
+    for a in nodes[j].attribute:
+        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+            return a.t
+        if a.name == "value_float":
+            return np.asarray(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.asarray(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.asarray(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.asarray(list(a.ints), dtype=np.int64)
+    return None
+
+
+def _to_array(value: TensorProto | np.ndarray, what: str) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    _check_tensor_data(value, what)
+    try:
+        return numpy_helper.to_array(value)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is bad input
+        raise InputError(f"{what} cannot be decoded: {' '.join(str(exc).split())[:120]}") from None
+
+
+def _dtype_name(dt: int) -> str:
+    try:
+        return TensorProto.DataType.Name(dt).lower()
+    except ValueError:
+        return f"type {dt}"
+
+
+def _check_qdq(
+    node: onnx.NodeProto,
+    i: int,
+    nodes: list[onnx.NodeProto],
+    producer: dict[str, int],
+    inits: dict[str, TensorProto],
+    shapes: dict[str, list],
+    allow_asymmetric: bool,
+    warnings: list[str],
+) -> None:
+    label = _label(node, i)
+    if len(node.input) < 2 or not node.input[1]:
+        raise InputError(f"{label} has no scale input")
+    scale_src = _const(node.input[1], nodes, producer, inits)
+    if scale_src is None:
+        raise InputError(
+            f"{label} has a non-constant scale '{node.input[1]}' (scales must be initializers "
+            "or Constant nodes)"
+        )
+    if isinstance(scale_src, TensorProto) and scale_src.data_type not in _SCALE_TYPES:
+        raise InputError(f"{label} scale has type {_dtype_name(scale_src.data_type)}, not float")
+    scale = _to_array(scale_src, f"{label} scale")
+    if scale.dtype.kind != "f":
+        raise InputError(f"{label} scale has dtype {scale.dtype}, not float")
+    if scale.size == 0:
+        raise InputError(f"{label} has an empty scale")
+    s32 = scale.astype(np.float64)
+    if not np.all(np.isfinite(s32)):
+        raise InputError(f"{label} has a NaN or infinite scale")
+    if np.any(s32 <= 0):
+        raise InputError(f"{label} has a zero or negative scale (min {float(s32.min()):g})")
+    if scale.ndim > 1:
+        warnings.append(
+            f"{label}: blocked quantization (scale shape {list(scale.shape)}) is not handled "
+            "by the rules; passed through untouched"
+        )
+        return
+
+    zp = None
+    if len(node.input) > 2 and node.input[2]:
+        zp_src = _const(node.input[2], nodes, producer, inits)
+        if zp_src is None:
+            raise InputError(f"{label} has a non-constant zero point '{node.input[2]}'")
+        zp = _to_array(zp_src, f"{label} zero point")
+        if zp.shape != scale.shape and not (zp.size == 1 and scale.size == 1):
+            raise InputError(
+                f"{label} zero point shape {list(zp.shape)} differs from scale shape "
+                f"{list(scale.shape)}"
+            )
+        dtype = (
+            zp_src.data_type
+            if isinstance(zp_src, TensorProto)
+            else onnx.helper.np_dtype_to_tensor_dtype(zp.dtype)
+        )
+    else:
+        dtype = _implicit_dtype(node, nodes, producer, inits)
+
+    if dtype == TensorProto.INT8:
+        if zp is not None and np.any(zp.astype(np.int64) != 0):
+            msg = f"{label} is int8 with a non-zero zero point (TensorRT needs symmetric int8)"
+            if not allow_asymmetric:
+                raise InputError(msg + "; --allow-asymmetric downgrades this to a warning")
+            warnings.append(msg + "; passed through untouched")
+    elif dtype is not None:
+        warnings.append(
+            f"{label}: {_dtype_name(dtype)} Q/DQ is not handled by the rules "
+            "(they handle int8); passed through untouched"
+        )
+
+    block = next((a.i for a in node.attribute if a.name == "block_size"), 0)
+    if block:
+        warnings.append(f"{label}: blocked quantization is not handled; passed through untouched")
+        return
+    if scale.size > 1:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = shapes.get(node.input[0])
+        if shape is not None:
+            rank = len(shape)
+            if not -rank <= axis < rank:
+                raise InputError(f"{label} has axis {axis}, out of range for rank {rank} input")
+            dim = shape[axis]
+            if dim is not None and dim != scale.size:
+                raise InputError(
+                    f"{label} has {scale.size} per-axis scales but input dimension {axis} is {dim}"
+                )
+        elif axis < -8 or axis > 8:
+            raise InputError(f"{label} has an implausible axis {axis}")
+
+
+def _implicit_dtype(
+    node: onnx.NodeProto,
+    nodes: list[onnx.NodeProto],
+    producer: dict[str, int],
+    inits: dict[str, TensorProto],
+) -> int | None:
+    """The quantized type of a Q/DQ without a zero point (Q: uint8 unless output_dtype)."""
+    if node.op_type == QUANTIZE:
+        out = next((a.i for a in node.attribute if a.name == "output_dtype"), 0)
+        return out or TensorProto.UINT8
+    src = node.input[0]
+    if src in inits:
+        return inits[src].data_type
+    j = producer.get(src)
+    if j is not None and nodes[j].op_type == QUANTIZE:
+        q = nodes[j]
+        if len(q.input) > 2 and q.input[2]:
+            zp = _const(q.input[2], nodes, producer, inits)
+            if isinstance(zp, TensorProto):
+                return zp.data_type
+        return _implicit_dtype(q, nodes, producer, inits)
+    return None
