@@ -71,8 +71,27 @@ def qdqopt(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (CI cancel, timeout) unwinds like Ctrl-C, so atomic writes remove their temp files."""
+    raise KeyboardInterrupt("terminated")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI and map every outcome onto an exit code."""
+    """Entry point: handle SIGTERM like SIGINT for the run, map every outcome onto an exit code."""
+    import signal
+    import threading
+
+    installed = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if installed else None
+    try:
+        return _main(argv)
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """Run the CLI and map every outcome onto an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     if debug:  # accept --debug anywhere on the line, not only before the subcommand
