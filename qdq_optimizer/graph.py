@@ -92,7 +92,14 @@ class QGraph:
         self._node_by_name: dict[str, Node] = {}
         self._tensor_by_name: dict[str, Tensor] = {}
         self._order: list[Node] = []
+        self._pos: dict[int, int] = {}
+        self._by_op: dict[str, list[Node]] = {}
         self._nx: nx.DiGraph | None = None
+        # Names ever used: unique_name() must not force a full re-index after every edit.
+        self._used_names: set[str] | None = None
+        # Removal is O(1): ids of removed nodes; gs.nodes is compacted lazily in one pass.
+        self._removed: set[int] = set()
+        self._members: set[int] = {id(n) for n in graph.nodes}
 
     # ------------------------------------------------------------------ construction / export
     @classmethod
@@ -125,9 +132,17 @@ class QGraph:
         return int(self.gs.opset)
 
     # ------------------------------------------------------------------ index
+    def _compact(self) -> None:
+        if self._removed:
+            removed = self._removed
+            self.gs.nodes = [n for n in self.gs.nodes if id(n) not in removed]
+            self._removed = set()
+
     def _refresh(self) -> None:
         if not self._dirty:
             return
+        self._compact()
+        self._members = {id(n) for n in self.gs.nodes}
         self._node_by_name = {}
         self._tensor_by_name = {}
         for node in self.gs.nodes:
@@ -139,6 +154,10 @@ class QGraph:
         for t in itertools.chain(self.gs.inputs, self.gs.outputs):
             self._tensor_by_name.setdefault(t.name, t)
         self._order = _toposort(self.gs.nodes)
+        self._pos = {id(n): i for i, n in enumerate(self._order)}
+        self._by_op = {}
+        for n in self._order:
+            self._by_op.setdefault(n.op, []).append(n)
         self._nx = None
         self._dirty = False
 
@@ -148,7 +167,23 @@ class QGraph:
 
     @property
     def nodes(self) -> list[Node]:
+        self._compact()
         return self.gs.nodes
+
+    def contains(self, node: Node) -> bool:
+        """Is ``node`` (by identity) still part of the graph? O(1)."""
+        return id(node) in self._members
+
+    def position(self, node: Node) -> int:
+        """Index of ``node`` in the last computed topological order, for stable tie-breaks.
+
+        Does not re-index after edits when ``node`` was already indexed (its old position still
+        orders it correctly against nodes that existed then), so rules can call it in a loop."""
+        i = self._pos.get(id(node))
+        if i is None or i >= len(self._order) or self._order[i] is not node:
+            self._refresh()
+            i = self._pos[id(node)]
+        return i
 
     def node(self, name: str) -> Node:
         self._refresh()
@@ -201,9 +236,13 @@ class QGraph:
         return any(t is tensor for t in self.gs.outputs)
 
     def nodes_of(self, *ops: str) -> Iterator[Node]:
-        """Nodes of the given op types, in topological order."""
-        wanted = set(ops)
-        return (n for n in self.topo_nodes() if n.op in wanted)
+        """Nodes of the given op types, in topological order (indexed: O(matches))."""
+        self._refresh()
+        if len(ops) == 1:
+            return iter(list(self._by_op.get(ops[0], ())))
+        found = [n for op in set(ops) for n in self._by_op.get(op, ())]
+        found.sort(key=lambda n: self._pos[id(n)])
+        return iter(found)
 
     # ------------------------------------------------------------------ Q/DQ helpers
     @staticmethod
@@ -281,10 +320,19 @@ class QGraph:
 
     # ------------------------------------------------------------------ mutation API
     def unique_name(self, prefix: str) -> str:
-        self._refresh()
+        """A fresh node/tensor name, deterministic for a given graph and edit sequence."""
+        if self._used_names is None:
+            used: set[str] = set()
+            for node in self.nodes:
+                used.add(node.name)
+                for t in itertools.chain(node.inputs, node.outputs):
+                    used.add(t.name)
+            used.update(t.name for t in itertools.chain(self.gs.inputs, self.gs.outputs))
+            self._used_names = used
         while True:
             name = f"{prefix}_qdqopt{next(self._names)}"
-            if name not in self._tensor_by_name and name not in self._node_by_name:
+            if name not in self._used_names:
+                self._used_names.add(name)
                 return name
 
     def constant(self, prefix: str, value: np.ndarray) -> gs.Constant:
@@ -300,6 +348,10 @@ class QGraph:
     ) -> Node:
         node = gs.Node(op=op, name=name, attrs=attrs or {}, inputs=inputs, outputs=outputs)
         self.gs.nodes.append(node)
+        self._members.add(id(node))
+        if self._used_names is not None:
+            self._used_names.add(name)
+            self._used_names.update(t.name for t in outputs)
         self.touch()
         return node
 
@@ -319,15 +371,18 @@ class QGraph:
         if only is None and self.is_graph_output(old):
             producer = self.producer(old)
             if producer is not None:
-                producer.outputs.remove(old)
+                _remove_by_identity(producer.outputs, old)
             self.add_node("Identity", [new], [old], self.unique_name(f"{old.name}_keep"))
         self.touch()
 
     def remove_node(self, node: Node) -> None:
-        """Detach and delete a node (its outputs must be unused or rewired first)."""
-        node.inputs.clear()
-        node.outputs.clear()
-        self.gs.nodes.remove(node)
+        """Detach and delete a node (its outputs must be unused or rewired first). O(degree).
+
+        Lists are edited by identity: graph-surgeon's ``Node.__eq__`` compares by value, so
+        ``list.remove`` could drop an equal twin and costs a deep comparison per element."""
+        _detach(node)
+        self._members.discard(id(node))
+        self._removed.add(id(node))
         self.touch()
 
     def insert_qdq(
@@ -345,7 +400,7 @@ class QGraph:
         zp = np.zeros_like(np.asarray(scale), dtype=np.int8) if zero_point is None else zero_point
         s_c = self.constant(f"{base}_scale", np.asarray(scale, dtype=np.float32))
         z_c = self.constant(f"{base}_zero_point", zp)
-        q_out = gs.Variable(self.unique_name(f"{base}_quantized"), dtype=None)
+        q_out = gs.Variable(self.unique_name(f"{base}_quantized"), dtype=np.asarray(zp).dtype)
         dq_out = gs.Variable(
             self.unique_name(f"{base}_dequantized"), dtype=tensor.dtype, shape=tensor.shape
         )
@@ -373,7 +428,7 @@ class QGraph:
 
     def drop_if_unused(self, node: Node) -> bool:
         """Delete ``node`` when no output is consumed or is a graph output."""
-        if node not in self.gs.nodes:
+        if not self.contains(node):
             return False
         if any(t.outputs or self.is_graph_output(t) for t in node.outputs):
             return False
@@ -398,13 +453,43 @@ class QGraph:
                 p = self.producer(t)
                 if p is not None and id(p) not in live:
                     todo.append(p)
-        dead = [n for n in self.gs.nodes if id(n) not in live]
+        dead = [n for n in self.nodes if id(n) not in live]
         for n in dead:
-            self.remove_node(n)
+            _detach(n)
+            self._members.discard(id(n))
+        if dead:
+            self.gs.nodes = [n for n in self.gs.nodes if id(n) in live]
+            self.touch()
         return len(dead)
 
 
 # ---------------------------------------------------------------------- helpers
+def _remove_by_identity(items: list, obj: object) -> None:
+    """Remove ``obj`` from a graph-surgeon SynchronizedList by identity (keeps both sides in sync)."""
+    for i, x in enumerate(items):
+        if x is obj:
+            del items[i]
+            return
+
+
+def _detach(node: Node) -> None:
+    """Unhook a node from its tensors by identity, without graph-surgeon's value comparisons."""
+    for t in node.inputs:
+        lst = t.outputs
+        for i, x in enumerate(lst):
+            if x is node:
+                list.__delitem__(lst, i)
+                break
+    list.clear(node.inputs)
+    for t in node.outputs:
+        lst = t.inputs
+        for i, x in enumerate(lst):
+            if x is node:
+                list.__delitem__(lst, i)
+                break
+    list.clear(node.outputs)
+
+
 def constant_value(tensor: Tensor) -> np.ndarray | None:
     """Numpy value of an initializer or of a ``Constant`` node's output, else None."""
     if isinstance(tensor, gs.Constant):

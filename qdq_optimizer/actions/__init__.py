@@ -1,0 +1,109 @@
+"""The action registry: named Python functions a YAML rule can call.
+
+An action is a plain function ``fn(graph, node, params, ctx) -> list[Change]``. ``node`` is the
+matched anchor node, or None for a global action (``match: {scope: graph}``). Every edit goes
+through the QGraph mutation API. In dry-run (lint) an action must not mutate: it returns the
+Changes it would make. Returning no Change means "nothing to do here"; the engine stops at the
+fixpoint where no rule changes anything, so an action must never report a change it did not make.
+
+Adding an action is one decorated function in a module of this package (modules are imported
+automatically) plus a test.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..graph import Node, QGraph
+from ..report import Change
+
+__all__ = [
+    "Action",
+    "ActionContext",
+    "Change",
+    "get_action",
+    "load_actions",
+    "register_action",
+    "registered_actions",
+]
+
+ActionFn = Callable[[QGraph, "Node | None", dict, "ActionContext"], list[Change]]
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    fn: ActionFn
+    params: dict[str, Any] | None  # allowed params and defaults; None = not checked
+    doc: str
+
+
+_REGISTRY: dict[str, Action] = {}
+_LOADED = False
+
+
+def register_action(
+    name: str, *, params: dict[str, Any] | None = None
+) -> Callable[[ActionFn], ActionFn]:
+    """Register ``fn`` under ``name``. ``params`` lists the allowed parameters with defaults:
+    a rule that passes another key is rejected when the rule set loads."""
+
+    def deco(fn: ActionFn) -> ActionFn:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise ValueError(f"action '{name}' is registered twice")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = Action(name, fn, params, doc[0] if doc else "")
+        return fn
+
+    return deco
+
+
+def load_actions() -> None:
+    """Import every module of this package once so their actions register themselves."""
+    global _LOADED
+    if _LOADED:
+        return
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+    _LOADED = True
+
+
+def registered_actions() -> dict[str, Action]:
+    load_actions()
+    return dict(_REGISTRY)
+
+
+def get_action(name: str) -> Action | None:
+    load_actions()
+    return _REGISTRY.get(name)
+
+
+@dataclass
+class ActionContext:
+    """What an action may know beyond its node: mode, ignore list, settings, and a notebook."""
+
+    dry_run: bool = False
+    ignore: list[re.Pattern] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    rule_id: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def is_ignored(self, node: Node | str | None) -> bool:
+        """True when a node (or name) matches an ignore regex: actions must leave it alone."""
+        if node is None:
+            return False
+        name = node if isinstance(node, str) else node.name
+        return any(p.search(name or "") for p in self.ignore)
+
+    def any_ignored(self, nodes: Iterable[Node]) -> bool:
+        return any(self.is_ignored(n) for n in nodes)
+
+    def note(self, text: str) -> None:
+        """Record an observation for the report (not a change)."""
+        self.notes.append(text)

@@ -1,0 +1,177 @@
+"""Library entry points: ``optimize`` and ``lint`` (the CLI commands are thin shells over these)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import onnx
+
+from .engine import DEFAULT_MAX_ITERATIONS, apply_rules, finalize
+from .graph import DEQUANTIZE, QUANTIZE, QGraph
+from .report import OptimizeReport, Problem
+from .ruleset import RuleSet, compile_ignore, load_ruleset
+
+ModelLike = onnx.ModelProto | str | os.PathLike
+
+
+def load(model_or_path: ModelLike) -> onnx.ModelProto:
+    """A path is loaded (with external data) by model_io, which raises InputError for bad files.
+    A ModelProto is copied, so the caller's model is never modified."""
+    if isinstance(model_or_path, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model_or_path)
+        return copy
+    from .model_io import load_model
+
+    return load_model(model_or_path)
+
+
+def optimize(
+    model_or_path: ModelLike,
+    rules: str | os.PathLike | RuleSet = "tensorrt",
+    *,
+    ignore: Iterable[str] = (),
+    dry_run: bool = False,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    allow_asymmetric: bool = False,
+    keep_weight_q: bool = False,
+    settings: dict[str, Any] | None = None,
+) -> tuple[onnx.ModelProto, OptimizeReport]:
+    """Apply a rule set to a Q/DQ model; returns the rewritten model and what each rule did.
+
+    The rule set and ``ignore`` regexes are validated before the model is read. In dry-run the
+    returned model is the (unchanged) input and the report lists the changes rules would make.
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ruleset = rules if isinstance(rules, RuleSet) else load_ruleset(rules)
+    patterns = [*ruleset.ignore, *compile_ignore(tuple(ignore))]
+    run_settings = {**ruleset.settings, **(settings or {})}
+    if keep_weight_q:
+        run_settings["keep_weight_q"] = True
+    run_settings.setdefault("keep_weight_q", False)
+
+    t = time.perf_counter()
+    model = load(model_or_path)
+    timings["load"] = _ms(t)
+
+    from .validate import validate_model
+
+    t = time.perf_counter()
+    warnings = list(validate_model(model, allow_asymmetric=allow_asymmetric))
+    graph = QGraph.from_model(model)
+    before = _stats(graph)
+    timings["validate_import"] = _ms(t)
+
+    t = time.perf_counter()
+    run = apply_rules(
+        graph,
+        ruleset,
+        dry_run=dry_run,
+        ignore=patterns,
+        settings=run_settings,
+        max_iterations=max_iterations,
+    )
+    timings["rules"] = _ms(t)
+    warnings.extend(run.warnings)
+
+    t = time.perf_counter()
+    if dry_run:
+        out = model
+        after = before
+    else:
+        reference = model
+        out, check_warnings = finalize(graph, reference=reference)
+        warnings.extend(check_warnings)
+        after = _stats(QGraph.from_model(out)) if check_warnings else _stats(graph)
+    timings["finalize"] = _ms(t)
+    timings["total"] = _ms(t0)
+
+    report = OptimizeReport(
+        rules=ruleset.name,
+        rule_chain=list(ruleset.chain),
+        dry_run=dry_run,
+        iterations=run.iterations,
+        converged=run.converged,
+        max_iterations=max_iterations,
+        results=run.results,
+        warnings=warnings,
+        stats={
+            **{f"{k}_before": v for k, v in before.items()},
+            **{f"{k}_after": v for k, v in after.items()},
+        },
+        timings_ms=timings,
+    )
+    return out, report
+
+
+def lint_report(
+    model_or_path: ModelLike,
+    rules: str | os.PathLike | RuleSet = "tensorrt",
+    *,
+    ignore: Iterable[str] = (),
+    allow_asymmetric: bool = False,
+) -> OptimizeReport:
+    """Dry-run the rule set and run TensorRT's placement checks; problems go in ``report.problems``."""
+    ruleset = rules if isinstance(rules, RuleSet) else load_ruleset(rules)
+    model, report = optimize(
+        model_or_path,
+        ruleset,
+        ignore=ignore,
+        dry_run=True,
+        allow_asymmetric=allow_asymmetric,
+    )
+    problems: list[Problem] = []
+    for result in report.results:
+        for change in result.changes:
+            detail = f": {change.detail}" if change.detail else ""
+            problems.append(Problem(result.rule_id, list(change.nodes), f"{result.why}{detail}"))
+    check_graph = _trt_checks()
+    if check_graph is not None:
+        patterns = [*ruleset.ignore, *compile_ignore(tuple(ignore))]
+        for p in check_graph(QGraph.from_model(model)):
+            if p.node_names and all(any(r.search(n) for r in patterns) for n in p.node_names):
+                continue  # every node it names is on the ignore list
+            problems.append(p)
+    report.problems = problems
+    return report
+
+
+def lint(
+    model_or_path: ModelLike,
+    rules: str | os.PathLike | RuleSet = "tensorrt",
+    *,
+    ignore: Iterable[str] = (),
+    allow_asymmetric: bool = False,
+) -> list[Problem]:
+    """Placement problems: what the rules would change, plus the TensorRT lint checks."""
+    return lint_report(
+        model_or_path, rules, ignore=ignore, allow_asymmetric=allow_asymmetric
+    ).problems
+
+
+def _trt_checks():
+    """``trt_checks.check_graph`` when that module is present (it is optional here)."""
+    try:
+        from .trt_checks import check_graph
+    except ModuleNotFoundError as exc:
+        if exc.name == f"{__package__}.trt_checks":
+            return None
+        raise
+    return check_graph
+
+
+def _stats(graph: QGraph) -> dict[str, int]:
+    nodes = graph.nodes
+    return {
+        "nodes": len(nodes),
+        "quantize": sum(1 for n in nodes if n.op == QUANTIZE),
+        "dequantize": sum(1 for n in nodes if n.op == DEQUANTIZE),
+    }
+
+
+def _ms(t: float) -> float:
+    return (time.perf_counter() - t) * 1000.0

@@ -1,0 +1,158 @@
+"""Apply a rule set to a fixpoint, then turn the graph back into a checked ONNX model.
+
+Deterministic: rules run in rule-set order, each over its anchor nodes in topological order
+(ties keep file order), and generated names come from one counter. Each iteration costs
+O(rules x nodes): candidates come from QGraph's op index and matching is local. The loop stops at
+the first iteration in which no rule changes anything, or at ``max_iterations`` (reported).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from .actions import ActionContext, get_action
+from .errors import QdqoptError
+from .graph import QGraph
+from .matcher import candidates, matches
+from .report import Change, RuleResult
+from .ruleset import Rule, RuleSet
+
+DEFAULT_MAX_ITERATIONS = 20
+# protobuf cannot serialize a message over 2 GiB; above this we check by path.
+PROTO_LIMIT = 2**31 - 2**26
+
+
+@dataclass
+class EngineRun:
+    """The outcome of ``apply_rules``: per-rule results and how the loop ended."""
+
+    results: list[RuleResult]
+    iterations: int
+    converged: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def apply_rules(
+    graph: QGraph,
+    ruleset: RuleSet,
+    *,
+    dry_run: bool = False,
+    ignore: list | None = None,
+    settings: dict[str, Any] | None = None,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+) -> EngineRun:
+    """Run every rule until nothing changes. In dry-run one pass reports would-be changes."""
+    if max_iterations < 1:
+        raise ValueError("max_iterations must be at least 1")
+    patterns = list(ruleset.ignore if ignore is None else ignore)
+    merged_settings = {**ruleset.settings, **(settings or {})}
+    results = [RuleResult(rule_id=r.id, action=r.action, why=r.why) for r in ruleset.rules]
+    iterations = 0
+    converged = False
+    while iterations < (1 if dry_run else max_iterations):
+        iterations += 1
+        changed = 0
+        for rule, result in zip(ruleset.rules, results, strict=True):
+            ctx = ActionContext(
+                dry_run=dry_run, ignore=patterns, settings=merged_settings, rule_id=rule.id
+            )
+            changes = _apply_rule(graph, rule, ctx)
+            result.changes.extend(changes)
+            result.notes.extend(n for n in ctx.notes if n not in result.notes)
+            changed += len(changes)
+        if dry_run or changed == 0:
+            converged = True
+            break
+    warnings = []
+    if not converged:
+        warnings.append(
+            f"rules did not reach a fixpoint within {max_iterations} iterations "
+            "(raise --max-iterations, or two rules undo each other)"
+        )
+    return EngineRun(results, iterations, converged, warnings)
+
+
+def _apply_rule(graph: QGraph, rule: Rule, ctx: ActionContext) -> list[Change]:
+    action = get_action(rule.action)
+    if action is None:  # the rule set loader already rejects this
+        raise QdqoptError(f"rule '{rule.id}': unknown action '{rule.action}'")
+    params = dict(rule.params)
+    if rule.match.scope == "graph":
+        return _call(action.fn, graph, None, params, ctx, rule)
+    out: list[Change] = []
+    for node in list(candidates(graph, rule.match)):
+        # An earlier edit in this pass may have removed or rewired the node.
+        if not graph.contains(node) or ctx.is_ignored(node):
+            continue
+        if matches(graph, node, rule.match):
+            out.extend(_call(action.fn, graph, node, params, ctx, rule))
+    return out
+
+
+def _call(fn, graph, node, params, ctx, rule: Rule) -> list[Change]:
+    try:
+        changes = fn(graph, node, params, ctx)
+    except QdqoptError:
+        raise
+    except Exception as exc:
+        where = f" on node '{node.name}'" if node is not None else ""
+        raise RuntimeError(f"rule '{rule.id}' ({rule.action}) failed{where}: {exc}") from exc
+    return list(changes or [])
+
+
+# ---------------------------------------------------------------------- finishing
+def finalize(
+    graph: QGraph, reference: onnx.ModelProto | None = None
+) -> tuple[onnx.ModelProto, list[str]]:
+    """Cleanup, topological export, shape inference and ``onnx.checker`` full check.
+
+    A failing check is our bug (internal error) unless the input model fails it too, in which
+    case it becomes a warning: we do not reject models for problems we did not introduce."""
+    graph.cleanup()
+    model = graph.to_model()
+    warnings: list[str] = []
+    error = check_model(model)
+    if error is not None:
+        input_error = check_model(reference) if reference is not None else None
+        if input_error is None:
+            raise RuntimeError(f"optimized model fails onnx.checker: {error}")
+        warnings.append(
+            f"onnx.checker: the input model already fails the full check: {input_error}"
+        )
+        return model, warnings
+    if model_size(model) < PROTO_LIMIT:
+        model = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+    return model, warnings
+
+
+def check_model(model: onnx.ModelProto) -> str | None:
+    """None when ``onnx.checker`` (full check, incl. strict shape inference) accepts the model."""
+    try:
+        if model_size(model) < PROTO_LIMIT:
+            onnx.checker.check_model(model, full_check=True)
+        else:
+            with tempfile.TemporaryDirectory(prefix="qdqopt-check-") as tmp:
+                path = Path(tmp) / "model.onnx"
+                onnx.save_model(
+                    model, os.fspath(path), save_as_external_data=True, location="model.data"
+                )
+                onnx.checker.check_model(os.fspath(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        return " ".join(str(exc).split())[:400]
+    return None
+
+
+def model_size(model: onnx.ModelProto) -> int:
+    """Serialized size estimate that works above 2 GiB (sums tensor payloads)."""
+    total = 0
+    for t in model.graph.initializer:
+        total += len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
+    if total < PROTO_LIMIT // 2:
+        return model.ByteSize()
+    return total + sum(n.ByteSize() for n in model.graph.node)
