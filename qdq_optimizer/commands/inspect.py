@@ -105,7 +105,7 @@ def command(
     rep = _load(report, profile, not keep_noops)
     summary = summarize(rep)
     violations = check(rep, expect, allow) if expect else None
-    onnx = map_onnx(rep, onnx_model) if onnx_model else None
+    onnx = map_onnx(rep, onnx_model, summary) if onnx_model else None
 
     if compare_with:
         if fmt in ("dot", "svg"):

@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import InputError
 from .formats import INT8
 from .model import EngineReport, Layer
+from .summary import Summary, summarize
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
@@ -54,8 +55,14 @@ def _load(path: str | os.PathLike):
         raise InputError(f"{p}: not a readable ONNX model ({type(exc).__name__})") from None
 
 
-def map_onnx(report: EngineReport, onnx_path: str | os.PathLike) -> OnnxMapping:
+def map_onnx(
+    report: EngineReport, onnx_path: str | os.PathLike, summary: Summary | None = None
+) -> OnnxMapping:
+    """Map ``report``'s layers onto the nodes of the ONNX model it was built from."""
     model = _load(onnx_path)
+    summary = summary or summarize(report)
+    why_not_int8 = {f.layer: f.reason for f in summary.non_int8_compute}
+    interior = {f.layer for f in summary.qdq_reformats_interior}
     nodes = list(model.graph.node)
     by_name = {n.name: n for n in nodes if n.name}
     producer = {o: n for n in nodes for o in n.output}
@@ -90,7 +97,7 @@ def map_onnx(report: EngineReport, onnx_path: str | os.PathLike) -> OnnxMapping:
                     "reason": "not named by any engine layer (inside a Myelin region or renamed)",
                 }
             )
-        elif layer.precision != INT8:
+        elif layer.precision != INT8 or layer.name in why_not_int8:
             mapping.not_int8.append(
                 {
                     "node": n.name,
@@ -98,7 +105,7 @@ def map_onnx(report: EngineReport, onnx_path: str | os.PathLike) -> OnnxMapping:
                     "layer": layer.name,
                     "precision": layer.precision,
                     "output_precision": layer.output_precision,
-                    "reason": f"runs in {layer.precision}",
+                    "reason": why_not_int8.get(layer.name, f"runs in {layer.precision}"),
                 }
             )
 
@@ -130,6 +137,7 @@ def map_onnx(report: EngineReport, onnx_path: str | os.PathLike) -> OnnxMapping:
                     "op": n.op_type,
                     "layer": layer.name,
                     "conversion": f"{layer.precision}->{layer.output_precision}",
+                    "interior": layer.name in interior,
                     "after": neighbours_up(n),
                     "before": neighbours_down(n),
                 }

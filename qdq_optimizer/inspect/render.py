@@ -184,11 +184,16 @@ def _onnx_table(console: Console, m: OnnxMapping) -> None:
         t.add_row(e["node"], e["op"], e["layer"] or "-", e["reason"])
     console.print(t)
     t = Table(title=f"ONNX Q/DQ nodes that became standalone reformats ({len(m.standalone_qdq)})")
-    for col in ("ONNX node", "engine layer", "conversion", "after", "before"):
+    for col in ("ONNX node", "engine layer", "conversion", "where", "after", "before"):
         t.add_column(col, overflow="fold")
     for e in m.standalone_qdq:
         t.add_row(
-            e["node"], e["layer"], e["conversion"], ", ".join(e["after"]), ", ".join(e["before"])
+            e["node"],
+            e["layer"],
+            e["conversion"],
+            "interior" if e["interior"] else "network edge",
+            ", ".join(e["after"]),
+            ", ".join(e["before"]),
         )
     console.print(t)
 
@@ -246,7 +251,7 @@ def render_markdown(report, summary, onnx=None, violations=None, show_layers: bo
             "",
         ]
         lines += [
-            f"- `{e['node']}` -> `{e['layer']}` {e['conversion']}, after {', '.join(e['after'])}, before {', '.join(e['before'])}"
+            f"- `{e['node']}` -> `{e['layer']}` {e['conversion']} ({'interior' if e['interior'] else 'network edge'}), after {', '.join(e['after'])}, before {', '.join(e['before'])}"
             for e in onnx.standalone_qdq
         ]
         lines.append("")

@@ -142,6 +142,15 @@ def _raw_layers(docs: list[Any], source: str) -> tuple[list[dict], list[Any], bo
             layers.extend(doc)
         elif isinstance(doc, list) and doc and all(isinstance(x, str) for x in doc):
             layers.extend(doc)
+        elif (
+            isinstance(doc, list)
+            and doc
+            and all(isinstance(x, dict) and ("name" in x or "count" in x) for x in doc)
+        ):
+            raise InputError(
+                f"{source}: this is a profile (trtexec --exportProfile), not a layer report: "
+                "pass it with --profile next to the --exportLayerInfo JSON"
+            )
         else:
             raise InputError(
                 f"{source}: not an engine layer report: top level is {_type_name(doc)}, expected "

@@ -132,13 +132,27 @@ def compute_finding(layer: Layer, bounds: Boundaries) -> str | None:
 
 def qdq_finding(layer: Layer, bounds: Boundaries) -> str | None:
     """Why a Q/DQ reformat is an interior one, or None for the network's first Q / last DQ."""
-    if layer.output_precision == INT8:
-        if all(bounds.from_inputs(t.name) for t in layer.inputs):
+    at_input = all(bounds.from_inputs(t.name) for t in layer.inputs)
+    at_output = all(bounds.to_outputs(t.name) for t in layer.outputs)
+    if layer.output_precision == INT8 or (
+        layer.output_precision is None and _named_quantize(layer)
+    ):
+        return None if at_input else f"quantize {layer.precision}->INT8 inside the network"
+    if layer.output_precision is not None or _named_dequantize(layer):
+        if at_output:
             return None
-        return f"quantize {layer.precision}->INT8 inside the network"
-    if all(bounds.to_outputs(t.name) for t in layer.outputs):
-        return None
-    return f"dequantize {layer.precision}->{layer.output_precision} inside the network"
+        return f"dequantize {layer.precision}->{layer.output_precision} inside the network"
+    return None if (at_input or at_output) else "Q/DQ of unknown dtype inside the network"
+
+
+def _named_quantize(layer: Layer) -> bool:
+    names = layer.onnx_nodes or [layer.name]
+    return all("QuantizeLinear" in n and "DequantizeLinear" not in n for n in names)
+
+
+def _named_dequantize(layer: Layer) -> bool:
+    names = layer.onnx_nodes or [layer.name]
+    return all("DequantizeLinear" in n for n in names)
 
 
 def summarize(report: EngineReport, terminal: Callable[[Layer], bool] | None = None) -> Summary:
