@@ -1,0 +1,160 @@
+"""Run two models under ONNX Runtime on the same inputs and compare their outputs.
+
+ONNX Runtime's graph optimizations are switched off so the comparison measures the models as
+written (its QDQ fusions would otherwise change rounding in one model and not the other).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .errors import InputError
+
+ModelLike = onnx.ModelProto | str | os.PathLike
+
+_NP_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+@dataclass
+class OutputComparison:
+    name: str
+    shape: list[int]
+    max_abs_diff: float
+    sqnr_db: float  # of ``test`` against ``reference``; inf when identical
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if math.isinf(self.sqnr_db):
+            d["sqnr_db"] = "inf"
+        return d
+
+
+def sqnr(reference: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB: 10 log10(sum ref^2 / sum (ref - test)^2).
+
+    inf when the arrays are equal; -inf when the reference is all zero but the test is not."""
+    ref = np.asarray(reference, dtype=np.float64)
+    tst = np.asarray(test, dtype=np.float64)
+    if ref.shape != tst.shape:
+        raise ValueError(f"shape mismatch: {ref.shape} vs {tst.shape}")
+    noise = float(np.sum((ref - tst) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def session(model: ModelLike):
+    """An ONNX Runtime CPU session with graph optimizations disabled."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    try:
+        return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types
+        raise InputError(
+            f"ONNX Runtime cannot load the model: {' '.join(str(exc).split())[:300]}"
+        ) from None
+
+
+def random_inputs(sess, seed: int = 0, dynamic_dim: int = 32) -> dict[str, np.ndarray]:
+    """Seeded inputs for every graph input: floats uniform in [0, 1) (image-like), integers in
+    [0, 10). Dynamic dimensions become 1 for the first axis (batch) and ``dynamic_dim`` elsewhere."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for inp in sess.get_inputs():
+        shape = [
+            d if isinstance(d, int) and d > 0 else (1 if i == 0 else dynamic_dim)
+            for i, d in enumerate(inp.shape)
+        ]
+        dtype = _NP_TYPES.get(inp.type)
+        if dtype is None:
+            raise InputError(
+                f"cannot make random data for input '{inp.name}' of type {inp.type}; pass --inputs"
+            )
+        if np.issubdtype(dtype, np.floating):
+            feeds[inp.name] = rng.random(shape, dtype=np.float32).astype(dtype)
+        elif dtype is np.bool_:
+            feeds[inp.name] = rng.random(shape) < 0.5
+        else:
+            feeds[inp.name] = rng.integers(0, 10, size=shape).astype(dtype)
+    return feeds
+
+
+def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Arrays of an ``.npz`` file keyed by graph input name."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"inputs file not found: {p}")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise InputError(f"cannot read inputs file {p}: {exc}") from None
+
+
+def run(
+    model: ModelLike, feeds: dict[str, np.ndarray] | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Outputs of ``model`` by name on ``feeds`` (seeded random inputs when None)."""
+    sess = session(model)
+    feeds = random_inputs(sess, seed) if feeds is None else _check_feeds(sess, feeds)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds), strict=True))
+
+
+def _check_feeds(sess, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    wanted = [i.name for i in sess.get_inputs()]
+    missing = [n for n in wanted if n not in feeds]
+    if missing:
+        raise InputError(f"inputs file lacks graph input(s): {', '.join(missing)}")
+    return {n: feeds[n] for n in wanted}
+
+
+def compare(
+    reference: ModelLike,
+    test: ModelLike,
+    feeds: dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+) -> list[OutputComparison]:
+    """Run both models on the same inputs; per shared output: max |diff| and SQNR of test."""
+    ref_sess = session(reference)
+    if feeds is None:
+        feeds = random_inputs(ref_sess, seed)
+    ref_out = run(reference, feeds)
+    test_out = run(test, feeds)
+    result = []
+    for name, r in ref_out.items():
+        if name not in test_out:
+            continue
+        t = test_out[name]
+        if r.shape != t.shape:
+            raise InputError(f"output '{name}' changed shape: {list(r.shape)} -> {list(t.shape)}")
+        diff = np.abs(r.astype(np.float64) - t.astype(np.float64))
+        result.append(
+            OutputComparison(
+                name, list(r.shape), float(diff.max()) if diff.size else 0.0, sqnr(r, t)
+            )
+        )
+    return result
