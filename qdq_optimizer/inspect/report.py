@@ -137,7 +137,10 @@ def _raw_layers(docs: list[Any], source: str) -> tuple[list[dict], list[Any], bo
         elif isinstance(doc, dict) and "Name" in doc and ("LayerType" in doc or "Inputs" in doc):
             layers.append(doc)
         elif (
-            isinstance(doc, list) and doc and all(isinstance(x, dict) and "Name" in x for x in doc)
+            isinstance(doc, list)
+            and doc
+            and all(isinstance(x, dict) and "Name" in x for x in doc)
+            and any("LayerType" in x or "Inputs" in x for x in doc)
         ):
             layers.extend(doc)
         elif isinstance(doc, list) and doc and all(isinstance(x, str) for x in doc):
