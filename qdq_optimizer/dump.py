@@ -1,0 +1,227 @@
+"""A canonical, deterministic, diff-friendly text form of an ONNX graph.
+
+Nodes appear in a canonical topological order (depth-first from the graph outputs, inputs in
+order), so it depends on the graph's structure, not on file order or names. Tensors and nodes
+are renumbered by that position (``n12``, ``t12``; graph inputs ``in0``; constants ``c3`` at first
+use), so a re-export with different names dumps the same text. Q/DQ nodes show their scale and
+zero point rounded to a stated number of significant digits; weights and other large constants
+are summarised by dtype, shape and a short content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+FORMAT_VERSION = 1
+SMALL_CONST = 4  # constants with at most this many elements are printed by value
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass
+class _Index:
+    model: onnx.ModelProto
+    inits: dict[str, onnx.TensorProto]
+    producer: dict[str, int]
+
+
+def canonical_order(model: onnx.ModelProto) -> list[int]:
+    """Node indices: iterative DFS post-order from the graph outputs, then unreachable nodes in
+    file order. Independent of names and of the file's order of independent nodes."""
+    nodes = model.graph.node
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    done: set[int] = set()
+    order: list[int] = []
+    for out in model.graph.output:
+        root = producer.get(out.name)
+        if root is None or root in done:
+            continue
+        stack: list[tuple[int, int]] = [(root, 0)]
+        on_stack = {root}
+        while stack:
+            idx, k = stack[-1]
+            inputs = nodes[idx].input
+            while k < len(inputs):
+                p = producer.get(inputs[k]) if inputs[k] else None
+                k += 1
+                if p is not None and p not in done and p not in on_stack:
+                    stack[-1] = (idx, k)
+                    stack.append((p, 0))
+                    on_stack.add(p)
+                    break
+            else:
+                stack.pop()
+                on_stack.discard(idx)
+                done.add(idx)
+                order.append(idx)
+    order.extend(i for i in range(len(nodes)) if i not in done)
+    return order
+
+
+def dump_model(model: onnx.ModelProto, *, precision: int = 6, names: bool = False) -> str:
+    """The canonical text. ``names=True`` appends each node's original name as a comment."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    order = canonical_order(model)
+    tname: dict[str, str] = {}
+    seen_const: set[str] = set()
+    n_const = 0
+    lines = [
+        f"# qdqopt dump v{FORMAT_VERSION}: scales rounded to {precision} significant digits; "
+        "nodes/tensors renumbered in canonical topological order"
+        + ("; original names in comments" if names else ""),
+        "opset "
+        + ", ".join(
+            f"{o.domain or 'ai.onnx'}={o.version}"
+            for o in sorted(model.opset_import, key=lambda o: o.domain)
+        ),
+    ]
+    graph_inputs = [i for i in g.input if i.name not in inits]
+    for k, vi in enumerate(graph_inputs):
+        tname[vi.name] = f"in{k}"
+        lines.append(f"input in{k}: {_type(vi)}" + (f"  # {vi.name}" if names else ""))
+
+    def ref(name: str) -> str:
+        nonlocal n_const
+        if not name:
+            return "-"
+        if name in tname:
+            return tname[name]
+        if name in inits:
+            label = f"c{n_const}"
+            n_const += 1
+            tname[name] = label
+            seen_const.add(name)
+            return f"{label}={_const(numpy_helper.to_array(inits[name]), precision)}"
+        return f"?{name}"  # dangling reference (invalid model): keep it visible
+
+    for pos, idx in enumerate(order):
+        node = g.node[idx]
+        for k, o in enumerate(node.output):
+            if o:
+                tname[o] = f"t{pos}" if len(node.output) == 1 else f"t{pos}.{k}"
+        op = node.op_type if not node.domain else f"{node.domain}::{node.op_type}"
+        if node.op_type in QDQ_OPS and node.domain in ("", "ai.onnx"):
+            args = ref(node.input[0]) if node.input else "-"
+            extra = _qdq_params(node, inits, precision, ref)
+            attrs = _attrs(node, precision, skip=("axis",) if "axis=" in extra else ())
+        else:
+            args = ", ".join(ref(i) for i in node.input)
+            extra = ""
+            attrs = _attrs(node, precision)
+        outs = ", ".join(tname.get(o, "-") for o in node.output)
+        text = f"n{pos} {op}({args}){extra}{attrs} -> {outs}"
+        if names:
+            text += f"  # {node.name}"
+        lines.append(text)
+    for k, vi in enumerate(g.output):
+        lines.append(
+            f"output out{k} = {tname.get(vi.name, '?' + vi.name)}: {_type(vi)}"
+            + (f"  # {vi.name}" if names else "")
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _qdq_params(node: onnx.NodeProto, inits, precision: int, ref) -> str:
+    """`` scale=... zp=...`` for a Q/DQ with constant parameters; references otherwise."""
+    parts = []
+    for label, pos in (("scale", 1), ("zp", 2)):
+        if len(node.input) <= pos or not node.input[pos]:
+            continue
+        name = node.input[pos]
+        if name in inits:
+            value = numpy_helper.to_array(inits[name])
+            parts.append(f"{label}={_qvalue(value, precision)}")
+        else:
+            parts.append(f"{label}={ref(name)}")
+    axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+    scale = inits.get(node.input[1]) if len(node.input) > 1 else None
+    if scale is not None and np.prod(scale.dims, dtype=np.int64) > 1:
+        parts.append(f"axis={1 if axis is None else axis}")
+    return (" " + " ".join(parts)) if parts else ""
+
+
+def _qvalue(value: np.ndarray, precision: int) -> str:
+    dt = value.dtype.name
+    if value.size == 1:
+        v = value.reshape(-1)[0]
+        return (
+            f"{_num(v, precision)}:{dt}"
+            if not np.issubdtype(value.dtype, np.floating)
+            else _num(v, precision)
+        )
+    flat = value.reshape(-1)
+    if not np.issubdtype(value.dtype, np.floating) and np.all(flat == flat[0]):
+        return f"{_num(flat[0], precision)}:{dt}[{value.size}]"
+    rounded = [_num(v, precision) for v in flat]
+    digest = hashlib.sha1(",".join(rounded).encode()).hexdigest()[:8]
+    return f"{dt}[{value.size}](min={_num(flat.min(), precision)},max={_num(flat.max(), precision)})#{digest}"
+
+
+def _const(value: np.ndarray, precision: int) -> str:
+    shape = "x".join(str(d) for d in value.shape)
+    if value.size <= SMALL_CONST:
+        vals = ",".join(_num(v, precision) for v in value.reshape(-1))
+        return f"{value.dtype.name}[{shape}]({vals})"
+    digest = hashlib.sha1(np.ascontiguousarray(value).tobytes()).hexdigest()[:8]
+    return f"{value.dtype.name}[{shape}]#{digest}"
+
+
+def _num(v, precision: int) -> str:
+    if isinstance(v, (np.floating, float)):
+        return f"{float(v):.{precision}g}"
+    if isinstance(v, (np.bool_, bool)):
+        return str(bool(v)).lower()
+    if isinstance(v, (np.integer, int)):
+        return str(int(v))
+    return str(v)
+
+
+def _attrs(node: onnx.NodeProto, precision: int, skip: tuple[str, ...] = ()) -> str:
+    items = []
+    for a in sorted(node.attribute, key=lambda a: a.name):
+        if a.name in skip:
+            continue
+        items.append(f"{a.name}={_attr_value(a, precision)}")
+    return (" {" + " ".join(items) + "}") if items else ""
+
+
+def _attr_value(a: onnx.AttributeProto, precision: int) -> str:
+    T = onnx.AttributeProto
+    if a.type == T.FLOAT:
+        return _num(np.float32(a.f), precision)
+    if a.type == T.INT:
+        return str(a.i)
+    if a.type == T.STRING:
+        return repr(a.s.decode("utf-8", "replace"))
+    if a.type == T.FLOATS:
+        return "[" + ",".join(_num(np.float32(f), precision) for f in a.floats) + "]"
+    if a.type == T.INTS:
+        return "[" + ",".join(str(i) for i in a.ints) + "]"
+    if a.type == T.STRINGS:
+        return "[" + ",".join(repr(s.decode("utf-8", "replace")) for s in a.strings) + "]"
+    if a.type == T.TENSOR:
+        return _const(numpy_helper.to_array(a.t), precision)
+    if a.type == T.GRAPH:
+        return f"<graph {len(a.g.node)} nodes>"
+    if a.type == T.GRAPHS:
+        return "[" + ",".join(f"<graph {len(g.node)} nodes>" for g in a.graphs) + "]"
+    return f"<{T.AttributeType.Name(a.type).lower()}>"
+
+
+def _type(vi: onnx.ValueInfoProto) -> str:
+    t = vi.type
+    if not t.HasField("tensor_type"):
+        return "?"
+    tt = t.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else "?"
+    if not tt.HasField("shape"):
+        return f"{dtype}[?]"
+    dims = [
+        str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim
+    ]
+    return f"{dtype}[{','.join(dims)}]"
