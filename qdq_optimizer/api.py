@@ -127,8 +127,9 @@ def lint_report(
     problems: list[Problem] = []
     for result in report.results:
         for change in result.changes:
-            detail = f": {change.detail}" if change.detail else ""
-            problems.append(Problem(result.rule_id, list(change.nodes), f"{result.why}{detail}"))
+            why = result.why.rstrip(".")
+            message = f"{why} ({change.detail})" if change.detail else why
+            problems.append(Problem(result.rule_id, list(change.nodes), message))
     check_graph = _trt_checks()
     if check_graph is not None:
         patterns = [*ruleset.ignore, *compile_ignore(tuple(ignore))]

@@ -1,0 +1,46 @@
+"""``qdqopt lint IN --rules NAME``: the rule set's matches without rewriting, plus TensorRT's
+placement checks; exit 1 when there is any problem (a CI gate). IN is never modified."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import CheckFailed
+
+
+@click.command(name="lint")
+@click.argument("input_path", metavar="IN", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--rules", default="tensorrt", show_default=True, help="Rule set name or YAML path.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option("--ignore", multiple=True, metavar="REGEX", help="Leave matching nodes alone.")
+@click.option("--allow-asymmetric", is_flag=True, help="Warn on non-zero zero points instead.")
+def command(
+    input_path: Path, rules: str, fmt: str, ignore: tuple[str, ...], allow_asymmetric: bool
+) -> None:
+    """List Q/DQ placement problems of IN; exit 1 if there are any."""
+    from ..api import lint_report
+
+    report = lint_report(input_path, rules, ignore=ignore, allow_asymmetric=allow_asymmetric)
+    problems = report.problems
+    if fmt == "json":
+        payload = {
+            "model": str(input_path),
+            "rules": report.rule_chain,
+            "problems": [p.to_dict() for p in problems],
+            "warnings": report.warnings,
+        }
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        for p in problems:
+            click.echo(str(p))
+        for w in report.warnings:
+            click.echo(f"warning: {w}", err=True)
+        chain = " > ".join(report.rule_chain)
+        click.echo(f"{len(problems)} problem(s) in {input_path} (rules: {chain})")
+    if problems:
+        raise CheckFailed(f"{len(problems)} Q/DQ placement problem(s) in {input_path}")

@@ -1,0 +1,155 @@
+"""``qdqopt optimize IN OUT --rules NAME``: rewrite Q/DQ placement and report what changed.
+
+Nothing is written unless the whole run succeeds: the output path is checked before any work,
+verification runs on the in-memory result, and model and report are written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..engine import DEFAULT_MAX_ITERATIONS
+from ..errors import UsageError
+from ..fileio import check_output_path, write_text_atomic
+from ..report import OptimizeReport
+
+
+@click.command(name="optimize")
+@click.argument("input_path", metavar="IN", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument(
+    "output_path", metavar="OUT", required=False, type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option("--rules", default="tensorrt", show_default=True, help="Rule set name or YAML path.")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report as JSON.",
+)
+@click.option("--verify", is_flag=True, help="Compare input and output under ONNX Runtime.")
+@click.option(
+    "--inputs",
+    "inputs_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Inputs for --verify (.npz keyed by input name); default: seeded random.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the random --verify inputs.")
+@click.option("--dry-run", is_flag=True, help="Report what would change; write no model.")
+@click.option("-v", "--verbose", is_flag=True, help="List the nodes each rule touched.")
+@click.option("--ignore", multiple=True, metavar="REGEX", help="Leave matching nodes alone.")
+@click.option("--allow-asymmetric", is_flag=True, help="Warn on non-zero zero points instead.")
+@click.option("--keep-weight-q", is_flag=True, help="Keep Q nodes on float weights.")
+@click.option(
+    "--max-iterations",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_ITERATIONS,
+    show_default=True,
+    help="Bound on fixpoint iterations.",
+)
+def command(
+    input_path: Path,
+    output_path: Path | None,
+    rules: str,
+    report_path: Path | None,
+    verify: bool,
+    inputs_path: Path | None,
+    seed: int,
+    dry_run: bool,
+    verbose: bool,
+    ignore: tuple[str, ...],
+    allow_asymmetric: bool,
+    keep_weight_q: bool,
+    max_iterations: int,
+) -> None:
+    """Rewrite the Q/DQ placement of IN by a rule set and write OUT."""
+    from ..api import optimize
+    from ..model_io import save_model
+    from ..ruleset import compile_ignore, load_ruleset
+
+    if output_path is None and not dry_run:
+        raise UsageError("missing OUT (or pass --dry-run)")
+    if output_path is not None and not dry_run:
+        check_output_path(output_path, input_path)
+    if report_path is not None:
+        check_output_path(report_path, input_path, *([output_path] if output_path else []))
+        if output_path is not None and report_path.resolve() == output_path.resolve():
+            raise UsageError(f"--report must differ from OUT: {report_path}")
+    ruleset = load_ruleset(rules)  # rule errors before any model work
+    compile_ignore(ignore)
+    feeds = None
+    if inputs_path is not None:
+        from ..verify import load_inputs
+
+        feeds = load_inputs(inputs_path)
+
+    model, report = optimize(
+        input_path,
+        ruleset,
+        ignore=ignore,
+        dry_run=dry_run,
+        max_iterations=max_iterations,
+        allow_asymmetric=allow_asymmetric,
+        keep_weight_q=keep_weight_q,
+    )
+    if verify and not dry_run:
+        from ..api import load
+        from ..verify import compare
+
+        report.verify = [c.to_dict() for c in compare(load(input_path), model, feeds, seed)]
+    if not dry_run:
+        save_model(model, output_path)
+    if report_path is not None:
+        write_text_atomic(report_path, report.to_json())
+    print_report(report, verbose=verbose, target=None if dry_run else output_path)
+
+
+def print_report(report: OptimizeReport, *, verbose: bool, target: Path | None) -> None:
+    console = Console(highlight=False)
+    err = Console(stderr=True, highlight=False)
+    title = f"rules: {' > '.join(report.rule_chain)}" + (" (dry run)" if report.dry_run else "")
+    table = Table(title=title, title_justify="left")
+    table.add_column("rule")
+    table.add_column("action")
+    table.add_column("changes", justify="right")
+    if verbose:
+        table.add_column("nodes")
+    for r in report.results:
+        row = [r.rule_id, r.action, str(r.count)]
+        if verbose:
+            row.append(", ".join(r.node_names()) or "-")
+        table.add_row(*row)
+    console.print(table)
+    s = report.stats
+    loop = "fixpoint" if report.converged else "bound hit"
+    console.print(
+        f"nodes {s['nodes_before']} -> {s['nodes_after']}, "
+        f"Q {s['quantize_before']} -> {s['quantize_after']}, "
+        f"DQ {s['dequantize_before']} -> {s['dequantize_after']}; "
+        f"{report.total_changes} change(s) in {report.iterations} iteration(s) ({loop})"
+    )
+    if report.verify is not None:
+        vt = Table(title="verify (ONNX Runtime, input vs output)", title_justify="left")
+        for col in ("output", "shape", "max |diff|", "SQNR dB"):
+            vt.add_column(col, justify="left" if col in ("output", "shape") else "right")
+        for c in report.verify:
+            sq = c["sqnr_db"]
+            sq_text = (
+                "inf" if sq == "inf" or (isinstance(sq, float) and math.isinf(sq)) else f"{sq:.2f}"
+            )
+            vt.add_row(
+                c["name"], "x".join(map(str, c["shape"])), f"{c['max_abs_diff']:.6g}", sq_text
+            )
+        console.print(vt)
+    for w in report.warnings:
+        err.print(f"warning: {w}", markup=False)
+    if verbose:
+        for r in report.results:
+            for n in r.notes:
+                console.print(f"note [{r.rule_id}]: {n}", markup=False)
+    if target is not None:
+        console.print(f"wrote {target}", markup=False)
