@@ -17,8 +17,8 @@ NON_COMPUTE_KERNELS = frozenset(
 )
 _REFORMAT_KERNELS = frozenset({"Reformat", "MyelinReformat"})
 
-_ONNX_TAG = re.compile(r"\[ONNX Layer:\s*(.*?)\]\s*$")
-_META_SEP = re.compile("[\u001e\u001f]")
+# one tag per record; records are separated by \u001e (8.6) or \u001f (10.x kgen)
+_ONNX_TAGS = re.compile(r"\[ONNX Layer:\s*([^\u001e\u001f]*?)\]\s*(?=[\u001e\u001f]|$)")
 _UNNAMED = re.compile(r"\(Unnamed Layer\*\s*\d+\)")
 _QDQ_NAME = re.compile(r"(?:De)?[Qq]uantizeLinear")
 _TRT_INSERTED = ("Reformatting CopyNode", "copied_squeeze_after_", "unsqueeze_node_after_")
@@ -28,14 +28,9 @@ _MYELIN_SUFFIX = re.compile(r"_myl\d+_\d+$")
 
 def metadata_nodes(metadata: object) -> list[str]:
     """ONNX node names from a Metadata string ('[ONNX Layer: a]' joined by \\u001e or \\u001f)."""
-    if not isinstance(metadata, str) or not metadata:
+    if not isinstance(metadata, str) or "[ONNX Layer:" not in metadata:
         return []
-    nodes = []
-    for part in _META_SEP.split(metadata):
-        m = _ONNX_TAG.search(part.strip())
-        if m and m.group(1):
-            nodes.append(m.group(1))
-    return nodes
+    return [n for n in _ONNX_TAGS.findall(metadata) if n]
 
 
 def _strip_pwn(part: str) -> list[str]:

@@ -10,6 +10,7 @@ words of the string for the first one that names a type and keep the rest as the
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 # Canonical precision names used everywhere in the inspect report.
 INT8 = "INT8"
@@ -70,6 +71,11 @@ def parse_dtype(text: object) -> str | None:
     """Canonical dtype named in a TensorRT format/type string, or None when it names none."""
     if not isinstance(text, str):
         return None
+    return _parse_dtype(text)
+
+
+@lru_cache(maxsize=4096)  # a report repeats a handful of format strings thousands of times
+def _parse_dtype(text: str) -> str | None:
     for word in _WORD.findall(text.replace("DataType.", "")):
         hit = _TOKENS.get(word.lower())
         if hit:
@@ -81,6 +87,11 @@ def parse_layout(text: object) -> str:
     """The layout part of a format string, without the dtype word, the '(kLINEAR)' enum, or 'format'."""
     if not isinstance(text, str):
         return ""
+    return _parse_layout(text)
+
+
+@lru_cache(maxsize=4096)
+def _parse_layout(text: str) -> str:
     s = text.strip().rstrip(".").strip()
     s = re.sub(r"\s*\((k[A-Z0-9_]+)\)", "", s)
     words = [w for w in s.split() if _TOKENS.get(w.lower().strip(".,")) is None]
