@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 
 import click
@@ -168,5 +169,6 @@ def _table(draw, output: str | None) -> str:
         draw(Console())
         return ""
     buf = io.StringIO()
-    draw(Console(file=buf, width=160, color_system=None, force_terminal=False))
+    width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 160
+    draw(Console(file=buf, width=width, color_system=None, force_terminal=False))
     return buf.getvalue()

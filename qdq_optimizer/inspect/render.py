@@ -161,7 +161,7 @@ def render_table(
                 Text(f"--expect: FAILED, {len(violations)} violation(s)", style="bold red")
             )
             for v in violations:
-                console.print(f"  {v}", markup=False, highlight=False)
+                console.print(f"  {v}", markup=False, highlight=False, soft_wrap=True)
         else:
             console.print(Text("--expect: passed", style="bold green"))
 
@@ -363,7 +363,7 @@ def render_compare_table(console: Console, comp: Comparison) -> None:
         t.add_row(name, *["" if v is None else str(v) for v in values])
     console.print(t)
     if comp.verdict:
-        console.print(comp.verdict, markup=False, highlight=False)
+        console.print(comp.verdict, markup=False, highlight=False, soft_wrap=True)
 
 
 def render_compare_markdown(comp: Comparison) -> str:
