@@ -95,8 +95,10 @@ def render_table(
     timed = report.total_time_ms is not None
     if show_layers:
         t = Table(title=f"{report.source}  (TensorRT {report.trt_version_guess})", show_lines=False)
-        for col in ("#", "layer", "type", "kernel", "precision", "reformat", "weights"):
-            t.add_column(col, overflow="fold" if col == "layer" else "ellipsis")
+        t.add_column("#", justify="right")
+        t.add_column("layer", overflow="fold", min_width=20)
+        for col in ("type", "kernel", "precision", "reformat", "weights"):
+            t.add_column(col, overflow="ellipsis")
         if timed:
             t.add_column("ms", justify="right")
             t.add_column("share", justify="right")
@@ -185,7 +187,7 @@ def _onnx_table(console: Console, m: OnnxMapping) -> None:
     console.print(t)
     t = Table(title=f"ONNX Q/DQ nodes that became standalone reformats ({len(m.standalone_qdq)})")
     for col in ("ONNX node", "engine layer", "conversion", "where", "after", "before"):
-        t.add_column(col, overflow="fold")
+        t.add_column(col, overflow="fold", min_width=12)
     for e in m.standalone_qdq:
         t.add_row(
             e["node"],
