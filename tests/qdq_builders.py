@@ -103,13 +103,17 @@ class Builder:
         self.outputs.append(name)
 
     def build(self, name: str = "qdq-test") -> onnx.ModelProto:
-        outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in self.outputs]
+        outs = [helper.make_empty_tensor_value_info(o) for o in self.outputs]
         graph = helper.make_graph(self.nodes, name, self.inputs, outs, self.inits)
         model = helper.make_model(
             graph, opset_imports=[helper.make_opsetid("", self.opset)], producer_name="qdqopt-tests"
         )
         model.ir_version = 8
         model = onnx.shape_inference.infer_shapes(model)
+        inferred = {v.name: v for v in model.graph.value_info}
+        for out in model.graph.output:  # declare graph outputs with their inferred types
+            if out.name in inferred:
+                out.CopyFrom(inferred[out.name])
         onnx.checker.check_model(model, full_check=True)
         return model
 

@@ -1,0 +1,248 @@
+"""Cleanup rules: each rewrite is bit-exact under ONNX Runtime, and only fires when it is."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+from qdq_builders import Builder, messy_model  # noqa: I001
+
+from qdq_optimizer import lint, optimize
+from qdq_optimizer.verify import run, session
+
+
+def _ops(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+def _assert_exact(a: onnx.ModelProto, b: onnx.ModelProto, seed: int = 0) -> None:
+    ra, rb = run(a, seed=seed), run(b, seed=seed)
+    assert ra.keys() == rb.keys()
+    for k in ra:
+        assert np.array_equal(ra[k], rb[k]), k
+
+
+def _chain(
+    scales: list[float], axis_scales: np.ndarray | None = None, axis_b: int = 1
+) -> onnx.ModelProto:
+    """x -> [Q(s_i) -> DQ(s_i)]* -> [per-axis pairs on axis 1, then axis_b] -> Conv -> y."""
+    b = Builder()
+    x = b.input("x", [1, 4, 4, 4])
+    for i, s in enumerate(scales):
+        x = b.qdq(x, s, name=f"p{i}")
+    if axis_scales is not None:
+        x = b.dq(b.q(x, axis_scales, axis=1, name="pa_Q"), axis_scales, axis=1, name="pa_DQ")
+        x = b.dq(
+            b.q(x, axis_scales, axis=axis_b, name="pb_Q"), axis_scales, axis=axis_b, name="pb_DQ"
+        )
+    y = b.conv(x, 4, 4, act=None, in_scale=None, name="conv")
+    b.output(y)
+    return b.build()
+
+
+# ---------------------------------------------------------------- collapse-dq-q
+def test_collapse_equal_scales_is_exact():
+    m = _chain([0.05, 0.05, 0.05])
+    out, report = optimize(m, "cleanup")
+    assert report.result("collapse-dq-q").count == 2
+    assert _ops(out).count("QuantizeLinear") == 1 and _ops(out).count("DequantizeLinear") == 2
+    _assert_exact(m, out)
+
+
+def test_collapse_keeps_different_scales():
+    m = _chain([0.05, 0.07, 0.05])
+    out, report = optimize(m, "cleanup")
+    assert report.total_changes == 0
+    assert _ops(out).count("QuantizeLinear") == 3
+
+
+def test_collapse_per_axis_same_axis_only():
+    s = np.array([0.01, 0.02, 0.03, 0.04], dtype=np.float32)
+    m = _chain([], axis_scales=s)
+    out, report = optimize(m, "cleanup")
+    assert report.result("collapse-dq-q").count == 1
+    _assert_exact(m, out)
+    # axis -3 of a rank-4 tensor is axis 1: the same quantizer
+    _, r2 = optimize(_chain([], axis_scales=s, axis_b=-3), "cleanup")
+    assert r2.result("collapse-dq-q").count == 1
+    # the same scale values on another axis are a different quantizer
+    _, r3 = optimize(_chain([], axis_scales=s, axis_b=2), "cleanup")
+    assert r3.result("collapse-dq-q").count == 0
+
+
+def test_collapse_skips_graph_output_and_odd_scales():
+    b = Builder()
+    x = b.input("x", [1, 4])
+    y = b.dq(b.q(x, 0.1, name="q0"), 0.1, name="dq0")
+    z = b.q(y, 0.1, name="q_out")
+    b.output(z)
+    m = b.build()
+    _, report = optimize(m, "cleanup")
+    assert report.total_changes == 0  # q_out's output is a graph output: its name must stay
+    tiny = _chain([1e-39, 1e-39])
+    _, report = optimize(tiny, "cleanup")
+    assert report.result("collapse-dq-q").count == 0  # denormal scale: not provably exact
+
+
+def test_dq_q_identity_holds_in_onnx_runtime_for_all_int8_values():
+    """The fact collapse-dq-q rests on, checked for ORT itself: Q(DQ(x, s), s) == x for every
+    int8 x over 1,000 scales spread (log-uniform) over the range the rule accepts."""
+    rng = np.random.default_rng(0)
+    k = 1000
+    scales = np.exp2(rng.uniform(-116, 111, size=k)).astype(np.float32)
+    scales[:4] = [2.0**-116, 2.0**111, 1.0, 1 / 127]
+    zp = np.zeros(k, dtype=np.int8)
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "s", "z"], ["f"], axis=0),
+        helper.make_node("QuantizeLinear", ["f", "s", "z"], ["y"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dqq",
+        [helper.make_tensor_value_info("x", TensorProto.INT8, [k, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, [k, 256])],
+        [numpy_helper.from_array(scales, "s"), numpy_helper.from_array(zp, "z")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.tile(np.arange(-128, 128, dtype=np.int8), (k, 1))
+    (y,) = session(model).run(None, {"x": x})
+    assert np.array_equal(x, y)
+
+
+# ---------------------------------------------------------------- merge duplicates
+def _fanout(params: list[tuple[float, int | None]], output_twin: bool = False) -> onnx.ModelProto:
+    """One tensor read by several Q/DQ pairs (scale, axis-attr) each feeding its own Relu."""
+    b = Builder()
+    x = b.input("x", [1, 4, 3, 3])
+    outs = []
+    for i, (s, axis) in enumerate(params):
+        sc = s if axis is None else np.full(4, s, dtype=np.float32)
+        dq = b.dq(b.q(x, sc, axis=axis, name=f"q{i}"), sc, axis=axis, name=f"dq{i}")
+        outs.append(
+            dq if (output_twin and i == len(params) - 1) else b.node("Relu", [dq], name=f"r{i}")
+        )
+    for o in outs:
+        b.output(o)
+    return b.build()
+
+
+def test_merge_duplicate_pairs_is_exact():
+    m = _fanout([(0.1, None), (0.1, None), (0.2, None), (0.1, None)])
+    out, report = optimize(m, "cleanup")
+    assert report.result("merge-duplicate-q").count == 2
+    assert report.result("merge-duplicate-dq").count == 2
+    assert _ops(out).count("QuantizeLinear") == 2 and _ops(out).count("DequantizeLinear") == 2
+    survivors = {n.name for n in out.graph.node if n.op_type == "QuantizeLinear"}
+    assert survivors == {"q0", "q2"}  # the first in topological order survives
+    _assert_exact(m, out)
+
+
+def test_merge_respects_per_axis_and_graph_outputs():
+    m = _fanout([(0.1, None), (0.1, 1)])  # per-tensor vs per-axis of equal values: different
+    _, report = optimize(m, "cleanup")
+    assert report.total_changes == 0
+    m = _fanout([(0.1, None), (0.1, None)], output_twin=True)
+    out, report = optimize(m, "cleanup")
+    assert report.result("merge-duplicate-dq").count == 0  # dq1 is a graph output
+    assert [o.name for o in out.graph.output] == [o.name for o in m.graph.output]
+    _assert_exact(m, out)
+
+
+# ---------------------------------------------------------------- drop dead
+def test_drop_dead_pair_and_keep_shared_q():
+    b = Builder()
+    x = b.input("x", [1, 4])
+    q = b.q(x, 0.1, name="q_shared")
+    y = b.dq(q, 0.1, name="dq_used")
+    b.dq(q, 0.2, name="dq_dead")  # Q still used by dq_used: stays
+    b.dq(b.q(x, 0.3, name="q_lone"), 0.3, name="dq_lone")  # whole pair dead
+    b.output(b.node("Relu", [y], name="r"))
+    m = b.build()
+    out, report = optimize(m, "cleanup")
+    res = report.result("drop-dead-qdq")
+    assert res.count == 2
+    assert set(res.node_names()) == {"dq_dead", "dq_lone", "q_lone"}
+    assert {n.name for n in out.graph.node} == {"q_shared", "dq_used", "r"}
+    _assert_exact(m, out)
+
+
+def test_messy_fixture_all_rules_exact_and_lint_clean():
+    m = messy_model()
+    out, report = optimize(m, "cleanup")
+    assert {r.rule_id: r.count for r in report.results} == {
+        "collapse-dq-q": 1,
+        "merge-duplicate-q": 1,
+        "merge-duplicate-dq": 1,
+        "drop-dead-qdq": 1,
+    }
+    _assert_exact(m, out)
+    assert lint(out, "cleanup") == []
+
+
+# ---------------------------------------------------------------- property test
+SCALES = st.sampled_from([0.02, 0.05, 0.1])
+
+
+@st.composite
+def qdq_graphs(draw):
+    """Random Q/DQ networks: chains of pairs with random scales, random fan-out of duplicate
+    pairs, and dangling DQs, over a small conv net."""
+    b = Builder(seed=draw(st.integers(0, 3)))
+    x = b.input("x", [1, 4, 5, 5])
+    cur = x
+    for i in range(draw(st.integers(1, 4))):
+        for j in range(draw(st.integers(1, 3))):
+            cur = b.qdq(cur, draw(SCALES), name=f"c{i}_{j}")
+        if draw(st.booleans()):
+            b.dq(
+                b.node("QuantizeLinear", [cur, *_sz(b, draw(SCALES))], name=f"dead{i}_Q"),
+                0.1,
+                name=f"dead{i}_DQ",
+            )
+        branches = []
+        for k in range(draw(st.integers(1, 3))):
+            y = b.qdq(cur, draw(SCALES), name=f"f{i}_{k}")
+            branches.append(b.conv(y, 4, 4, in_scale=None, name=f"conv{i}_{k}"))
+        cur = branches[0]
+        for other in branches[1:]:
+            cur = b.node("Add", [cur, other], name=b._name("add"))
+    b.output(cur)
+    return b.build()
+
+
+def _sz(b: Builder, s: float) -> list[str]:
+    return [b.const(np.float32(s), "s"), b.const(np.int8(0), "z")]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(qdq_graphs())
+def test_property_cleanup_is_exact_idempotent_and_lint_clean(model):
+    out, report = optimize(model, "cleanup")
+    assert report.converged
+    _assert_exact(model, out)
+    again, report2 = optimize(out, "cleanup")
+    assert report2.total_changes == 0
+    assert again.SerializeToString() == out.SerializeToString()
+    assert lint(out, "cleanup") == []
+    n_qdq = lambda m: sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node)  # noqa: E731
+    assert n_qdq(out) <= n_qdq(model)
+
+
+@pytest.mark.parametrize("scale", [0.05])
+def test_uint8_asymmetric_chain_collapses_exactly(scale):
+    """With --allow-asymmetric, uint8 with a zero point collapses exactly too."""
+    b = Builder()
+    x = b.input("x", [1, 4, 3, 3])
+    s, z = b.const(np.float32(scale)), b.const(np.uint8(128))
+    q1 = b.node("QuantizeLinear", [x, s, z], name="q1")
+    d1 = b.node("DequantizeLinear", [q1, s, z], name="d1")
+    q2 = b.node("QuantizeLinear", [d1, s, z], name="q2")
+    d2 = b.node("DequantizeLinear", [q2, s, z], name="d2")
+    b.output(b.node("Relu", [d2], name="r"))
+    m = b.build()
+    out, report = optimize(m, "cleanup", allow_asymmetric=True)
+    assert report.result("collapse-dq-q").count == 1
+    _assert_exact(m, out)
