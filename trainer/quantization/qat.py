@@ -34,8 +34,8 @@ LR_LOW, LR_HIGH = 1e-6, 1e-5
 
 
 def lr_for_epoch(epoch: int, epochs: int) -> float:
-    """1e-6 for the first 30 % of epochs, 1e-5 up to 80 %, 1e-6 after (the seed's 0-2/3-7/8-9)."""
-    phase = epoch * 10 / max(epochs, 1)
+    """The seed's 0-2 / 3-7 / 8-9 of 10 epochs, scaled: each epoch's middle picks its phase."""
+    phase = (epoch + 0.5) * 10 / max(epochs, 1)
     return LR_LOW if phase < 3 or phase >= 8 else LR_HIGH
 
 
@@ -75,6 +75,8 @@ class QATResult:
     epochs: list[dict] = field(default_factory=list)
     best_epoch: int | None = None
     best_map: float | None = None
+    world_size: int = 1
+    rank_checksums: list[float] = field(default_factory=list)  # equal when DDP kept ranks in sync
 
 
 class _Recorder:
@@ -113,6 +115,19 @@ def distill_loss(student: dict[int, object], teacher: dict[int, object]) -> torc
     if loss is None:
         raise UsageError("no supervised layer produced a tensor")
     return loss
+
+
+class _Distill(nn.Module):
+    """Student forward returning the loss, so DDP sees exactly the parameters the loss uses."""
+
+    def __init__(self, model: nn.Module, recorder: _Recorder) -> None:
+        super().__init__()
+        self.model = model
+        self.recorder = recorder
+
+    def forward(self, imgs: torch.Tensor, teacher_outputs: dict[int, object]) -> torch.Tensor:
+        self.model(imgs)
+        return distill_loss(self.recorder.outputs, teacher_outputs)
 
 
 def float_copy(model: nn.Module) -> nn.Module:
@@ -167,12 +182,11 @@ def train_qat(
     indices = supervision_indices(len(layers_s), cfg.supervision_stride)
     rec_s, rec_t = _Recorder(layers_s, indices), _Recorder(layers_t, indices)
 
-    net: nn.Module = model
+    net: nn.Module = _Distill(model, rec_s)
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=ids, find_unused_parameters=True
-        )
+        # layers that feed only the head are not in the loss at stride > 1: find_unused_parameters
+        net = nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=True)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LR_LOW)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -204,10 +218,9 @@ def train_qat(
                     continue
                 imgs = prepare_images(batch, device)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    net(imgs)
                     with torch.no_grad():
                         teacher(imgs)
-                    loss = distill_loss(rec_s.outputs, rec_t.outputs)
+                    loss = net(imgs, rec_t.outputs)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -272,6 +285,10 @@ def _spawn_worker(rank, world, port, model, loader_fn, cfg, evaluate_fn, out_dir
 
         result = train_qat(model, loader_fn, cfg, evaluate_fn, save if rank == 0 else None)
         torch.save(model.state_dict(), Path(out_dir) / f"final{rank}.pt")
+        checksum = torch.tensor([sum(float(p.detach().double().sum()) for p in model.parameters())])
+        sums = [torch.zeros(1, dtype=checksum.dtype) for _ in range(world)]
+        dist.all_gather(sums, checksum)
+        result.world_size, result.rank_checksums = world, [float(s) for s in sums]
         if rank == 0:
             (Path(out_dir) / "result.json").write_text(json.dumps(asdict(result)))
     finally:

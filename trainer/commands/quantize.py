@@ -1,0 +1,81 @@
+"""``qdqopt quantize``: Q/DQ insertion, PTQ calibration and QAT fine-tuning (the seed's qat.py)."""
+
+from __future__ import annotations
+
+import click
+
+_COMMON_HELP = "Under torchrun with several GPUs each rank trains with DistributedDataParallel."
+
+
+@click.command(help=f"Insert Q/DQ, calibrate (PTQ) and fine-tune (QAT). {_COMMON_HELP}")
+@click.argument("weights", type=click.Path(dir_okay=False))
+@click.option(
+    "--data", required=True, type=click.Path(), help="COCO folder/JSON or yolov7 txt list."
+)
+@click.option("--ptq", "ptq", type=click.Path(dir_okay=False), help="Save the PTQ model here.")
+@click.option(
+    "--qat", "qat", type=click.Path(dir_okay=False), help="Run QAT; save the best model here."
+)
+@click.option(
+    "--summary",
+    type=click.Path(dir_okay=False),
+    help="Results JSON [summary.json beside --qat/--ptq].",
+)
+@click.option("--eval-origin", is_flag=True, help="Evaluate the float model first.")
+@click.option("--eval-ptq", is_flag=True, help="Evaluate the PTQ model.")
+@click.option(
+    "--ignore-policy", multiple=True, help="Regex on module paths to keep float (repeatable)."
+)
+@click.option("--supervision-stride", default=1, show_default=True, type=int)
+@click.option("--iters", default=200, show_default=True, type=int, help="QAT steps per epoch.")
+@click.option("--epochs", default=10, show_default=True, type=int)
+@click.option("--calib-method", default="mse", show_default=True,
+              type=click.Choice(["mse", "percentile", "entropy", "max"]))  # fmt: skip
+@click.option("--calib-batches", default=25, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option(
+    "--rules", default="yolov7", show_default=True, help="Optimizer rule set for scale groups."
+)
+@click.option("--img-size", default=640, show_default=True, type=int)
+@click.option("--batch-size", default=10, show_default=True, type=int)
+@click.option("--nproc", default=1, show_default=True, type=int, help="CPU processes (gloo DDP).")
+@click.option(
+    "--trust-checkpoint", is_flag=True, help="Allow the restricted unpickler for official .pt."
+)
+@click.option("--yolov7-repo", type=click.Path(file_okay=False), help="Official yolov7 checkout.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def command(weights: str, **kw) -> None:
+    from rich.console import Console
+
+    from trainer.quantization.pipeline import QuantizeOptions, run_quantize
+
+    console = Console(stderr=True)
+    kw["ignore_policy"] = list(kw.pop("ignore_policy"))
+    kw["progress"] = not kw.pop("no_progress")
+    opts = QuantizeOptions(**kw)
+    summary = run_quantize(weights, opts, log=console.print)
+    _print_table(summary)
+
+
+def _print_table(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    res = summary["results"]
+    rows = []
+    if "origin" in res:
+        rows.append(("float", res["origin"]))
+    if "ptq" in res:
+        rows.append(("PTQ", res["ptq"]))
+    for rec in res.get("qat_epochs", []):
+        if "map" in rec:
+            rows.append((f"QAT epoch {rec['epoch']}", rec))
+    if not rows:
+        return
+    table = Table(title="mAP (PyTorch)")
+    table.add_column("model")
+    table.add_column("mAP@0.5", justify="right")
+    table.add_column("mAP@0.5:0.95", justify="right")
+    for name, r in rows:
+        table.add_row(name, f"{r['map50']:.4f}", f"{r['map']:.4f}")
+    Console().print(table)
