@@ -18,6 +18,8 @@ from ..errors import UsageError
 from ..fileio import check_output_path, write_text_atomic
 from ..report import OptimizeReport
 
+MAX_WARNINGS = 10  # the rest go to --report
+
 
 @click.command(name="optimize")
 @click.argument("input_path", metavar="IN", type=click.Path(dir_okay=False, path_type=Path))
@@ -145,8 +147,12 @@ def print_report(report: OptimizeReport, *, verbose: bool, target: Path | None) 
                 c["name"], "x".join(map(str, c["shape"])), f"{c['max_abs_diff']:.6g}", sq_text
             )
         console.print(vt)
-    for w in report.warnings:
-        err.print(f"warning: {w}", markup=False)
+    shown = report.warnings[:MAX_WARNINGS]
+    for w in shown:
+        err.print(f"warning: {w}", markup=False, soft_wrap=True)
+    if len(report.warnings) > len(shown):
+        more = len(report.warnings) - len(shown)
+        err.print(f"warning: ... and {more} more (all in --report)", markup=False)
     if verbose:
         for r in report.results:
             for n in r.notes:

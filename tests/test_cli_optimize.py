@@ -1,0 +1,172 @@
+"""``qdqopt optimize`` and ``qdqopt lint`` end to end: outputs, reports, exit codes, no debris."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from qdq_builders import messy_model  # noqa: I001
+
+import cli
+
+
+@pytest.fixture()
+def messy_path(tmp_path) -> Path:
+    p = tmp_path / "in" / "messy.onnx"
+    p.parent.mkdir()
+    onnx.save(messy_model(), p)
+    return p
+
+
+def _digest(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def test_optimize_writes_model_report_and_table(tmp_path, messy_path, capsys):
+    before = _digest(messy_path)
+    out, rep = tmp_path / "out.onnx", tmp_path / "report.json"
+    code = cli.main(
+        [
+            "optimize",
+            str(messy_path),
+            str(out),
+            "--rules",
+            "cleanup",
+            "--report",
+            str(rep),
+            "-v",
+            "--verify",
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "collapse-dq-q" in text and "stem_out_DQ, c1_in_Q" in text  # -v lists node names
+    assert "nodes 30 -> 25, Q 7 -> 5, DQ 13 -> 10" in text
+    assert "SQNR dB" in text and "inf" in text  # exact rules: identical outputs
+    model = onnx.load(out)
+    onnx.checker.check_model(model, full_check=True)
+    assert len(model.graph.node) == 25
+    report = json.loads(rep.read_text())
+    assert report["total_changes"] == 4 and report["converged"] is True
+    assert {r["rule_id"]: r["count"] for r in report["results"]}["drop-dead-qdq"] == 1
+    assert report["verify"][0]["max_abs_diff"] == 0.0 and report["verify"][0]["sqnr_db"] == "inf"
+    assert _digest(messy_path) == before  # input untouched
+    assert _files(tmp_path) == {"in", "out.onnx", "report.json"}  # no temp files left
+
+
+def test_optimize_without_verbose_hides_node_names(tmp_path, messy_path, capsys):
+    assert (
+        cli.main(["optimize", str(messy_path), str(tmp_path / "o.onnx"), "--rules", "cleanup"]) == 0
+    )
+    assert "stem_out_DQ" not in capsys.readouterr().out
+
+
+def test_verify_with_inputs_file(tmp_path, messy_path, capsys):
+    npz = tmp_path / "x.npz"
+    np.savez(npz, images=np.random.default_rng(1).random((1, 3, 16, 16), dtype=np.float32))
+    out = tmp_path / "o.onnx"
+    args = [
+        "optimize",
+        str(messy_path),
+        str(out),
+        "--rules",
+        "cleanup",
+        "--verify",
+        "--inputs",
+        str(npz),
+    ]
+    assert cli.main(args) == 0
+    assert "head_out" in capsys.readouterr().out
+    np.savez(npz, wrong=np.zeros(3, dtype=np.float32))
+    out.unlink()
+    assert cli.main(args) == 2
+    assert "lacks graph input(s): images" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_dry_run_writes_nothing(tmp_path, messy_path, capsys):
+    out = tmp_path / "o.onnx"
+    assert cli.main(["optimize", str(messy_path), str(out), "--rules", "cleanup", "--dry-run"]) == 0
+    assert "(dry run)" in capsys.readouterr().out
+    assert not out.exists()
+    assert cli.main(["optimize", str(messy_path), "--rules", "cleanup", "--dry-run"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda t, i: [str(i), str(i)], "must differ from the input"),
+        (lambda t, i: [str(i), str(t / "nope" / "o.onnx")], "output folder does not exist"),
+        (lambda t, i: [str(t / "missing.onnx"), str(t / "o.onnx")], "not found"),
+        (lambda t, i: [str(t / "junk.onnx"), str(t / "o.onnx")], "junk.onnx"),
+        (lambda t, i: [str(i)], "missing OUT"),
+        (lambda t, i: [str(i), str(t / "o.onnx"), "--ignore", "(["], "bad regex"),
+        (
+            lambda t, i: [str(i), str(t / "o.onnx"), "--report", str(t / "nope" / "r.json")],
+            "does not exist",
+        ),
+        (lambda t, i: [str(i), str(t / "o.onnx"), "--rules", "no-such-rules"], "unknown rule set"),
+    ],
+)
+def test_bad_input_exit_2_nothing_written(tmp_path, messy_path, capsys, make_args, message):
+    (tmp_path / "junk.onnx").write_bytes(b"\x00garbage" * 10)
+    before = _digest(messy_path)
+    listing = _files(tmp_path)
+    args = make_args(tmp_path, messy_path)
+    if "--rules" not in args:
+        args += ["--rules", "cleanup"]
+    code = cli.main(["optimize", *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+    assert err.count("\n") == 1  # one line
+    assert _files(tmp_path) == listing and _digest(messy_path) == before
+
+
+def test_truncated_model_is_bad_input(tmp_path, messy_path, capsys):
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(messy_path.read_bytes()[:-200])
+    assert cli.main(["optimize", str(cut), str(tmp_path / "o.onnx"), "--rules", "cleanup"]) == 2
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_lint_exit_codes_and_json(tmp_path, messy_path, capsys):
+    assert cli.main(["lint", str(messy_path), "--rules", "cleanup"]) == 1
+    captured = capsys.readouterr()
+    assert "[collapse-dq-q] stem_out_DQ, c1_in_Q:" in captured.out
+    assert "3 problem(s)" in captured.out
+    assert cli.main(["lint", str(messy_path), "--rules", "cleanup", "--format", "json"]) == 1
+    payload = json.loads(capsys.readouterr().out)
+    assert {p["rule_id"] for p in payload["problems"]} == {
+        "collapse-dq-q",
+        "merge-duplicate-q",
+        "drop-dead-qdq",
+    }
+    out = tmp_path / "o.onnx"
+    assert cli.main(["optimize", str(messy_path), str(out), "--rules", "cleanup"]) == 0
+    capsys.readouterr()
+    assert cli.main(["lint", str(out), "--rules", "cleanup"]) == 0
+    assert "0 problem(s)" in capsys.readouterr().out
+    assert cli.main(["lint", str(messy_path), "--rules", "cleanup", "--ignore", "."]) == 0
+
+
+def test_max_iterations_flag(tmp_path, messy_path, capsys):
+    out = tmp_path / "o.onnx"
+    assert (
+        cli.main(
+            ["optimize", str(messy_path), str(out), "--rules", "cleanup", "--max-iterations", "1"]
+        )
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "did not reach a fixpoint within 1 iterations" in err
+    assert out.exists()  # the model is still valid, only possibly not fully optimized
+    assert cli.main(["optimize", str(messy_path), str(out), "--max-iterations", "0"]) == 2
