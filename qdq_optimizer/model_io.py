@@ -81,6 +81,86 @@ def tensor_nbytes(tensor: TensorProto) -> int | None:
     return (count * bits + 7) // 8
 
 
+# Field holding typed (non-raw) data, for types other than int32_data's.
+_TYPED_FIELD = {
+    TensorProto.FLOAT: "float_data",
+    TensorProto.DOUBLE: "double_data",
+    TensorProto.INT64: "int64_data",
+    TensorProto.UINT64: "uint64_data",
+    TensorProto.UINT32: "uint64_data",
+    TensorProto.COMPLEX64: "float_data",
+    TensorProto.COMPLEX128: "double_data",
+}
+_PACKED_4BIT = {
+    getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, n)
+}
+_RAW_TAG_BYTES = 1  # field 9, wire type 2
+
+
+def _varint_len(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def raw_data_len(t: TensorProto) -> int | None:
+    """len(t.raw_data) without copying the bytes out of protobuf (None if unset).
+
+    The tensor's serialized size minus that of a shell holding every other field leaves the
+    raw_data field's tag + length varint + payload; solve for the payload.
+    """
+    if not t.HasField("raw_data"):
+        return None
+    shell = TensorProto()
+    for field in _TENSOR_DESCRIPTOR.fields:
+        name = field.name
+        if name == "raw_data":
+            continue
+        if _is_repeated(field):
+            getattr(shell, name).extend(getattr(t, name))
+        elif t.HasField(name):
+            if field.type == _MESSAGE:
+                getattr(shell, name).CopyFrom(getattr(t, name))
+            else:
+                setattr(shell, name, getattr(t, name))
+    rest = t.ByteSize() - shell.ByteSize() - _RAW_TAG_BYTES
+    for k in range(1, 11):
+        if rest - k >= 0 and _varint_len(rest - k) == k:
+            return rest - k
+    return len(t.raw_data)  # not reached for well-formed sizes; fall back to a copy
+
+
+def check_tensor_data(t: TensorProto, what: str) -> None:
+    """Data length must match dims and type: catches truncated or corrupted weights early."""
+    if any(d < 0 for d in t.dims):
+        raise InputError(f"{what} has a negative dimension {list(t.dims)}")
+    if t.data_type not in TensorProto.DataType.values() or t.data_type == TensorProto.UNDEFINED:
+        raise InputError(f"{what} has an invalid data type {t.data_type}")
+    if t.data_location == TensorProto.EXTERNAL or t.data_type == TensorProto.STRING:
+        return  # external: offsets/lengths are checked against the file by load_model
+    expected = tensor_nbytes(t)
+    if expected is None:
+        return
+    got = raw_data_len(t)
+    if got is not None:
+        if got != expected:
+            raise InputError(
+                f"{what} holds {got} bytes but its shape {list(t.dims)} needs {expected}"
+            )
+        return
+    count = math.prod(int(d) for d in t.dims)
+    field = _TYPED_FIELD.get(t.data_type, "int32_data")
+    if t.data_type in _PACKED_4BIT:
+        want = (count + 1) // 2
+    elif t.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128):
+        want = 2 * count
+    else:
+        want = count
+    got = len(getattr(t, field))
+    if got != want:
+        raise InputError(
+            f"{what} holds {got} values in {field} but its shape {list(t.dims)} needs {want}"
+        )
+
+
 # ---------------------------------------------------------------------------------------- load
 def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
     """Read an ONNX model, refusing unreadable, non-ONNX or unsafe input with an InputError."""
@@ -120,6 +200,9 @@ def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> o
             else "opset_import"
         )
         raise InputError(f"{p}: not a valid ONNX model (no {missing}; truncated or not ONNX?)")
+    bad = _find_non_utf8(model)
+    if bad:
+        raise InputError(f"{p}: corrupt model: {bad} is not valid UTF-8 text")
     _INPUT_FILES.add(str(p.resolve()))
     base = p.resolve().parent
     refs = list(_external_refs(model))
@@ -127,7 +210,59 @@ def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> o
         _check_external_ref(tensor, base, p)
     if load_external_data and refs:
         _load_external(model, refs, base, p)
+    for tensor in external_data_helper._get_all_tensors(model):
+        check_tensor_data(tensor, f"{p}: tensor '{tensor.name}'")
     return model
+
+
+_TENSOR_DESCRIPTOR = TensorProto.DESCRIPTOR
+_STRING, _MESSAGE = 9, 11  # FieldDescriptor.TYPE_STRING, TYPE_MESSAGE
+
+
+def _bad_string(root) -> str | None:  # noqa: ANN001 - any protobuf message
+    """The first string field holding non-UTF-8 bytes (protobuf then returns bytes), or None.
+
+    Iterative; tensors are checked field by field so their raw data is never copied.
+    """
+    stack = [root]
+    while stack:
+        msg = stack.pop()
+        if msg.DESCRIPTOR is _TENSOR_DESCRIPTOR:
+            if type(msg.name) is not str:
+                return "TensorProto.name"
+            if type(msg.doc_string) is not str:
+                return "TensorProto.doc_string"
+            stack.extend(msg.external_data)
+            continue
+        for field, value in msg.ListFields():
+            if field.type == _STRING:
+                if _is_repeated(field):
+                    if any(type(x) is not str for x in value):
+                        return f"{msg.DESCRIPTOR.name}.{field.name}"
+                elif type(value) is not str:
+                    return f"{msg.DESCRIPTOR.name}.{field.name}"
+            elif field.type == _MESSAGE:
+                if _is_repeated(field):
+                    stack.extend(value)
+                else:
+                    stack.append(value)
+    return None
+
+
+def _find_non_utf8(model: onnx.ModelProto) -> str | None:
+    """Describe where a model holds non-UTF-8 text (a corrupt file), naming the node if any."""
+    if _bad_string(model) is None:
+        return None
+    for i, node in enumerate(model.graph.node):
+        where = _bad_string(node)
+        if where:
+            name = node.name if type(node.name) is str and node.name else f"#{i}"
+            return f"{where} of node {name}"
+    for t in model.graph.initializer:
+        where = _bad_string(t)
+        if where:
+            return f"{where} of an initializer" + (f" '{t.name}'" if type(t.name) is str else "")
+    return _bad_string(model)
 
 
 def _check_input_file(p: Path, *, what: str) -> int:

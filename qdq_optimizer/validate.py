@@ -9,7 +9,6 @@ Unknown ops (custom domains, ops the installed onnx does not know) pass through 
 
 from __future__ import annotations
 
-import math
 from collections import deque
 
 import numpy as np
@@ -17,23 +16,13 @@ import onnx
 from onnx import TensorProto, checker, defs, numpy_helper
 
 from .errors import InputError
-from .model_io import tensor_nbytes
+from .model_io import check_tensor_data as _check_tensor_data
 
 MIN_OPSET = 13
 QUANTIZE = "QuantizeLinear"
 DEQUANTIZE = "DequantizeLinear"
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _SCALE_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
-# Field holding typed (non-raw) data, and how many entries one element takes there.
-_TYPED_FIELD = {
-    TensorProto.FLOAT: "float_data",
-    TensorProto.DOUBLE: "double_data",
-    TensorProto.INT64: "int64_data",
-    TensorProto.UINT64: "uint64_data",
-    TensorProto.UINT32: "uint64_data",
-    TensorProto.COMPLEX64: "float_data",
-    TensorProto.COMPLEX128: "double_data",
-}
 
 
 def validate_model(model: onnx.ModelProto, *, allow_asymmetric: bool = False) -> list[str]:
@@ -126,42 +115,6 @@ def _check_opset(model: onnx.ModelProto) -> int:
             "re-export with opset_version>=13 (or convert with onnx.version_converter)"
         )
     return opset
-
-
-def _check_tensor_data(t: TensorProto, what: str) -> None:
-    """Data length must match dims and type; catches truncated or corrupted weights early."""
-    if any(d < 0 for d in t.dims):
-        raise InputError(f"{what} has a negative dimension {list(t.dims)}")
-    if t.data_type == TensorProto.UNDEFINED or (t.data_type not in TensorProto.DataType.values()):
-        raise InputError(f"{what} has an invalid data type {t.data_type}")
-    if t.data_location == TensorProto.EXTERNAL:
-        return  # checked (offset/length vs. file size) by model_io.load_model
-    if t.data_type == TensorProto.STRING:
-        return
-    expected = tensor_nbytes(t)
-    if expected is None:
-        return
-    count = math.prod(int(d) for d in t.dims)
-    if t.HasField("raw_data"):
-        got = len(t.raw_data)
-        if got != expected:
-            raise InputError(
-                f"{what} holds {got} bytes but its shape {list(t.dims)} needs {expected}"
-            )
-        return
-    field = _TYPED_FIELD.get(t.data_type, "int32_data")
-    per = 2 if t.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128) else 1
-    got = len(getattr(t, field))
-    if t.data_type in (TensorProto.UINT4, TensorProto.INT4) or (
-        hasattr(TensorProto, "FLOAT4E2M1") and t.data_type == TensorProto.FLOAT4E2M1
-    ):
-        want = (count + 1) // 2
-    else:
-        want = count * per
-    if got != want:
-        raise InputError(
-            f"{what} holds {got} values in {field} but its shape {list(t.dims)} needs {want}"
-        )
 
 
 def _check_acyclic(nodes: list[onnx.NodeProto], producer: dict[str, int]) -> None:
