@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qdq_optimizer.errors import CheckFailed, InputError, UsageError
 from qdq_optimizer.inspect import (
@@ -262,3 +264,103 @@ def test_wrong_profile_warns(tmp_path: Path) -> None:
     rep = load_report(FIX / "trt86-reformat-metadata.graph.json")
     attach_profile(rep, load_profile(FIX / "trt82-scale-qdq.profile.json"))
     assert any("wrong profile" in w for w in rep.warnings)
+
+
+def _tensor(name: str, fmt: str) -> dict:
+    return {"Name": name, "Dimensions": [1, 8], "Format/Datatype": fmt}
+
+
+def test_long_reformat_chain_needs_no_recursion() -> None:
+    int8, fp16 = "Row major Int8 format", "Row major linear FP16 format"
+    layers = [
+        {
+            "Name": "QuantizeLinear_0",
+            "LayerType": "Reformat",
+            "Origin": "QDQ",
+            "Inputs": [_tensor("in", "Row major linear FP32")],
+            "Outputs": [_tensor("t0", int8)],
+        }
+    ]
+    for i in range(1, 5000):  # deeper than Python's recursion limit
+        fmt = int8 if i % 2 else "Channel major Int8 format"
+        layers.append(
+            {
+                "Name": f"copy_{i}",
+                "LayerType": "Reformat",
+                "Origin": "REFORMAT",
+                "Inputs": [_tensor(f"t{i - 1}", int8)],
+                "Outputs": [_tensor(f"t{i}", fmt)],
+            }
+        )
+    layers.append(
+        {
+            "Name": "Conv_1",
+            "LayerType": "CaskConvolution",
+            "ParameterType": "Convolution",
+            "Inputs": [_tensor("t4999", int8)],
+            "Outputs": [_tensor("out", fp16)],
+        }
+    )
+    rep = load_report({"Layers": layers, "Bindings": ["in", "out"]})
+    s = summarize(rep)
+    assert s.qdq_reformats_interior == [] and len(s.layout_reformats) == 4999
+    assert check(rep) == []  # the conv's FP16 output is the network output
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from(["Int8", "Half", "N/A", ""]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "Name",
+                    "LayerType",
+                    "ParameterType",
+                    "Inputs",
+                    "Outputs",
+                    "Format/Datatype",
+                    "Dimensions",
+                    "Origin",
+                    "Metadata",
+                    "Weights",
+                    "Count",
+                    "Type",
+                    "DataType",
+                    "Format",
+                ]
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(layers=st.lists(_json, min_size=1, max_size=4), bindings=_json)
+def test_fuzz_any_json_is_a_report_or_an_input_error(layers, bindings) -> None:
+    try:
+        rep = load_report({"Layers": layers, "Bindings": bindings})
+    except InputError:
+        return
+    summarize(rep)
+    check(rep)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["trt82-scale-qdq.graph.json", "trt10-kgen-int8.layers.json", "trt11-io-tensors.graph.json"],
+)
+def test_truncated_files_never_crash(tmp_path: Path, name: str) -> None:
+    text = (FIX / name).read_text()
+    p = tmp_path / name
+    for cut in range(7, len(text), max(1, len(text) // 37)):
+        p.write_text(text[:cut])
+        try:
+            rep = load_report(p)  # a cut between per-layer dumps is still a valid report
+        except InputError as exc:
+            assert "\n" not in str(exc)
+        else:
+            summarize(rep)

@@ -172,6 +172,14 @@ def _raw_layers(docs: list[Any], source: str) -> tuple[list[dict], list[Any], bo
     for i, x in enumerate(layers):
         if not isinstance(x, dict):
             raise InputError(f"{source}: layer {i} is {_type_name(x)}, expected an object")
+        if not isinstance(x.get("Name"), str):
+            raise InputError(f"{source}: layer {i} has no string 'Name'")
+        for key in ("LayerType", "ParameterType", "Origin"):
+            if key in x and not isinstance(x[key], str):
+                raise InputError(
+                    f"{source}: layer {i} {x['Name'][:60]!r}: '{key}' must be a string, "
+                    f"got {_type_name(x[key])}"
+                )
     return layers, io, has_io_tensors
 
 

@@ -81,34 +81,65 @@ class Boundaries:
 
     def from_inputs(self, tensor: str) -> bool:
         """True when ``tensor`` is computed from network inputs by non-compute layers only."""
-        if tensor in self._from:
-            return self._from[tensor]
-        self._from[tensor] = False  # cycle guard
-        prod = self.producer.get(tensor)
-        if tensor in self.inputs or prod is None:
-            ok = True
-        elif self.terminal(prod):
-            ok = True
-        else:
-            ok = self._passes(prod) and all(self.from_inputs(t.name) for t in prod.inputs)
-        self._from[tensor] = ok
-        return ok
+        return _solve(tensor, self._from, self._from_base, self._from_deps)
 
     def to_outputs(self, tensor: str) -> bool:
         """True when ``tensor`` reaches network outputs through non-compute layers only."""
-        if tensor in self._to:
-            return self._to[tensor]
-        self._to[tensor] = False
-        users = self.consumers.get(tensor, [])
-        ok = bool(users) or tensor in self.outputs
-        for user in users:
-            if self.terminal(user):
+        return _solve(tensor, self._to, self._to_base, self._to_deps)
+
+    def _from_base(self, tensor: str) -> bool | None:
+        prod = self.producer.get(tensor)
+        if tensor in self.inputs or prod is None or self.terminal(prod):
+            return True
+        return None if self._passes(prod) else False
+
+    def _from_deps(self, tensor: str) -> list[str]:
+        return [t.name for t in self.producer[tensor].inputs]
+
+    def _users(self, tensor: str) -> list[Layer]:
+        return [u for u in self.consumers.get(tensor, []) if not self.terminal(u)]
+
+    def _to_base(self, tensor: str) -> bool | None:
+        if tensor not in self.consumers:
+            return tensor in self.outputs
+        users = self._users(tensor)
+        if not users:
+            return True  # only deliberately-float (terminal) layers read it
+        return None if all(self._passes(u) for u in users) else False
+
+    def _to_deps(self, tensor: str) -> list[str]:
+        return [t.name for u in self._users(tensor) for t in u.outputs]
+
+
+def _solve(
+    start: str,
+    memo: dict[str, bool],
+    base: Callable[[str], bool | None],
+    deps: Callable[[str], list[str]],
+) -> bool:
+    """all(deps) over a DAG, iteratively (reports can chain thousands of reformats) and memoized;
+    a cycle, which a valid engine never has, counts as False."""
+    if start in memo:
+        return memo[start]
+    stack, on_path = [start], set()
+    while stack:
+        t = stack[-1]
+        if t in memo:
+            stack.pop()
+            continue
+        if t not in on_path:
+            b = base(t)
+            if b is not None:
+                memo[t] = b
+                stack.pop()
                 continue
-            if not (self._passes(user) and all(self.to_outputs(t.name) for t in user.outputs)):
-                ok = False
-                break
-        self._to[tensor] = ok
-        return ok
+            on_path.add(t)
+            stack.extend(d for d in deps(t) if d not in memo and d not in on_path)
+            continue
+        memo[t] = all(memo.get(d, False) for d in deps(t))
+        on_path.discard(t)
+        stack.pop()
+    return memo[start]
 
 
 def _activation_inputs(layer: Layer):
