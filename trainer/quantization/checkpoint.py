@@ -47,34 +47,69 @@ def quant_info(model: nn.Module) -> dict:
     return {"quantized": quantized, "residuals": residuals, "groups": groups, "disabled": disabled}
 
 
+LOADER = "trainer.quantization.checkpoint:rebuild"
+
+
 def save_quantized(
     model: nn.Module,
     path: str | os.PathLike,
     meta: dict | None = None,
     model_config: dict | None = None,
 ) -> None:
-    """Write a weights_only-loadable quantized checkpoint atomically."""
-    cfg = model_config if model_config is not None else getattr(model, "cfg", None)
-    ckpt = {
-        "format": FORMAT,
-        "version": VERSION,
-        "model_config": dict(cfg) if isinstance(cfg, dict) else None,
+    """Write a weights_only-loadable quantized checkpoint atomically.
+
+    A built-in detector is saved in trainer.checkpoint's format with ``loader`` naming
+    :func:`rebuild`, so ``qdqopt eval``/``export`` and ``trainer.checkpoint.load_model`` rebuild
+    the quantized model; any other module gets this module's own format (``model_config`` is
+    handed to your factory on load).
+    """
+    quant = {
         "quant": quant_info(model),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "amax": amax_state(model),
         "meta": dict(meta or {}),
+        "quant_version": VERSION,
+    }
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    cfg = getattr(model, "cfg", None)
+    if model_config is None and isinstance(cfg, dict) and "name" in cfg:
+        from trainer.checkpoint import save_checkpoint
+
+        save_checkpoint(path, model, extra={"loader": LOADER, **quant}, state_dict=state)
+        return
+    ckpt = {
+        "format": FORMAT,
+        "model_config": dict(model_config or {}),
+        **quant,
+        "state_dict": state,
     }
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
 
 
 def is_quantized_checkpoint(obj: object) -> bool:
-    return isinstance(obj, dict) and obj.get("format") == FORMAT
+    return isinstance(obj, dict) and isinstance(obj.get("quant"), dict) and "state_dict" in obj
+
+
+def _model_config(ckpt: dict) -> dict:
+    if ckpt.get("format") == FORMAT:
+        return dict(ckpt.get("model_config") or {})
+    keys = {
+        "model_name": "name",
+        "nc": "nc",
+        "width": "width",
+        "depth": "depth",
+        "implicit": "implicit",
+    }
+    cfg = {new: ckpt[old] for old, new in keys.items() if old in ckpt}
+    cfg["fused"] = True
+    return cfg
 
 
 def _default_factory(cfg: dict) -> nn.Module:
     from trainer.models import build_model
 
+    if "name" not in cfg:
+        raise InputError("quantized checkpoint has no built-in model config: pass a model factory")
     keys = ("name", "nc", "width", "depth", "implicit")
     model = build_model(**{k: cfg[k] for k in keys if k in cfg})
     return fuse_model(model) if cfg.get("fused", True) else model
@@ -82,14 +117,9 @@ def _default_factory(cfg: dict) -> nn.Module:
 
 def rebuild(ckpt: dict, model_factory: Callable[[dict], nn.Module] | None = None) -> nn.Module:
     """The quantized model described by a loaded checkpoint dict."""
-    cfg = ckpt.get("model_config")
-    if model_factory is None:
-        if not cfg:
-            raise InputError(
-                "quantized checkpoint has no model config: pass a model factory (Python API)"
-            )
-        model_factory = _default_factory
-    model = fuse_model(model_factory(cfg or {}))
+    if not is_quantized_checkpoint(ckpt):
+        raise InputError("not a qdqopt quantized checkpoint")
+    model = fuse_model((model_factory or _default_factory)(_model_config(ckpt)))
     info = ckpt["quant"]
     for path in info["quantized"]:
         try:
@@ -113,6 +143,9 @@ def rebuild(ckpt: dict, model_factory: Callable[[dict], nn.Module] | None = None
         raise InputError(f"quantized checkpoint does not match the rebuilt model: {exc}") from None
     for path in info.get("disabled", []):
         model.get_submodule(path).disable()
+    names = ckpt.get("names")
+    if names and hasattr(model, "names"):
+        model.names = list(names)
     return model.eval()
 
 

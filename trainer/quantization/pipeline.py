@@ -262,10 +262,8 @@ def _optimize_and_lint(proto, rules: str):
         raise UsageError(
             "--optimize needs qdq_optimizer.api (optimize/lint), not available"
         ) from None
-    result = api.optimize(proto, rules=rules)
-    optimized = getattr(result, "model", result)
-    problems = api.lint(optimized, rules=rules)
-    problems = getattr(problems, "problems", problems)
+    optimized, _report = api.optimize(proto, rules)
+    problems = api.lint(optimized, rules)
     if problems:
         from qdq_optimizer.errors import CheckFailed
 
