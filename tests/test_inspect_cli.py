@@ -20,12 +20,13 @@ P86 = str(FIX / "trt86-reformat-metadata.profile.json")
 R10 = str(FIX / "trt10-kgen-int8.layers.json")
 
 
-def test_table_default(capsys) -> None:
+def test_table_default(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "120")
     assert main(["inspect", R86, "--profile", P86]) == 0
     out = capsys.readouterr().out
     assert "conv2.weight + DequantizeLinear_9 + Conv_10" in out
     assert "INT8->FP16" in out and "qdq" in out and "layout" in out
-    assert "share" in out and "Q/DQ reformats" in out
+    assert "0.0041 (10.3%)" in out and "Q/DQ reformats" in out
 
 
 def test_json_schema(capsys) -> None:

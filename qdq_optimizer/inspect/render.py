@@ -95,28 +95,40 @@ def render_table(
     timed = report.total_time_ms is not None
     if show_layers:
         t = Table(title=f"{report.source}  (TensorRT {report.trt_version_guess})", show_lines=False)
+        wide = console.width >= 120  # narrow terminals drop kernel and weights, never crop
         t.add_column("#", justify="right")
-        t.add_column("layer", overflow="fold", min_width=20)
-        for col in ("type", "kernel", "precision", "reformat", "weights"):
-            t.add_column(col, overflow="ellipsis")
+        t.add_column("layer", overflow="fold", min_width=16)
+        cols = (
+            ("type", "kernel", "precision", "reformat", "weights")
+            if wide
+            else (
+                "type",
+                "precision",
+                "reformat",
+            )
+        )
+        for col in cols:
+            t.add_column(col, overflow="fold")
         if timed:
-            t.add_column("ms", justify="right")
-            t.add_column("share", justify="right")
+            t.add_column("ms (share)", justify="right", overflow="fold")
         for la in report.layers:
             style = COLORS.get(la.precision or "", _NO_COLOR)[0]
             if la.output_precision and la.output_precision != la.precision:
                 style = "bold " + style
-            row = [
-                str(la.index),
-                la.name[:120],
-                la.type,
-                la.kernel,
-                Text(_prec(la), style=style),
-                Text(_reformat(la), style="bold magenta" if la.reformat_origin == "QDQ" else ""),
-                la.weights_dtype or "",
-            ]
+            cells = {
+                "type": la.type,
+                "kernel": la.kernel,
+                "precision": Text(_prec(la), style=style),
+                "reformat": Text(
+                    _reformat(la), style="bold magenta" if la.reformat_origin == "QDQ" else ""
+                ),
+                "weights": la.weights_dtype or "",
+            }
+            row = [str(la.index), la.name[:120], *(cells[c] for c in cols)]
             if timed:
-                row += [_ms(la.time_ms), _pct(la.time_share)]
+                row.append(
+                    f"{_ms(la.time_ms)} ({_pct(la.time_share)})" if la.time_ms is not None else ""
+                )
             t.add_row(*row)
         console.print(t)
     s = Table(title="summary", show_header=False)
