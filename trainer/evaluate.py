@@ -203,3 +203,30 @@ def _track(iterable, enabled: bool, label: str):
         transient=True,
         total=len(iterable),
     )
+
+
+def stored_img_size(model: str | os.PathLike) -> int | None:
+    """The input size a model was made for: a fixed ONNX input, or a checkpoint's ``img_size``."""
+    p = Path(model)
+    if not p.is_file():
+        return None
+    if p.suffix.lower() == ".onnx":
+        import onnx
+
+        try:
+            dims = (
+                onnx.load(str(p), load_external_data=False)
+                .graph.input[0]
+                .type.tensor_type.shape.dim
+            )
+        except Exception:  # noqa: BLE001 - unreadable models are reported by evaluate()
+            return None
+        return dims[2].dim_value if len(dims) == 4 and dims[2].dim_value > 0 else None
+    import pickle
+
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError):
+        return None
+    size = obj.get("img_size") if isinstance(obj, dict) else None
+    return int(size) if isinstance(size, int) else None

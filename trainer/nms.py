@@ -6,6 +6,7 @@ offsetting boxes, then a box is kept unless a higher-scoring kept box overlaps i
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -28,28 +29,48 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-9)
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
-    """Indexes of kept boxes, by decreasing score (greedy, exact; memory linear in the boxes)."""
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float, max_det: int | None = None):
+    """Indexes of kept boxes by decreasing score (greedy, exact); stops after ``max_det`` kept.
+
+    Greedy NMS keeps boxes in score order, so stopping early gives the same first ``max_det``.
+    """
     order = scores.argsort(descending=True)
-    keep = []
-    while order.numel():
+    limit = len(order) if max_det is None else max_det
+    keep: list[int] = []
+    if len(order) <= 4096:  # one IoU matrix, then a cheap loop over numpy rows
+        over = (box_iou(boxes[order], boxes[order]) > iou).cpu().numpy()
+        suppressed = np.zeros(len(order), dtype=bool)
+        for i in range(len(order)):
+            if suppressed[i]:
+                continue
+            keep.append(i)
+            if len(keep) >= limit:
+                break
+            suppressed |= over[i]
+        return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
+    kept = []  # many boxes: memory linear in n
+    while order.numel() and len(kept) < limit:
         i = order[0]
-        keep.append(i)
+        kept.append(i)
         rest = order[1:]
-        if not rest.numel():
-            break
         order = rest[box_iou(boxes[i].view(1, 4), boxes[rest])[0] <= iou]
-    if not keep:
+    if not kept:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    return torch.stack(keep)
+    return torch.stack(kept)
 
 
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou: float):
+def batched_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    iou: float,
+    max_det: int | None = None,
+) -> torch.Tensor:
     """Per-class NMS by shifting each class's boxes to a disjoint region."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     offset = classes.to(boxes.dtype)[:, None] * (boxes.max() + 1)
-    return nms(boxes + offset, scores, iou)
+    return nms(boxes + offset, scores, iou, max_det)
 
 
 def non_max_suppression(
@@ -81,6 +102,6 @@ def non_max_suppression(
             det = torch.cat((box, conf, j.float()), 1)[conf.view(-1) > conf_thres]
         if len(det) > max_nms:
             det = det[det[:, 4].argsort(descending=True)[:max_nms]]
-        keep = batched_nms(det[:, :4], det[:, 4], det[:, 5], iou_thres)[:max_det]
+        keep = batched_nms(det[:, :4], det[:, 4], det[:, 5], iou_thres, max_det)
         out.append(det[keep])
     return out

@@ -1,0 +1,60 @@
+"""``qdqopt eval``: COCO mAP of a .pt checkpoint or an .onnx model (run in ONNX Runtime)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(name="eval")
+@click.argument("model", type=click.Path())
+@click.option(
+    "--data", required=True, type=click.Path(), help="COCO folder/json or yolov7 txt list."
+)
+@click.option("--conf", type=float, default=0.001, show_default=True, help="Score threshold.")
+@click.option("--iou", type=float, default=0.65, show_default=True, help="NMS IoU threshold.")
+@click.option(
+    "--img-size",
+    type=int,
+    default=None,
+    help="Input size (default: the checkpoint's, else 640; fixed-size ONNX models use theirs).",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Allow full pickles (official .pt): a pickle can execute code.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def command(
+    model, data, conf, iou, img_size, batch_size, device, trust_checkpoint, as_json
+) -> None:
+    """Evaluate MODEL (.pt or .onnx) on a data set: mAP@0.5 and mAP@0.5:0.95 (pycocotools)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from trainer.evaluate import evaluate, stored_img_size
+
+    size = img_size or stored_img_size(model) or 640
+    res = evaluate(
+        model,
+        data,
+        size,
+        conf=conf,
+        iou=iou,
+        batch_size=batch_size,
+        device=device,
+        trust_checkpoint=trust_checkpoint,
+    )
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    table = Table(title=f"{model} on {data}")
+    for col in ("images", "mAP@0.5", "mAP@0.5:0.95", "seconds"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(res["images"]), f"{res['map50']:.4f}", f"{res['map']:.4f}", f"{res['seconds']}"
+    )
+    Console().print(table)
