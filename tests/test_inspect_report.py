@@ -364,3 +364,42 @@ def test_truncated_files_never_crash(tmp_path: Path, name: str) -> None:
             assert "\n" not in str(exc)
         else:
             summarize(rep)
+
+
+def test_several_optimization_profiles_keep_profile_0() -> None:
+    raw = json.loads((FIX / "trt86-reformat-metadata.graph.json").read_text())
+    extra = json.loads(json.dumps(raw["Layers"]))
+    for layer in extra:
+        layer["Name"] += " [profile 1]"
+        for t in layer["Inputs"] + layer["Outputs"]:
+            t["Name"] += " [profile 1]"
+    raw["Layers"] += extra
+    raw["Bindings"] += ["input [profile 1]", "output [profile 1]"]
+    rep = load_report(raw)
+    assert len(rep.layers) == 7 and rep.network_inputs == ["input"]
+    assert any("optimization profiles" in w for w in rep.warnings)
+
+
+def test_reformat_without_origin() -> None:
+    def reformat(name: str) -> dict:
+        return {
+            "Name": name,
+            "LayerType": "Reformat",
+            "Inputs": [_tensor("a", "Row major linear FP32")],
+            "Outputs": [_tensor("b", "Row major Int8 format")],
+        }
+
+    rep = load_report({"Layers": [reformat("QuantizeLinear_7")]})
+    assert rep.layers[0].reformat_origin == "QDQ"
+    rep = load_report({"Layers": [reformat("Reformatting CopyNode for Input Tensor 0 to Conv_3")]})
+    assert rep.layers[0].reformat_origin == "LAYOUT"
+
+
+def test_single_per_layer_dump_and_error_position(tmp_path: Path) -> None:
+    text = (FIX / "trt10-kgen-int8.layers.json").read_text()
+    p = tmp_path / "one.json"
+    p.write_text(text[: text.index("--- Layer 2 ---")])
+    assert len(load_report(p).layers) == 2
+    p.write_text(text.replace('"LayerType": "gemm"', '"LayerType": gemm', 1))
+    with pytest.raises(InputError, match=r"line 3\d column"):
+        load_report(p)

@@ -91,9 +91,9 @@ def classify_reformat(raw: dict, layer: Layer) -> tuple[bool, str | None]:
             return True, QDQ
         if isinstance(origin, str) and origin:
             return True, LAYOUT
-        if in_int8 != out_int8 and (
-            not layer.onnx_nodes or all(map(is_qdq_name, layer.onnx_nodes))
-        ):
+        # no Origin (older reports): a Q/DQ only when the ONNX names say so; TensorRT's own
+        # "Reformatting CopyNode" layers are layout/precision reformats
+        if in_int8 != out_int8 and layer.onnx_nodes and all(map(is_qdq_name, layer.onnx_nodes)):
             return True, QDQ
         return True, LAYOUT
     if layer.kernel == "Scale" and in_int8 != out_int8 and not layer.has_weights:

@@ -35,8 +35,9 @@ DYNAMIC_HINT = (
     "(trtexec --shapes=input:1x3x224x224 --exportLayerInfo=..., or in Python set "
     "inspector.execution_context to a context whose input shapes are set)"
 )
-_LAYER_SEP = re.compile(r"^\s*-{2,}\s*Layer\s+\d+\s*-{2,}\s*$", re.MULTILINE)
+_LAYER_SEP = re.compile(r"^[ \t]*-{2,}[ \t]*Layer[ \t]+\d+[ \t]*-{2,}[ \t]*$", re.MULTILINE)
 _SKIP_KERNELS = frozenset({"signal", "wait"})
+_PROFILE_SUFFIX = re.compile(r"\[profile +[1-9][0-9]*\]")
 
 
 def read_text_capped(path: str | os.PathLike, what: str, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
@@ -87,9 +88,10 @@ def parse_json_documents(text: str, source: str) -> list[Any]:
     try:
         return [json.loads(stripped)]
     except json.JSONDecodeError as first_error:
-        docs = _parse_many(stripped)
+        docs, later_error = _parse_many(stripped)
         if docs is None:
-            e = first_error
+            # several documents that parse up to a point: report where the bad one breaks
+            e = later_error or first_error
             hint = " (file truncated?)" if e.pos >= len(stripped) - 1 else ""
             raise InputError(
                 f"{source}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}{hint}"
@@ -97,10 +99,12 @@ def parse_json_documents(text: str, source: str) -> list[Any]:
         return docs
 
 
-def _parse_many(text: str) -> list[Any] | None:
+def _parse_many(text: str) -> tuple[list[Any] | None, json.JSONDecodeError | None]:
+    """Documents one after another; separator lines are blanked so line numbers stay right."""
     decoder = json.JSONDecoder()
-    body = _LAYER_SEP.sub(" ", text)
-    docs, pos, n = [], 0, len(body)
+    body = _LAYER_SEP.sub("", text)
+    docs: list[Any] = []
+    pos, n = 0, len(body)
     while True:
         while pos < n and body[pos].isspace():
             pos += 1
@@ -108,10 +112,10 @@ def _parse_many(text: str) -> list[Any] | None:
             break
         try:
             doc, pos = decoder.raw_decode(body, pos)
-        except json.JSONDecodeError:
-            return None
+        except json.JSONDecodeError as exc:
+            return None, (exc if docs else None)
         docs.append(doc)
-    return docs if len(docs) > 1 else None
+    return (docs or None), None
 
 
 def _type_name(obj: object) -> str:
@@ -329,6 +333,12 @@ def _fold_noops(layers: list[Layer], outputs: set[str]) -> tuple[list[Layer], in
     return [la for la in layers if la.type != "NoOp"], folded
 
 
+def _io_name(entry: Any) -> str:
+    if isinstance(entry, dict):
+        return str(entry.get("Name", ""))
+    return entry if isinstance(entry, str) else ""
+
+
 def _io_names(io: list[Any], has_io_tensors: bool, source: str) -> tuple[set[str], set[str]]:
     """(input names, output names) declared by Bindings / I/O Tensors; modes unknown -> both."""
     ins: set[str] = set()
@@ -433,6 +443,16 @@ def report_from_documents(docs: list[Any], source: str, *, fold_noops: bool = Tr
     raws, io, has_io_tensors = _raw_layers(docs, source)
     raws = [r for r in raws if r.get("LayerType") not in _SKIP_KERNELS]
     warnings: list[str] = []
+    other_profiles = [r for r in raws if _PROFILE_SUFFIX.search(r["Name"])]
+    if other_profiles and len(other_profiles) < len(raws):
+        # like TREx: an engine with several optimization profiles repeats its layers with a
+        # "[profile N]" suffix for N >= 1; report the first profile's layers only
+        raws = [r for r in raws if not _PROFILE_SUFFIX.search(r["Name"])]
+        io = [x for x in io if not _PROFILE_SUFFIX.search(_io_name(x))]
+        warnings.append(
+            f"the engine has several optimization profiles: showing profile 0, "
+            f"{len(other_profiles)} layer(s) of the other profiles left out"
+        )
     layers = []
     seen: dict[str, int] = {}
     raw_by_layer: dict[int, dict] = {}
