@@ -338,7 +338,7 @@ _json = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(layers=st.lists(_json, min_size=1, max_size=4), bindings=_json)
 def test_fuzz_any_json_is_a_report_or_an_input_error(layers, bindings) -> None:
     try:

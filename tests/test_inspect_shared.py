@@ -220,3 +220,16 @@ def test_cli_expect_on_real_reports(capsys) -> None:
     assert main(["inspect", str(VARIANTS["qat-residual-qgap"]), "--expect", "int8"]) == 0
     assert main(["inspect", str(VARIANTS["qat"]), "--expect", "int8", "--summary-only"]) == 1
     assert "not INT8 end to end" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", GRAPHS, ids=lambda p: str(p.relative_to(SHARED)))
+def test_every_report_renders(path: Path) -> None:
+    from qdq_optimizer.inspect.render import render_dot, render_json, render_markdown
+
+    rep = load_report(path)
+    s = summarize(rep)
+    data = json.loads(render_json(rep, s, violations=check(rep)))
+    assert len(data["layers"]) == len(rep.layers)
+    assert render_markdown(rep, s).count("\n| ") >= len(rep.layers)
+    dot = render_dot(rep)
+    assert dot.count(" [label=") >= len(rep.layers)
