@@ -48,6 +48,22 @@ def import_tensorrt(purpose: str) -> Any:
     return trt
 
 
+def _start(factory: Any, *args: Any) -> Any:
+    """trt.Builder / trt.Runtime, which fail (nullptr factory, CUDA init) without a usable GPU."""
+    try:
+        obj = factory(*args)
+    except Exception as exc:  # noqa: BLE001 - pybind11 raises TypeError/RuntimeError here
+        obj, detail = None, f"{type(exc).__name__}: {exc}"
+    else:
+        detail = "it returned nothing"
+    if obj is None:
+        raise MissingDependencyError(
+            f"TensorRT could not start ({' '.join(detail.split())[:120]}): a CUDA GPU and driver "
+            f"are needed; or {TRTEXEC_HINT}"
+        )
+    return obj
+
+
 def _major(trt: Any) -> int:
     try:
         return int(str(trt.__version__).split(".")[0])
@@ -83,7 +99,7 @@ class TensorRTBuilder:
     def build(self, onnx_path: Path, *, fp16: bool) -> BuildResult:
         trt = import_tensorrt("qdqopt build")
         logger = trt.Logger(trt.Logger.WARNING)
-        builder = trt.Builder(logger)
+        builder = _start(trt.Builder, logger)
         flags = 0
         ncf = trt.NetworkDefinitionCreationFlag
         if _major(trt) < 10:
@@ -124,7 +140,7 @@ class TensorRTBuilder:
         if serialized is None:
             raise InputError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
         engine_bytes = bytes(serialized)
-        runtime = trt.Runtime(logger)
+        runtime = _start(trt.Runtime, logger)
         engine = runtime.deserialize_cuda_engine(engine_bytes)
         return BuildResult(engine=engine_bytes, layer_info=_inspector_json(trt, engine))
 
@@ -185,7 +201,7 @@ def read_plan_json(path: str | os.PathLike) -> str:
         raise InputError(f"engine not found: {p}")
     trt = import_tensorrt(f"reading {p.name}")
     logger = trt.Logger(trt.Logger.ERROR)
-    runtime = trt.Runtime(logger)
+    runtime = _start(trt.Runtime, logger)
     engine = runtime.deserialize_cuda_engine(p.read_bytes())
     if engine is None:
         raise InputError(

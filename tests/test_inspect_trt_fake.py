@@ -208,3 +208,20 @@ def test_plan_read_through_inspector(tmp_path: Path, monkeypatch, capsys) -> Non
     bad.write_bytes(b"junk")
     assert main(["inspect", str(bad)]) == 2
     assert "cannot deserialize" in capsys.readouterr().err
+
+
+def test_no_gpu_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    trt = make_fake_trt()
+
+    def no_gpu(logger):
+        raise TypeError("pybind11::init(): factory function returned nullptr")
+
+    trt.Builder = trt.Runtime = no_gpu
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"SERIALIZED")
+    assert main(["inspect", str(plan)]) == 2
+    err = capsys.readouterr().err
+    assert "TensorRT could not start" in err and "--exportLayerInfo" in err
+    with pytest.raises(Exception, match="CUDA GPU"):
+        trt_build.TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=False)
