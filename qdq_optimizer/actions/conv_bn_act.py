@@ -1,0 +1,255 @@
+"""Rule 3: Conv-BN-activation. TensorRT folds BatchNormalization into the conv and fuses the
+activation (ReLU, LeakyReLU, Clip, Sigmoid, SiLU = Sigmoid+Mul, HardSwish, HardSigmoid) as the
+conv's epilogue; a Q/DQ between them breaks the fusion and leaves a separate float PointWise
+layer plus Reformats.
+
+- ``remove_epilogue_qdq``: remove Q/DQ pairs between a weighted op and its BN/activation and
+  inside the activation (between Sigmoid and Mul of a SiLU), rewiring only those consumers. The
+  pair at the activation's output stays (other rules decide about it).
+- ``fold_bn``: fold a BatchNormalization that follows a Conv into the conv. With symmetric
+  per-channel weights this is exact in the integers: channel c of the folded weight is
+  ``sign(g_c) * Wq_c`` with scale ``s_c * |g_c|`` where ``g = gamma / sqrt(var + eps)``, so the
+  int8 values TensorRT sees are the original ones (up to sign) and only the scales move.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..graph import Node, QGraph, Tensor, constant_value
+from ..report import Change
+from ..trt_patterns import (
+    ACTIVATIONS,
+    CONV_OPS,
+    is_const,
+    is_ignored,
+    is_weighted,
+    strip_qdq,
+)
+from . import ActionContext, register_action
+from .weighted import dequantize_np, quantize_np
+
+
+def _readers_through_pairs(graph: QGraph, t: Tensor) -> list[tuple[Node, Node, Node]]:
+    """(Q, DQ, consumer) for every consumer reading ``t`` through an activation Q/DQ pair."""
+    out = []
+    for q in graph.quantizers_of(t):
+        for dq in q.outputs[0].outputs:
+            if graph.is_dq(dq):
+                out.extend((q, dq, c) for c in dq.outputs[0].outputs)
+    return out
+
+
+def _is_silu_mul(graph: QGraph, mul: Node, x: Tensor) -> bool:
+    """``mul`` computes x * sigmoid(x) (or x * hardsigmoid(x)), inputs possibly behind pairs."""
+    if mul.op != "Mul" or len(mul.inputs) != 2:
+        return False
+    a, b = (strip_qdq(graph, t) for t in mul.inputs)
+    for u, v in ((a, b), (b, a)):
+        p = graph.producer(v)
+        if (
+            u is x
+            and p is not None
+            and p.op in ("Sigmoid", "HardSigmoid")
+            and strip_qdq(graph, p.inputs[0]) is x
+        ):
+            return True
+    return False
+
+
+def _epilogue_reader(graph: QGraph, c: Node, x: Tensor) -> bool:
+    return c.op == "BatchNormalization" or c.op in ACTIVATIONS or _is_silu_mul(graph, c, x)
+
+
+def _remove_pairs_into(
+    graph: QGraph, x: Tensor, keep, ctx: ActionContext, why: str
+) -> list[Change]:
+    """Bypass pairs on ``x`` for the consumers ``keep(consumer)`` accepts."""
+    changes: list[Change] = []
+    by_pair: dict[tuple[int, int], tuple[Node, Node, list[Node]]] = {}
+    for q, dq, c in _readers_through_pairs(graph, x):
+        if keep(c):
+            by_pair.setdefault((id(q), id(dq)), (q, dq, []))[2].append(c)
+    for q, dq, consumers in by_pair.values():
+        names = ", ".join(c.name for c in consumers)
+        changes.append(Change("remove", [q.name, dq.name], f"{why} (rewired {names})"))
+        if not ctx.dry_run:
+            graph.bypass_qdq(q, dq, consumers=consumers)
+    return changes
+
+
+@register_action("remove_epilogue_qdq", params={})
+def remove_epilogue_qdq(
+    graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
+) -> list[Change]:
+    """Remove Q/DQ between weighted ops and their BN/activation, and inside SiLU."""
+    changes: list[Change] = []
+    for w in list(graph.topo_nodes()):
+        if not is_weighted(graph, w) or is_ignored(w, ctx.ignore):
+            continue
+        x = w.outputs[0]
+        for _ in range(3):  # conv -> [BN] -> activation
+            changes += _remove_pairs_into(
+                graph,
+                x,
+                lambda c, x=x: _epilogue_reader(graph, c, x),
+                ctx,
+                f"Q/DQ between '{w.name}' and its fused epilogue",
+            )
+            readers = [c for c in x.outputs if not graph.is_q(c)]
+            if ctx.dry_run:
+                readers += [c for _, _, c in _readers_through_pairs(graph, x)]
+            bn = [c for c in readers if c.op == "BatchNormalization"]
+            if len(bn) == 1 and len(readers) == 1:
+                x = bn[0].outputs[0]
+                continue
+            for sig in [c for c in readers if c.op in ("Sigmoid", "HardSigmoid")]:
+                s = sig.outputs[0]
+                changes += _remove_pairs_into(
+                    graph,
+                    s,
+                    lambda c, x=x: _is_silu_mul(graph, c, x),
+                    ctx,
+                    f"Q/DQ inside the SiLU after '{w.name}'",
+                )
+            break
+    return changes
+
+
+def _bn_params(bn: Node) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-channel multiplier g and offset h with BN(y) = g * y + h."""
+    vals = [constant_value(t) for t in bn.inputs[1:5]]
+    if len(vals) != 4 or any(v is None for v in vals) or len(bn.outputs) != 1:
+        return None
+    gamma, beta, mean, var = (np.asarray(v, dtype=np.float32) for v in vals)
+    eps = np.float32(bn.attrs.get("epsilon", 1e-5))
+    g = (gamma / np.sqrt(var + eps)).astype(np.float32)
+    return g, (beta - mean * g).astype(np.float32)
+
+
+def _out_axis(conv: Node) -> int:
+    return 1 if conv.op == "ConvTranspose" else 0
+
+
+@register_action("fold_bn", params={})
+def fold_bn(graph: QGraph, node: Node | None, params: dict, ctx: ActionContext) -> list[Change]:
+    """Fold BatchNormalization into the Conv/ConvTranspose it follows (exact, int8 preserved)."""
+    changes: list[Change] = []
+    for bn in list(graph.nodes_of("BatchNormalization")):
+        conv = graph.producer(bn.inputs[0])
+        if conv is None or conv.op not in CONV_OPS or is_ignored(conv, ctx.ignore):
+            continue
+        y = conv.outputs[0]
+        if len(y.outputs) != 1 or graph.is_graph_output(y):
+            continue
+        if conv.op == "ConvTranspose" and int(conv.attrs.get("group", 1)) != 1:
+            continue
+        gh = _bn_params(bn)
+        if gh is None:
+            continue
+        g, h = gh
+        plan = _fold_plan(graph, conv, g, h)
+        if isinstance(plan, str):
+            ctx.note(f"BatchNormalization '{bn.name}' not folded: {plan}")
+            continue
+        neg = int(np.sum(g < 0))
+        changes.append(
+            Change(
+                "fold",
+                [bn.name, conv.name],
+                f"BN folded into '{conv.name}': {plan['form']} weight, scales x|gamma/sigma|"
+                + (f", {neg} channel(s) negated" if neg else ""),
+            )
+        )
+        if ctx.dry_run:
+            continue
+        plan["apply"]()
+        graph.replace_uses(bn.outputs[0], y)
+        graph.remove_node(bn)
+    return changes
+
+
+def _fold_plan(graph: QGraph, conv: Node, g: np.ndarray, h: np.ndarray) -> dict | str:
+    """How to fold ``g``/``h`` into ``conv``: a dict with ``form`` and ``apply``, or a reason."""
+    axis = _out_axis(conv)
+    w_t = conv.inputs[1]
+    cout = g.size
+    bias = (
+        constant_value(conv.inputs[2])
+        if len(conv.inputs) > 2 and conv.inputs[2].name
+        else np.zeros(cout, np.float32)
+    )
+    if bias is None:
+        return "bias is not a float constant"
+    new_bias = (np.asarray(bias, np.float32) * g + h).astype(np.float32)
+
+    def set_bias() -> None:
+        c = gs.Constant(graph.unique_name(f"{conv.name}_bias"), new_bias)
+        if len(conv.inputs) > 2:
+            graph.set_input(conv, 2, c)
+        else:
+            conv.inputs.append(c)
+            graph.touch()
+
+    w = constant_value(w_t)
+    if w is not None:  # float weight
+        shape = [1] * w.ndim
+        shape[axis] = cout
+        new_w = (np.asarray(w, np.float32) * g.reshape(shape)).astype(np.float32)
+
+        def apply_float() -> None:
+            graph.set_input(conv, 1, gs.Constant(graph.unique_name(f"{w_t.name}_bn"), new_w))
+            set_bias()
+
+        return {"form": "float", "apply": apply_float}
+
+    dq = graph.producer(w_t)
+    if not graph.is_dq(dq) or len(w_t.outputs) != 1:
+        return "weight is neither a constant nor a DQ used by this conv only"
+    src = dq.inputs[0]
+    q = graph.producer(src)
+    pair_form = graph.is_q(q) and is_const(q.inputs[0])
+    if not pair_form and not is_const(src):
+        return "weight DQ does not read a constant"
+    p = graph.qparams(q if pair_form else dq)
+    if p.per_axis and p.axis != axis:
+        return f"weight scales are per-channel on axis {p.axis}, not the output axis {axis}"
+    if p.zero_point is not None and np.any(p.zero_point != 0):
+        return "weight zero point is not 0"
+    scale = np.broadcast_to(p.scale.reshape(-1), (cout,)).astype(np.float32)
+    w_raw = constant_value(q.inputs[0] if pair_form else src)
+    wq = quantize_np(w_raw, p.scale, None, p.axis) if pair_form else np.asarray(w_raw)
+    if wq.dtype != np.int8:
+        return f"weight is {wq.dtype}, not int8"
+    shape = [1] * wq.ndim
+    shape[axis] = cout
+    sign = np.where(g < 0, -1, 1).astype(np.int8).reshape(shape)
+    if np.any((wq == -128) & (sign < 0)):
+        return "an int8 weight of -128 would be negated (not representable)"
+    new_wq = (wq * sign).astype(np.int8)
+    new_scale = (scale * np.abs(g)).astype(np.float32)
+    if np.any(new_scale <= 0) or not np.all(np.isfinite(new_scale)):
+        return "gamma/sigma is zero or not finite for some channel"
+    zp = np.zeros(cout, np.int8)
+
+    def apply_q() -> None:
+        s_c = gs.Constant(graph.unique_name(f"{w_t.name}_scale"), new_scale)
+        z_c = gs.Constant(graph.unique_name(f"{w_t.name}_zero_point"), zp)
+        nodes = [q, dq] if pair_form else [dq]
+        for n in nodes:
+            n.inputs[1] = s_c
+            if len(n.inputs) > 2:
+                n.inputs[2] = z_c
+            else:
+                n.inputs.append(z_c)
+            n.attrs["axis"] = axis
+        if pair_form:
+            w_float = dequantize_np(new_wq, new_scale, None, axis)
+            q.inputs[0] = gs.Constant(graph.unique_name(f"{w_t.name}_bn"), w_float)
+        else:
+            dq.inputs[0] = gs.Constant(graph.unique_name(f"{w_t.name}_bn"), new_wq)
+        graph.touch()
+        set_bias()
+
+    return {"form": "Q/DQ pair" if pair_form else "int8 DQ", "apply": apply_q}

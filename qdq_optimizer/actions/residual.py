@@ -1,0 +1,100 @@
+"""Rule 2: residual Add. TensorRT fuses ``Add(conv_branch, skip)`` into the conv as an INT8
+epilogue when the skip input arrives through DQ and the conv-branch input has no Q/DQ ("quantize
+the residual input in skip connections"; a Q/DQ on the conv branch blocks the fusion).
+
+Branches are told apart by structure (``trt_patterns.residual_inputs``): the conv branch ends in
+a weighted op's epilogue; when both do, the skip is the input the other branch descends from.
+The skip's Q/DQ uses the scale of the skip tensor's existing quantizer (the largest if several),
+else of its scale group's; later rules then unify the group and merge duplicate quantizers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import Node, QGraph, Tensor
+from ..report import Change
+from ..scale_groups import scale_groups
+from ..trt_patterns import (
+    activation_pair,
+    epilogue_source,
+    is_ignored,
+    is_quantized_weighted,
+    residual_inputs,
+)
+from . import ActionContext, register_action
+
+
+def _skip_scale(graph: QGraph, t: Tensor, groups: dict[str, list[Node]] | None) -> float | None:
+    def per_tensor(qs: list[Node]) -> list[float]:
+        out = []
+        for q in qs:
+            try:
+                p = graph.qparams(q)
+            except ValueError:
+                continue
+            if not p.per_axis:
+                out.append(float(p.scale.reshape(-1)[0]))
+        return out
+
+    own = per_tensor(graph.quantizers_of(t))
+    if own:
+        return max(own)
+    if groups is not None:
+        shared = per_tensor(groups.get(t.name, []))
+        if shared:
+            return max(shared)
+    return None
+
+
+@register_action("residual_add", params={})
+def residual_add(
+    graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
+) -> list[Change]:
+    """Quantize the skip input of residual Adds and remove Q/DQ from their conv-branch input."""
+    changes: list[Change] = []
+    groups: dict[str, list[Node]] | None = None
+    for add in list(graph.nodes_of("Add")):
+        if is_ignored(add, ctx.ignore):
+            continue
+        split = residual_inputs(graph, add)
+        if split is None:
+            continue
+        bi, si = split
+        conv = epilogue_source(graph, add.inputs[bi])
+        if conv is None or not is_quantized_weighted(graph, conv):
+            continue  # a float conv branch: nothing for TensorRT to fuse in INT8
+        pair = activation_pair(graph, add.inputs[bi])
+        if pair is not None:
+            changes.append(
+                Change(
+                    "remove",
+                    [pair[0].name, pair[1].name],
+                    f"Q/DQ on the conv-branch input of '{add.name}'",
+                )
+            )
+            if not ctx.dry_run:
+                graph.bypass_qdq(*pair, consumers=[add])
+        skip = add.inputs[si]
+        if graph.is_int8_tensor(skip):
+            continue
+        if groups is None:
+            groups = {}
+            for g in scale_groups(graph):
+                for t in g.tensors:
+                    groups[t.name] = g.quantizers
+        scale = _skip_scale(graph, skip, groups)
+        if scale is None:
+            ctx.note(
+                f"skip input '{skip.name}' of '{add.name}' has no quantizer to take a scale from"
+            )
+            continue
+        changes.append(
+            Change("insert", [add.name], f"Q/DQ on skip input '{skip.name}' (scale {scale:.6g})")
+        )
+        if not ctx.dry_run:
+            graph.insert_qdq(
+                skip, np.float32(scale), np.int8(0), consumers=[add], name=f"{add.name}_skip"
+            )
+            groups = None
+    return changes

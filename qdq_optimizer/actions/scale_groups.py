@@ -1,0 +1,115 @@
+"""Rule 1: one scale per scale group (``qdq_optimizer.scale_groups``).
+
+Policies:
+- ``max`` (default): the largest scale of the group, so no value that was representable before
+  is clipped (the smaller-scale quantizers lose resolution instead);
+- ``output``: the scale of the quantizers reading the group's sink tensors (the consumer side:
+  a Concat's output Q), largest if several;
+- ``calibrated``: ``amax / 127`` from stored activation ranges (``ranges``: a JSON file or a dict
+  of tensor name -> amax; the largest amax over the group's tensors); groups without a range fall
+  back to ``max`` (noted).
+Each change reports how far every moved quantizer's scale went.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, RuleSetError
+from ..graph import Node, QGraph
+from ..report import Change
+from ..scale_groups import ScaleGroup, joining_inputs, paired_dqs, scale_groups
+from . import ActionContext, register_action
+
+POLICIES = ("max", "output", "calibrated")
+
+
+def _load_ranges(value: object) -> dict[str, float]:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): float(v) for k, v in value.items()}
+    path = Path(str(value))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read activation ranges {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"activation ranges {path}: expected an object of tensor name -> amax")
+    return {str(k): float(v) for k, v in data.items()}
+
+
+def _sink_quantizers(graph: QGraph, g: ScaleGroup) -> list[Node]:
+    fed = {id(t) for op in g.ops for t in joining_inputs(graph, op)}
+    return [q for q in g.quantizers if id(q.inputs[0]) not in fed]
+
+
+def _target(
+    graph: QGraph, g: ScaleGroup, scales: list[float], policy: str, ranges: dict[str, float], ctx
+) -> float:
+    if policy == "output":
+        sinks = [float(graph.qparams(q).scale.reshape(-1)[0]) for q in _sink_quantizers(graph, g)]
+        if sinks:
+            return max(sinks)
+    if policy == "calibrated":
+        amax = [ranges[t.name] for t in g.tensors if t.name in ranges]
+        if amax:
+            return float(np.float32(max(amax) / 127.0))
+        ctx.note(f"no stored range for the group of {g.quantizers[0].name}: used max")
+    return max(scales)
+
+
+def _describe(g: ScaleGroup) -> str:
+    counts: dict[str, int] = {}
+    for op in g.ops:
+        counts[op.op] = counts.get(op.op, 0) + 1
+    joined = (
+        ", ".join(f"{k} x{v}" if v > 1 else k for k, v in sorted(counts.items())) or "one tensor"
+    )
+    return f"{len(g.quantizers)} quantizers joined by {joined}"
+
+
+@register_action("unify_scale_groups", params={"policy": "max", "ranges": None})
+def unify_scale_groups(
+    graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
+) -> list[Change]:
+    """Give every scale group one scale by the chosen policy; report how far each scale moved."""
+    policy = str(params.get("policy") or ctx.settings.get("scale_policy") or "max")
+    if policy not in POLICIES:
+        raise RuleSetError(
+            f"unify_scale_groups: unknown policy '{policy}' (choose {', '.join(POLICIES)})"
+        )
+    ranges = _load_ranges(params.get("ranges") or ctx.settings.get("ranges"))
+    changes: list[Change] = []
+    for g in scale_groups(graph):
+        qs = [q for q in g.quantizers if not graph.is_graph_output(q.outputs[0])]
+        if len(qs) < 2:
+            continue
+        scales = [float(graph.qparams(q).scale.reshape(-1)[0]) for q in qs]
+        if len({np.float32(s).tobytes() for s in scales}) == 1 and policy != "calibrated":
+            continue
+        target = float(np.float32(_target(graph, g, scales, policy, ranges, ctx)))
+        moved = [
+            (q, s) for q, s in zip(qs, scales, strict=True) if np.float32(s) != np.float32(target)
+        ]
+        if not moved:
+            continue
+        parts = [f"{q.name} {s:.6g} ({(target / s - 1) * 100:+.1f}%)" for q, s in moved]
+        changes.append(
+            Change(
+                "rescale",
+                [q.name for q, _ in moved],
+                f"{_describe(g)}: scale {target:.6g} ({policy}); moved " + "; ".join(parts),
+            )
+        )
+        if ctx.dry_run:
+            continue
+        value = np.float32(target)
+        for q, _ in moved:
+            graph.set_qparams(q, value)
+            for dq in paired_dqs(graph, q):
+                graph.set_qparams(dq, value)
+    return changes

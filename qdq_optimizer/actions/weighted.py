@@ -1,0 +1,169 @@
+"""Rule 4: weighted ops keep quantized inputs, lose Q/DQ on outputs nothing INT8 reads, and carry
+their weights as a per-channel DQ over an int8 initializer.
+
+- ``fold_weight_q``: ``float W -> Q(s, axis) -> DQ`` becomes ``int8 Q(W) -> DQ``. The int8 values
+  are exactly what the Q computed (round half to even, saturate), so outputs are bit-identical and
+  the file holds a quarter of the weight bytes. ``keep_weight_q`` (``--keep-weight-q``) keeps the
+  pair form.
+- ``float_bias``: ONNX Runtime's QDQ format feeds conv biases through an int32 DQ; TensorRT's Q/DQ
+  are int8 and it adds the bias in float inside the conv kernel, so the bias becomes the float
+  values the DQ computed (bit-identical).
+- ``remove_weighted_output_qdq``: a Q/DQ pair on a weighted op's output whose DQ feeds nothing that
+  uses an INT8 input (ORT puts one on every output) forces an INT8 output only to turn it back
+  into float: a Reformat for nothing. The pair goes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..graph import Node, QGraph, constant_value
+from ..report import Change
+from ..trt_patterns import activation_pair, feeds_int8, is_const, is_ignored, is_weighted
+from . import ActionContext, register_action
+
+INT8_RANGE = (-128, 127)
+
+
+def _axis_shape(ndim: int, axis: int | None, n: int) -> tuple[int, ...]:
+    if axis is None or n == 1:
+        return ()
+    shape = [1] * ndim
+    shape[axis] = n
+    return tuple(shape)
+
+
+def quantize_np(
+    w: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int | None
+) -> np.ndarray:
+    """ONNX QuantizeLinear to int8 in numpy: saturate(round_half_even(w / s) + zp)."""
+    w = np.asarray(w, dtype=np.float32)
+    s = np.asarray(scale, dtype=np.float32)
+    shape = _axis_shape(w.ndim, axis, s.size)
+    s = s.reshape(shape) if shape else s.reshape(())
+    z = np.zeros(()) if zp is None else np.asarray(zp, dtype=np.float64).reshape(shape or ())
+    q = np.rint(w / s).astype(np.float64) + z
+    return np.asarray(np.clip(q, *INT8_RANGE), dtype=np.int8)
+
+
+def dequantize_np(
+    x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int | None
+) -> np.ndarray:
+    """ONNX DequantizeLinear in numpy (float32, as ONNX Runtime computes it)."""
+    x = np.asarray(x)
+    s = np.asarray(scale, dtype=np.float32)
+    shape = _axis_shape(x.ndim, axis, s.size)
+    s = s.reshape(shape) if shape else s.reshape(())
+    z = (
+        np.zeros((), np.int32)
+        if zp is None
+        else np.asarray(zp).astype(np.int32).reshape(shape or ())
+    )
+    return np.asarray((x.astype(np.int32) - z).astype(np.float32) * s, dtype=np.float32)
+
+
+def _keep_weight_q(params: dict, ctx: ActionContext) -> bool:
+    value = params.get("keep_weight_q")
+    if value is None:
+        value = ctx.settings.get("keep_weight_q", False)
+    return bool(value)
+
+
+@register_action("fold_weight_q", params={"keep_weight_q": None})
+def fold_weight_q(
+    graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
+) -> list[Change]:
+    """Fold each weight Q into an int8 initializer read by its DQ (unless keep_weight_q)."""
+    if _keep_weight_q(params, ctx):
+        return []
+    changes: list[Change] = []
+    for q in list(graph.nodes_of("QuantizeLinear")):
+        w = q.inputs[0]
+        value = constant_value(w)
+        out = q.outputs[0]
+        if value is None or not out.outputs or graph.is_graph_output(out):
+            continue
+        if not all(graph.is_dq(c) for c in out.outputs):
+            continue
+        try:
+            p = graph.qparams(q)
+        except ValueError:
+            continue
+        if p.dtype != onnx.TensorProto.INT8 or q.attrs.get("block_size"):
+            continue
+        users = [c for dq in out.outputs for c in dq.outputs[0].outputs]
+        if any(is_ignored(u, ctx.ignore) for u in users):
+            continue  # dequantize_ignored turns these back into float weights
+        detail = f"weight '{w.name}' {list(value.shape)} -> int8 initializer" + (
+            f" (per-channel, axis {p.axis})" if p.per_axis else " (per-tensor)"
+        )
+        changes.append(Change("fold", [q.name], detail))
+        if ctx.dry_run:
+            continue
+        q_int8 = quantize_np(value, p.scale, p.zero_point, p.axis)
+        const = gs.Constant(graph.unique_name(f"{w.name}_int8"), q_int8)
+        for dq in list(out.outputs):
+            graph.set_input(dq, 0, const)
+        graph.remove_node(q)
+    return changes
+
+
+@register_action("float_bias", params={})
+def float_bias(graph: QGraph, node: Node | None, params: dict, ctx: ActionContext) -> list[Change]:
+    """Replace an int32 bias DQ feeding a Conv/ConvTranspose/Gemm with its float values."""
+    changes: list[Change] = []
+    for w in list(graph.topo_nodes()):
+        if w.op not in ("Conv", "ConvTranspose", "Gemm") or len(w.inputs) < 3:
+            continue
+        dq = graph.producer(w.inputs[2])
+        if not graph.is_dq(dq) or not is_const(dq.inputs[0]):
+            continue
+        raw = constant_value(dq.inputs[0])
+        if raw is None or raw.dtype != np.int32:
+            continue
+        try:
+            p = graph.qparams(dq)
+        except ValueError:
+            continue
+        changes.append(
+            Change("fold", [dq.name, w.name], f"int32 bias DQ -> float bias of '{w.name}'")
+        )
+        if ctx.dry_run:
+            continue
+        values = dequantize_np(raw, p.scale, p.zero_point, p.axis)
+        graph.set_input(w, 2, gs.Constant(graph.unique_name(f"{w.name}_bias"), values))
+        graph.drop_if_unused(dq)
+    return changes
+
+
+@register_action("remove_weighted_output_qdq", params={})
+def remove_weighted_output_qdq(
+    graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
+) -> list[Change]:
+    """Remove Q/DQ on a weighted op's output when its DQ feeds nothing that uses INT8."""
+    changes: list[Change] = []
+    for w in list(graph.topo_nodes()):
+        if not is_weighted(graph, w) or is_ignored(w, ctx.ignore) or not graph.contains(w):
+            continue
+        for q in graph.quantizers_of(w.outputs[0]):
+            if graph.is_graph_output(q.outputs[0]):
+                continue
+            for dq in [c for c in q.outputs[0].outputs if graph.is_dq(c)]:
+                out = dq.outputs[0]
+                if activation_pair(graph, out) is None or graph.is_graph_output(out):
+                    continue
+                if feeds_int8(graph, out, ctx.ignore):
+                    continue
+                readers = ", ".join(c.name for c in out.outputs) or "nothing"
+                changes.append(
+                    Change(
+                        "remove",
+                        [q.name, dq.name],
+                        f"output of '{w.name}' read by {readers} in float",
+                    )
+                )
+                if not ctx.dry_run:
+                    graph.bypass_qdq(q, dq)
+    return changes
