@@ -228,3 +228,20 @@ def test_100k_node_chain_is_linear_and_has_no_recursion() -> None:
     # a cycle deep in the chain is still found (iteratively) and named
     node(m, "relu5").input[0] = "t99999"
     _refused(m, "cycle")
+
+
+@pytest.mark.parametrize(
+    "dtype", [TensorProto.UINT8, TensorProto.INT4, TensorProto.FLOAT8E4M3FN], ids=str
+)
+def test_unhandled_qdq_really_pass_through_untouched(dtype: int) -> None:
+    """The warning promises 'passed through untouched': the optimizer must keep those nodes."""
+    from qdq_optimizer.api import optimize
+
+    m = qdq_conv_model()
+    m.opset_import[0].version = 21
+    init(m, "mid_zp").CopyFrom(helper.make_tensor("mid_zp", dtype, [], [0]))
+    assert len(validate_model(m)) == 2
+    out, _ = optimize(m, "tensorrt")
+    kept = {n.name: (list(n.input), list(n.output)) for n in out.graph.node}
+    for name in ("q_mid", "dq_mid"):
+        assert kept.get(name) == (list(node(m, name).input), list(node(m, name).output)), name
