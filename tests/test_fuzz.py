@@ -103,7 +103,7 @@ def available(names: list[str]) -> list[str]:
     return out
 
 
-ONNX_COMMANDS = available(["dump", "lint", "optimize"])
+ONNX_COMMANDS = available(["dump", "lint", "optimize", "diff"])
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
@@ -263,6 +263,7 @@ def _fuzz_model(data: bytes, command: str, capsys, kind: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "in.onnx"
         src.write_bytes(data)
+        (Path(d) / "base.onnx").write_bytes(BASES[0])
         _check_library(src)
         if not command:
             return
@@ -270,6 +271,7 @@ def _fuzz_model(data: bytes, command: str, capsys, kind: str) -> None:
             "dump": ["dump", str(src)],
             "lint": ["lint", str(src), "--rules", "cleanup"],
             "optimize": ["optimize", str(src), str(Path(d) / "out.onnx"), "--rules", "cleanup"],
+            "diff": ["diff", str(Path(d) / "base.onnx"), str(src)],
         }[command]
         rc, err = run_cli(argv, capsys)
         assert_clean_outcome(rc, err, f"{kind} {command}")
