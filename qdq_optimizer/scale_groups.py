@@ -97,8 +97,18 @@ def _positive(graph: QGraph, q: Node) -> bool:
         return False
 
 
+def _int8(graph: QGraph, node: Node) -> bool:
+    if node.attrs.get("block_size") or not set(node.attrs) <= {"axis", "output_dtype"}:
+        return False
+    try:
+        return graph.qparams(node).dtype == onnx.TensorProto.INT8
+    except ValueError:
+        return False
+
+
 def _per_tensor_q(graph: QGraph, node: Node) -> bool:
-    if not graph.is_q(node) or _is_const(node.inputs[0]):
+    """An int8 per-tensor activation quantizer (uint8/int4/fp8 ones are not TensorRT INT8)."""
+    if not graph.is_q(node) or _is_const(node.inputs[0]) or not _int8(graph, node):
         return False
     try:
         return not graph.qparams(node).per_axis
@@ -134,7 +144,7 @@ def scale_groups(graph: QGraph, min_tensors: int = 2) -> list[ScaleGroup]:
         if not ins:
             if graph.is_dq(node):
                 q = graph.producer(node.inputs[0])
-                if graph.is_q(q) and not _is_const(q.inputs[0]) and q.inputs[0].name:
+                if _per_tensor_q(graph, q) and q.inputs[0].name:
                     uf.union(q.inputs[0].name, node.outputs[0].name)
             continue
         if node.op == "MaxPool":

@@ -11,6 +11,7 @@ import re
 from collections import deque
 from collections.abc import Iterable
 
+import onnx
 import onnx_graphsurgeon as gs
 
 from .graph import Node, QGraph, Tensor, constant_value
@@ -41,10 +42,23 @@ def is_ignored(node: Node | None, patterns: Iterable[re.Pattern]) -> bool:
     return any(p.search(n) for p in patterns for n in names)
 
 
+def is_int8(graph: QGraph, node: Node) -> bool:
+    """A plain int8 Q or DQ (the only kind TensorRT's INT8 rules are about); uint8, int4, fp8 and
+    blocked quantization pass through every rule untouched."""
+    if node.attrs.get("block_size") or not set(node.attrs) <= {"axis", "output_dtype"}:
+        return False
+    try:
+        return graph.qparams(node).dtype == onnx.TensorProto.INT8
+    except ValueError:
+        return False
+
+
 def activation_pair(graph: QGraph, t: Tensor) -> tuple[Node, Node] | None:
-    """(Q, DQ) when ``t`` is the DQ output of a Q on a non-constant tensor."""
+    """(Q, DQ), both int8, when ``t`` is the DQ output of a Q on a non-constant tensor."""
     pair = graph.qdq_pair_on(t)
     if pair is None or is_const(pair[0].inputs[0]):
+        return None
+    if not (is_int8(graph, pair[0]) and is_int8(graph, pair[1])):
         return None
     return pair
 

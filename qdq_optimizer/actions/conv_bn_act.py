@@ -22,6 +22,7 @@ from ..report import Change
 from ..trt_patterns import (
     ACTIVATIONS,
     CONV_OPS,
+    activation_pair,
     is_const,
     is_ignored,
     is_weighted,
@@ -36,7 +37,7 @@ def _readers_through_pairs(graph: QGraph, t: Tensor) -> list[tuple[Node, Node, N
     out = []
     for q in graph.quantizers_of(t):
         for dq in q.outputs[0].outputs:
-            if graph.is_dq(dq):
+            if graph.is_dq(dq) and activation_pair(graph, dq.outputs[0]) is not None:
                 out.extend((q, dq, c) for c in dq.outputs[0].outputs)
     return out
 

@@ -84,11 +84,11 @@ def remove_float_islands(
         if is_const(q.inputs[0]) or graph.is_graph_output(q.outputs[0]) or not graph.contains(q):
             continue
         dqs = [c for c in q.outputs[0].outputs if graph.is_dq(c)]
-        if len(dqs) != len(q.outputs[0].outputs):
+        if not dqs or len(dqs) != len(q.outputs[0].outputs):
             continue  # something reads the int8 tensor itself
         for dq in dqs:
             out = dq.outputs[0]
-            if feeds_int8(graph, out, ctx.ignore):
+            if activation_pair(graph, out) is None or feeds_int8(graph, out, ctx.ignore):
                 continue
             readers = ", ".join(c.name for c in out.outputs) or "a graph output"
             changes.append(
