@@ -12,6 +12,7 @@ import click
 )
 @click.option("--summary", type=click.Path(dir_okay=False), help="Write the full results as JSON.")
 @click.option("--num-image", type=int, default=None, help="Evaluate on the first N images only.")
+@click.option("--layers", default=None, help="Only these top-level layers, e.g. '0-3,7'.")
 @click.option("--top", default=10, show_default=True, type=int, help="Rows in the table.")
 @click.option("--img-size", default=640, show_default=True, type=int)
 @click.option("--batch-size", default=10, show_default=True, type=int)
@@ -22,7 +23,7 @@ import click
 @click.option("--rules", default="yolov7", show_default=True)
 @click.option("--trust-checkpoint", is_flag=True)
 @click.option("--yolov7-repo", type=click.Path(file_okay=False))
-def command(weights, data, summary, num_image, top, **kw) -> None:
+def command(weights, data, summary, num_image, layers, top, **kw) -> None:
     import json
 
     from rich.console import Console
@@ -31,7 +32,7 @@ def command(weights, data, summary, num_image, top, **kw) -> None:
 
     from qdq_optimizer.errors import UsageError
     from qdq_optimizer.fileio import check_output_path, write_text_atomic
-    from trainer.quantization.pipeline import run_sensitivity
+    from trainer.quantization.pipeline import parse_layers, run_sensitivity
 
     if summary:
         check_output_path(summary, weights)
@@ -40,7 +41,7 @@ def command(weights, data, summary, num_image, top, **kw) -> None:
     with Progress(console=Console(stderr=True)) as bar:
         task = bar.add_task("Layers", total=None)
         res = run_sensitivity(
-            weights, data, num_image=num_image,
+            weights, data, num_image=num_image, layers=parse_layers(layers),
             on_layer=lambda n, total: bar.update(task, completed=n, total=total), **kw,
         )  # fmt: skip
     base = res["quantized"]

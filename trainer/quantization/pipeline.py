@@ -236,6 +236,7 @@ def run_sensitivity(
     on_layer: Callable[[int, int], None] | None = None,
     trust_checkpoint: bool = False,
     yolov7_repo: str | None = None,
+    layers: set[int] | None = None,
 ) -> dict:
     """Quantize every layer (no ignore policy), calibrate, then disable one layer at a time."""
     device = check_device(device)
@@ -251,7 +252,21 @@ def run_sensitivity(
                   _progress_iter("Calibrating", progress))  # fmt: skip
     model.to(device).eval()
     evaluate_fn = evaluator(data, img_size, batch_size, device, num_image)
-    return layer_sensitivity(model, evaluate_fn, on_layer=on_layer)
+    return layer_sensitivity(model, evaluate_fn, on_layer=on_layer, only=layers)
+
+
+def parse_layers(spec: str | None) -> set[int] | None:
+    """ "0-3,7" -> {0, 1, 2, 3, 7}; None stays None (all layers)."""
+    if not spec:
+        return None
+    out: set[int] = set()
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise UsageError(f"--layers: expected indices like '0-3,7', got {spec!r}") from None
+    return out
 
 
 def _optimize_and_lint(proto, rules: str):

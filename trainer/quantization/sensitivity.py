@@ -20,8 +20,12 @@ def layer_sensitivity(
     evaluate_fn: Callable[[nn.Module], dict],
     prefix: str = "model",
     on_layer: Callable[[int, int], None] | None = None,
+    only: set[int] | None = None,
 ) -> dict:
-    """{"quantized": mAPs of the full model, "layers": [{layer, name, type, map50, map}] best first}."""
+    """{"quantized": mAPs of the full model, "layers": [{layer, name, type, map50, map}] best first}.
+
+    ``only`` restricts the scan to those top-level layer indices (big models, quick looks).
+    """
     layers = top_layers(model)
     base = {k: float(v) for k, v in evaluate_fn(model).items()}
     rows = []
@@ -36,7 +40,7 @@ def layer_sensitivity(
         )
         for i, layer in enumerate(layers)
     ]
-    candidates = [(i, qs) for i, qs in candidates if qs]
+    candidates = [(i, qs) for i, qs in candidates if qs and (only is None or i in only)]
     for n, (i, qs) in enumerate(candidates):
         for q in qs:
             q.disable()

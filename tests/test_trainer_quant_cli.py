@@ -1,0 +1,96 @@
+"""qdqopt quantize / export / sensitive end to end on a tiny YOLOv7 and a synthetic set (CPU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import onnx
+import pytest
+import torch
+
+import cli
+from trainer.checkpoint import save_checkpoint
+from trainer.data import synth_dataset
+from trainer.models import build_model
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quant_cli")
+    data = synth_dataset(root / "synth", 6, size=SIZE, nc=2, seed=0)
+    torch.manual_seed(0)
+    weights = root / "tiny.pt"
+    save_checkpoint(weights, build_model("yolov7-tiny", nc=2, width=0.25))
+    return root, data, weights
+
+
+def _quant_args(weights, data, *extra):
+    return ["quantize", str(weights), "--data", str(data), "--img-size", str(SIZE), "--batch-size", "3",
+            "--calib-batches", "1", "--no-progress", *extra]  # fmt: skip
+
+
+def test_quantize_ptq_qat_export_optimize_eval(setup, capsys):
+    root, data, weights = setup
+    ptq, qat, onnx_out = root / "ptq.pt", root / "qat.pt", root / "qat.onnx"
+    args = _quant_args(weights, data, "--ptq", str(ptq), "--qat", str(qat), "--eval-origin",
+                       "--eval-ptq", "--epochs", "1", "--iters", "1",
+                       "--ignore-policy", r"model\.77\.m\.(.*)", "--ignore-policy", r"model\.999\.(.*)")  # fmt: skip
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    assert "model\\\\.999" in err or "model\\.999" in err  # dead regex warned about
+    summary = json.loads((root / "summary.json").read_text())
+    res = summary["results"]
+    assert {"origin", "ptq", "qat_epochs", "qat_best"} <= set(res)
+    assert summary["scale_groups"] and summary["unmatched_ignore_patterns"] == [r"model\.999\.(.*)"]
+    assert "model.77.m.0" in summary["ignored_layers"]
+    raw = torch.load(ptq, weights_only=True)  # plain types only
+    assert raw["quant"]["groups"] and raw["loader"].endswith(":rebuild")
+
+    assert cli.main(["export", str(qat), "--save", str(onnx_out), "--size", str(SIZE), "--dynamic",
+                     "--optimize", "--rules", "yolov7-tiny"]) == 0  # fmt: skip
+    proto = onnx.load(str(onnx_out))
+    assert [i.name for i in proto.graph.input] == ["images"]
+    assert [o.name for o in proto.graph.output] == ["outputs"]
+    assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    assert cli.main(["lint", str(onnx_out), "--rules", "yolov7"]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(qat), "--data", str(data), "--img-size", str(SIZE)]) == 0
+
+
+def test_sensitive_table_and_summary(setup, capsys):
+    root, data, weights = setup
+    out = root / "sens.json"
+    args = ["sensitive", str(weights), "--data", str(data), "--img-size", str(SIZE), "--batch-size", "6",
+            "--calib-batches", "1", "--summary", str(out), "--num-image", "3", "--top", "5", "--layers", "0-4,77"]  # fmt: skip
+    assert cli.main(args) == 0
+    res = json.loads(out.read_text())
+    assert {r["layer"] for r in res["layers"]} == {0, 1, 2, 3, 4, 77}  # all quantized, head too
+
+    maps = [r["map"] for r in res["layers"]]
+    assert maps == sorted(maps, reverse=True)
+    assert "Sensitivity" in capsys.readouterr().out
+
+
+def test_bad_inputs_fail_cleanly_and_write_nothing(setup, tmp_path, capsys):
+    _, data, weights = setup
+    ptq = tmp_path / "ptq.pt"
+    assert cli.main(_quant_args(weights, tmp_path / "nope", "--ptq", str(ptq))) == 2
+    assert "not found" in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    torch.save({"a": 1}, junk)
+    assert cli.main(_quant_args(junk, data, "--ptq", str(ptq))) == 2
+    assert "not a model checkpoint" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    ann = next((broken / "annotations").glob("*.json"))
+    coco = json.loads(ann.read_text())
+    coco["images"][0]["file_name"] = "missing.jpg"
+    ann.write_text(json.dumps(coco))
+    assert cli.main(_quant_args(weights, broken, "--ptq", str(ptq))) == 2
+    assert capsys.readouterr().err.startswith("qdqopt: error:")
+    assert cli.main(["export", str(junk), "--save", str(tmp_path / "x.onnx")]) == 2
+    assert not ptq.exists() and not (tmp_path / "x.onnx").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files
