@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections.abc import Iterable
@@ -114,8 +115,11 @@ def lint_report(
     *,
     ignore: Iterable[str] = (),
     allow_asymmetric: bool = False,
+    checks: bool | None = None,
 ) -> OptimizeReport:
-    """Dry-run the rule set and run TensorRT's placement checks; problems go in ``report.problems``."""
+    """Dry-run the rule set, plus TensorRT's placement checks (``trt_checks.check_graph``);
+    problems go in ``report.problems``. ``checks=None`` runs the TensorRT checks when the rule
+    set is (or extends) ``tensorrt`` or sets ``settings: {trt_checks: true}``."""
     ruleset = rules if isinstance(rules, RuleSet) else load_ruleset(rules)
     model, report = optimize(
         model_or_path,
@@ -130,10 +134,12 @@ def lint_report(
             why = result.why.rstrip(".")
             message = f"{why} ({change.detail})" if change.detail else why
             problems.append(Problem(result.rule_id, list(change.nodes), message))
-    check_graph = _trt_checks()
+    if checks is None:
+        checks = "tensorrt" in ruleset.chain or bool(ruleset.settings.get("trt_checks", False))
+    check_graph = _trt_checks() if checks else None
     if check_graph is not None:
         patterns = [*ruleset.ignore, *compile_ignore(tuple(ignore))]
-        for p in check_graph(QGraph.from_model(model)):
+        for p in _call_checks(check_graph, QGraph.from_model(model), patterns):
             if p.node_names and all(any(r.search(n) for r in patterns) for n in p.node_names):
                 continue  # every node it names is on the ignore list
             problems.append(p)
@@ -147,11 +153,23 @@ def lint(
     *,
     ignore: Iterable[str] = (),
     allow_asymmetric: bool = False,
+    checks: bool | None = None,
 ) -> list[Problem]:
     """Placement problems: what the rules would change, plus the TensorRT lint checks."""
     return lint_report(
-        model_or_path, rules, ignore=ignore, allow_asymmetric=allow_asymmetric
+        model_or_path, rules, ignore=ignore, allow_asymmetric=allow_asymmetric, checks=checks
     ).problems
+
+
+def _call_checks(check_graph, graph: QGraph, patterns: list) -> list[Problem]:
+    """Pass the ignore list when the checks accept one."""
+    try:
+        params = inspect.signature(check_graph).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "ignore" in params:
+        return list(check_graph(graph, ignore=patterns))
+    return list(check_graph(graph))
 
 
 def _trt_checks():

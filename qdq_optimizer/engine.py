@@ -18,8 +18,8 @@ import onnx
 
 from .actions import ActionContext, get_action
 from .errors import QdqoptError
-from .graph import QGraph
-from .matcher import candidates, matches
+from .graph import QGraph, paused_gc
+from .matcher import matches
 from .report import Change, RuleResult
 from .ruleset import Rule, RuleSet
 
@@ -50,25 +50,44 @@ def apply_rules(
     """Run every rule until nothing changes. In dry-run one pass reports would-be changes."""
     if max_iterations < 1:
         raise ValueError("max_iterations must be at least 1")
+    with paused_gc():
+        return _apply_rules(graph, ruleset, dry_run, ignore, settings, max_iterations)
+
+
+def _apply_rules(graph, ruleset, dry_run, ignore, settings, max_iterations) -> EngineRun:
     patterns = list(ruleset.ignore if ignore is None else ignore)
     merged_settings = {**ruleset.settings, **(settings or {})}
     results = [RuleResult(rule_id=r.id, action=r.action, why=r.why) for r in ruleset.rules]
     iterations = 0
     converged = False
+    focus: set[int] | None = None  # None: visit every anchor; else only these node ids
     while iterations < (1 if dry_run else max_iterations):
         iterations += 1
         changed = 0
+        all_local = True
+        # One topological snapshot per iteration: nodes that earlier rules create in this
+        # iteration are visited in the next one (any change means there is a next one).
+        by_op: dict[str, list] = {}
+        for n in graph.topo_nodes():
+            if focus is None or id(n) in focus:
+                by_op.setdefault(n.op, []).append(n)
+        graph.start_tracking()
         for rule, result in zip(ruleset.rules, results, strict=True):
             ctx = ActionContext(
                 dry_run=dry_run, ignore=patterns, settings=merged_settings, rule_id=rule.id
             )
-            changes = _apply_rule(graph, rule, ctx)
+            changes = _apply_rule(graph, rule, ctx, by_op)
             result.changes.extend(changes)
             result.notes.extend(n for n in ctx.notes if n not in result.notes)
             changed += len(changes)
+            if changes and (rule.match.scope == "graph" or not get_action(rule.action).local):
+                all_local = False
+        touched = graph.take_touched()
         if dry_run or changed == 0:
             converged = True
             break
+        # After edits by local actions only, the next pass needs to look only near them.
+        focus = _neighbourhood(touched) if all_local else None
     warnings = []
     if not converged:
         warnings.append(
@@ -78,7 +97,21 @@ def apply_rules(
     return EngineRun(results, iterations, converged, warnings)
 
 
-def _apply_rule(graph: QGraph, rule: Rule, ctx: ActionContext) -> list[Change]:
+def _neighbourhood(nodes: list) -> set[int]:
+    """Ids of ``nodes`` and of their direct producers and consumers."""
+    ids: set[int] = set()
+    for n in nodes:
+        ids.add(id(n))
+        for t in n.inputs:
+            ids.update(id(p) for p in t.inputs)
+        for t in n.outputs:
+            ids.update(id(c) for c in t.outputs)
+    return ids
+
+
+def _apply_rule(
+    graph: QGraph, rule: Rule, ctx: ActionContext, by_op: dict[str, list]
+) -> list[Change]:
     action = get_action(rule.action)
     if action is None:  # the rule set loader already rejects this
         raise QdqoptError(f"rule '{rule.id}': unknown action '{rule.action}'")
@@ -86,12 +119,28 @@ def _apply_rule(graph: QGraph, rule: Rule, ctx: ActionContext) -> list[Change]:
     if rule.match.scope == "graph":
         return _call(action.fn, graph, None, params, ctx, rule)
     out: list[Change] = []
-    for node in list(candidates(graph, rule.match)):
+    ops = sorted(rule.match.ops or ())
+    if len(ops) == 1:
+        nodes = by_op.get(ops[0], [])
+    else:
+        nodes = sorted((n for op in ops for n in by_op.get(op, ())), key=graph.position)
+    contains, match, fn = graph.contains, rule.match, action.fn
+    ignoring = bool(ctx.ignore)
+    for node in nodes:
         # An earlier edit in this pass may have removed or rewired the node.
-        if not graph.contains(node) or ctx.is_ignored(node):
+        if not contains(node) or (ignoring and ctx.is_ignored(node)):
             continue
-        if matches(graph, node, rule.match):
-            out.extend(_call(action.fn, graph, node, params, ctx, rule))
+        if matches(graph, node, match):
+            try:
+                changes = fn(graph, node, params, ctx)
+            except QdqoptError:
+                raise
+            except Exception as exc:
+                raise RuntimeError(
+                    f"rule '{rule.id}' ({rule.action}) failed on node '{node.name}': {exc}"
+                ) from exc
+            if changes:
+                out.extend(changes)
     return out
 
 
@@ -117,7 +166,17 @@ def finalize(
     graph.cleanup()
     model = graph.to_model()
     warnings: list[str] = []
-    error = check_model(model)
+    error = None
+    if model_size(model) < PROTO_LIMIT:
+        # Strict shape inference (what full_check adds to the checker) once, keeping its result.
+        try:
+            model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+            error = " ".join(str(exc).split())[:400]
+        if error is None:
+            error = check_model(model, full=False)
+    else:
+        error = check_model(model)
     if error is not None:
         input_error = check_model(reference) if reference is not None else None
         if input_error is None:
@@ -126,16 +185,14 @@ def finalize(
             f"onnx.checker: the input model already fails the full check: {input_error}"
         )
         return model, warnings
-    if model_size(model) < PROTO_LIMIT:
-        model = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
     return model, warnings
 
 
-def check_model(model: onnx.ModelProto) -> str | None:
-    """None when ``onnx.checker`` (full check, incl. strict shape inference) accepts the model."""
+def check_model(model: onnx.ModelProto, full: bool = True) -> str | None:
+    """None when ``onnx.checker`` (full check: incl. strict shape inference) accepts the model."""
     try:
         if model_size(model) < PROTO_LIMIT:
-            onnx.checker.check_model(model, full_check=True)
+            onnx.checker.check_model(model, full_check=full)
         else:
             with tempfile.TemporaryDirectory(prefix="qdqopt-check-") as tmp:
                 path = Path(tmp) / "model.onnx"

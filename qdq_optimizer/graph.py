@@ -9,6 +9,9 @@ mutation. Nothing here recurses over the graph, so 100k-node chains are fine.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import heapq
 import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -74,6 +77,8 @@ class QParams:
 
 
 def _zp_equal(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is not None and b is not None and a.shape == b.shape:
+        return bool(np.array_equal(a, b))
     a_ = np.zeros(1) if a is None else a
     b_ = np.zeros(1) if b is None else b
     return np.array_equal(
@@ -100,17 +105,22 @@ class QGraph:
         # Removal is O(1): ids of removed nodes; gs.nodes is compacted lazily in one pass.
         self._removed: set[int] = set()
         self._members: set[int] = {id(n) for n in graph.nodes}
+        # Nodes near an edit since start_tracking() (None: not tracking); lets the engine
+        # revisit only the neighbourhood of the last iteration's edits.
+        self._touched: dict[int, Node] | None = None
 
     # ------------------------------------------------------------------ construction / export
     @classmethod
     def from_model(cls, model: onnx.ModelProto) -> QGraph:
         """Import a (validated) model. Initializers stay lazy, so large weights are not copied."""
-        return cls(gs.import_onnx(model), model)
+        with paused_gc():
+            return cls(gs.import_onnx(model), model)
 
     def to_model(self) -> onnx.ModelProto:
         """Export in topological order with the input model's opsets and metadata."""
         self.gs.nodes = list(self.topo_nodes())
-        exported = gs.export_onnx(self.gs, do_type_check=False)
+        with paused_gc():
+            exported = gs.export_onnx(self.gs, do_type_check=False)
         if self._template is not None:
             exported.ClearField("opset_import")
             exported.opset_import.extend(self._template.opset_import)
@@ -143,6 +153,20 @@ class QGraph:
             return
         self._compact()
         self._members = {id(n) for n in self.gs.nodes}
+        self._names_dirty = True  # the name indexes are rebuilt only when asked for
+        self._order = _toposort(self.gs.nodes)
+        self._pos = {id(n): i for i, n in enumerate(self._order)}
+        by_op: dict[str, list[Node]] = {}
+        for n in self._order:
+            by_op.setdefault(n.op, []).append(n)
+        self._by_op = by_op
+        self._nx = None
+        self._dirty = False
+
+    def _refresh_names(self) -> None:
+        self._refresh()
+        if not getattr(self, "_names_dirty", True):
+            return
         self._node_by_name = {}
         self._tensor_by_name = {}
         for node in self.gs.nodes:
@@ -153,13 +177,26 @@ class QGraph:
                     self._tensor_by_name.setdefault(t.name, t)
         for t in itertools.chain(self.gs.inputs, self.gs.outputs):
             self._tensor_by_name.setdefault(t.name, t)
-        self._order = _toposort(self.gs.nodes)
-        self._pos = {id(n): i for i, n in enumerate(self._order)}
-        self._by_op = {}
-        for n in self._order:
-            self._by_op.setdefault(n.op, []).append(n)
-        self._nx = None
-        self._dirty = False
+        self._names_dirty = False
+
+    def start_tracking(self) -> None:
+        """Begin recording the nodes next to every edit made through this API."""
+        self._touched = {}
+
+    def take_touched(self) -> list[Node]:
+        """Nodes recorded since ``start_tracking()`` that are still in the graph; stops tracking."""
+        touched = self._touched or {}
+        self._touched = None
+        return [n for i, n in touched.items() if i in self._members]
+
+    def _mark(self, tensor: Tensor) -> None:
+        """Record the producer and every consumer of ``tensor`` as touched."""
+        if self._touched is None:
+            return
+        for n in tensor.inputs:
+            self._touched[id(n)] = n
+        for n in tensor.outputs:
+            self._touched[id(n)] = n
 
     def touch(self) -> None:
         """Mark derived indexes stale; every mutation method calls this."""
@@ -186,15 +223,15 @@ class QGraph:
         return i
 
     def node(self, name: str) -> Node:
-        self._refresh()
+        self._refresh_names()
         return self._node_by_name[name]
 
     def tensor(self, name: str) -> Tensor:
-        self._refresh()
+        self._refresh_names()
         return self._tensor_by_name[name]
 
     def has_tensor(self, name: str) -> bool:
-        self._refresh()
+        self._refresh_names()
         return name in self._tensor_by_name
 
     def topo_nodes(self) -> list[Node]:
@@ -347,6 +384,8 @@ class QGraph:
         attrs: dict | None = None,
     ) -> Node:
         node = gs.Node(op=op, name=name, attrs=attrs or {}, inputs=inputs, outputs=outputs)
+        for t in itertools.chain(inputs, outputs):
+            self._mark(t)
         self.gs.nodes.append(node)
         self._members.add(id(node))
         if self._used_names is not None:
@@ -357,13 +396,17 @@ class QGraph:
 
     def set_input(self, node: Node, index: int, tensor: Tensor) -> None:
         """Point one input of one node at ``tensor`` (other consumers are untouched)."""
+        self._mark(node.inputs[index])
         node.inputs[index] = tensor
+        self._mark(tensor)
         self.touch()
 
     def replace_uses(self, old: Tensor, new: Tensor, only: Iterable[Node] | None = None) -> None:
         """Rewire consumers of ``old`` (all, or ``only`` those) to read ``new``.
         Graph outputs keep their name: an Identity carries ``new`` into the old output tensor."""
         targets = list(old.outputs) if only is None else list(only)
+        self._mark(old)
+        self._mark(new)
         for consumer in targets:
             for i, t in enumerate(consumer.inputs):
                 if t is old:
@@ -380,6 +423,8 @@ class QGraph:
 
         Lists are edited by identity: graph-surgeon's ``Node.__eq__`` compares by value, so
         ``list.remove`` could drop an equal twin and costs a deep comparison per element."""
+        for t in itertools.chain(node.inputs, node.outputs):
+            self._mark(t)
         _detach(node)
         self._members.discard(id(node))
         self._removed.add(id(node))
@@ -437,6 +482,8 @@ class QGraph:
 
     def set_qparams(self, node: Node, scale: np.ndarray) -> None:
         """Give a Q or DQ node a new scale constant (its own, so shared constants are safe)."""
+        self._mark(node.inputs[0])
+        self._mark(node.outputs[0])
         node.inputs[1] = self.constant(f"{node.name}_scale", np.asarray(scale, dtype=np.float32))
         self.touch()
 
@@ -455,6 +502,8 @@ class QGraph:
                     todo.append(p)
         dead = [n for n in self.nodes if id(n) not in live]
         for n in dead:
+            for t in itertools.chain(n.inputs, n.outputs):
+                self._mark(t)
             _detach(n)
             self._members.discard(id(n))
         if dead:
@@ -493,6 +542,12 @@ def _detach(node: Node) -> None:
 def constant_value(tensor: Tensor) -> np.ndarray | None:
     """Numpy value of an initializer or of a ``Constant`` node's output, else None."""
     if isinstance(tensor, gs.Constant):
+        lazy = tensor._values
+        if isinstance(lazy, gs.ir.tensor.LazyValues):
+            fast = _small_raw_array(lazy.tensor)
+            if fast is not None:
+                tensor.values = fast  # what graph-surgeon's own lazy load would store
+                return fast
         return np.asarray(tensor.values)
     producer = tensor.inputs[0] if tensor.inputs else None
     if producer is not None and producer.op == "Constant":
@@ -505,6 +560,35 @@ def constant_value(tensor: Tensor) -> np.ndarray | None:
             if key in producer.attrs:
                 return np.asarray(producer.attrs[key])
     return None
+
+
+_RAW_DTYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT64: np.int64,
+}
+
+
+def _small_raw_array(proto: onnx.TensorProto) -> np.ndarray | None:
+    """Decode a small in-memory tensor (scales, zero points) without numpy_helper's overhead,
+    which dominates rules that read thousands of Q/DQ parameters."""
+    dtype = _RAW_DTYPES.get(proto.data_type)
+    if dtype is None or proto.data_location == onnx.TensorProto.EXTERNAL or len(proto.dims) > 1:
+        return None
+    if proto.HasField("raw_data"):
+        arr = np.frombuffer(proto.raw_data, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype)
+    elif proto.data_type == onnx.TensorProto.FLOAT:
+        arr = np.asarray(proto.float_data, dtype=np.float32)
+    elif proto.data_type == onnx.TensorProto.INT64:
+        arr = np.asarray(proto.int64_data, dtype=np.int64)
+    else:
+        return None  # int8/uint8/int32 in int32_data: leave it to numpy_helper
+    size = int(np.prod(proto.dims, dtype=np.int64)) if proto.dims else 1
+    if arr.size != size:
+        return None
+    return arr.reshape(tuple(proto.dims))
 
 
 def _dq_input_dtype(dq: Node) -> int:
@@ -521,22 +605,64 @@ def _dq_input_dtype(dq: Node) -> int:
 
 def _rank(tensor: Tensor) -> int | None:
     if isinstance(tensor, gs.Constant):
+        lazy = tensor._values
+        if isinstance(lazy, gs.ir.tensor.LazyValues):
+            fast = _small_raw_array(lazy.tensor)
+            if fast is not None:
+                tensor.values = fast  # what graph-surgeon's own lazy load would store
+                return fast
         return np.asarray(tensor.values).ndim
     return len(tensor.shape) if tensor.shape is not None else None
 
 
 def _toposort(nodes: list[Node]) -> list[Node]:
     """Kahn's algorithm, stable by original position; raises ValueError on a cycle."""
+    with paused_gc():
+        return _kahn(nodes)
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector: building many small containers next to a large
+    onnx-graphsurgeon graph otherwise triggers full collections that walk every object and
+    make linear passes look quadratic. Nothing we create here forms reference cycles."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _already_sorted(nodes: list[Node], get) -> bool:
+    for i, n in enumerate(nodes):
+        for t in n.inputs:
+            for p in t.inputs:
+                j = get(id(p))
+                if j is not None and j >= i:
+                    return False
+    return True
+
+
+def _kahn(nodes: list[Node]) -> list[Node]:
     index = {id(n): i for i, n in enumerate(nodes)}
+    get = index.get
+    # Fast path: the list is usually topological already (ONNX files are, and most edits only
+    # remove or rewire backwards). Kahn's min-index order then is the identity.
+    if _already_sorted(nodes, get):
+        return list(nodes)
     indeg = [0] * len(nodes)
     succ: list[list[int]] = [[] for _ in nodes]
     for i, n in enumerate(nodes):
-        preds = {index[id(p)] for t in n.inputs for p in t.inputs if id(p) in index}
-        indeg[i] = len(preds)
-        for p in preds:
-            succ[p].append(i)
-    import heapq
-
+        seen: set[int] = set()
+        for t in n.outputs:
+            for c in t.outputs:
+                j = get(id(c))
+                if j is not None and j not in seen:
+                    seen.add(j)
+                    succ[i].append(j)
+                    indeg[j] += 1
     ready = [i for i, d in enumerate(indeg) if d == 0]
     heapq.heapify(ready)
     out: list[Node] = []

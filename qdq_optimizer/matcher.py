@@ -22,6 +22,14 @@ def matches(graph: QGraph, node: Node, match: Match) -> bool:
     """Does ``node`` satisfy every constraint of ``match``?"""
     if match.ops is not None and node.op not in match.ops:
         return False
+    if (
+        match.name is None
+        and match.not_name is None
+        and not match.inputs
+        and match.any_input is None
+        and match.consumers is None
+    ):
+        return True  # an op-only pattern: the common case, keep it cheap
     if not _name_ok(node.name, match.name, match.not_name):
         return False
     for i, spec in enumerate(match.inputs):
@@ -38,9 +46,10 @@ def matches(graph: QGraph, node: Node, match: Match) -> bool:
 
 def tensor_matches(graph: QGraph, tensor: Tensor, spec: NodeSpec) -> bool:
     """Does the tensor (through its producer) satisfy ``spec``?"""
-    is_const = isinstance(tensor, gs.Constant) or constant_value(tensor) is not None
-    if spec.constant is not None and is_const != spec.constant:
-        return False
+    if spec.constant is not None:
+        is_const = isinstance(tensor, gs.Constant) or constant_value(tensor) is not None
+        if is_const != spec.constant:
+            return False
     producer = graph.producer(tensor)
     if spec.graph_input is not None:
         is_input = producer is None and not isinstance(tensor, gs.Constant)

@@ -145,10 +145,14 @@ def messy_model(seed: int = 0) -> onnx.ModelProto:
     return b.build("messy")
 
 
-def yolo_like(stages: int = 4, width: int = 8, seed: int = 0, size: int = 32) -> onnx.ModelProto:
+def yolo_like(
+    stages: int = 4, width: int = 8, seed: int = 0, size: int = 32, redundant: bool = False
+) -> onnx.ModelProto:
     """A YOLO-topology Q/DQ graph as pytorch-quantization exports it naively: Q/DQ before every
     conv (unequal scales on concat inputs), SiLU activations, ELAN concats, MaxPool branches,
-    nearest upsampling and a float head. ``stages`` scales the node count linearly."""
+    nearest upsampling and a float head. ``stages`` scales the node count linearly.
+    ``redundant`` adds what the cleanup rules remove: the two branch convs of each block get
+    duplicate pairs and the fuse conv's input a doubled (DQ->Q) pair."""
     b = Builder(seed=seed)
     rng = np.random.default_rng(seed + 1)
 
@@ -161,12 +165,17 @@ def yolo_like(stages: int = 4, width: int = 8, seed: int = 0, size: int = 32) ->
     for s in range(stages):
         p = f"s{s}"
         # ELAN block: two branches, a chain, concat, 1x1 fuse
-        a = b.conv(y, width, width, k=1, act="SiLU", in_scale=sc(), name=f"{p}.a")
-        c = b.conv(y, width, width, k=1, act="SiLU", in_scale=sc(), name=f"{p}.b")
+        s_a = sc()
+        a = b.conv(y, width, width, k=1, act="SiLU", in_scale=s_a, name=f"{p}.a")
+        s_b = s_a if redundant else sc()
+        c = b.conv(y, width, width, k=1, act="SiLU", in_scale=s_b, name=f"{p}.b")
         d = b.conv(c, width, width, act="SiLU", in_scale=sc(), name=f"{p}.c")
         e = b.conv(d, width, width, act="SiLU", in_scale=sc(), name=f"{p}.d")
         cat = b.node("Concat", [a, c, d, e], name=f"{p}.cat", axis=1)
-        y = b.conv(cat, 4 * width, width, k=1, act="SiLU", in_scale=sc(), name=f"{p}.fuse")
+        s_f = sc()
+        if redundant:
+            cat = b.qdq(cat, s_f, name=f"{p}.cat_out")
+        y = b.conv(cat, 4 * width, width, k=1, act="SiLU", in_scale=s_f, name=f"{p}.fuse")
         # MP branch (MaxPool 3x3 stride 1 keeps the size so stages stay stackable)
         m = b.node("MaxPool", [y], name=f"{p}.mp", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
         m = b.conv(m, width, width, k=1, act="SiLU", in_scale=sc(), name=f"{p}.mpconv")

@@ -170,3 +170,15 @@ def test_max_iterations_flag(tmp_path, messy_path, capsys):
     assert "did not reach a fixpoint within 1 iterations" in err
     assert out.exists()  # the model is still valid, only possibly not fully optimized
     assert cli.main(["optimize", str(messy_path), str(out), "--max-iterations", "0"]) == 2
+
+
+def test_lint_trt_checks_follow_the_rule_set(tmp_path, messy_path, capsys):
+    """TensorRT checks run for rule sets extending tensorrt (or on request), not for cleanup."""
+    pytest.importorskip("qdq_optimizer.trt_checks")
+    assert cli.main(["lint", str(messy_path), "--rules", "cleanup", "--format", "json"]) == 1
+    ids = {p["rule_id"] for p in json.loads(capsys.readouterr().out)["problems"]}
+    assert not any(i.startswith("trt-") for i in ids)
+    args = ["lint", str(messy_path), "--rules", "cleanup", "--format", "json", "--checks", "on"]
+    assert cli.main(args) == 1
+    ids = {p["rule_id"] for p in json.loads(capsys.readouterr().out)["problems"]}
+    assert any(i.startswith("trt-") for i in ids)

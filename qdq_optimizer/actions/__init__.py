@@ -41,6 +41,7 @@ class Action:
     fn: ActionFn
     params: dict[str, Any] | None  # allowed params and defaults; None = not checked
     doc: str
+    local: bool = False  # see register_action
 
 
 _REGISTRY: dict[str, Action] = {}
@@ -48,16 +49,21 @@ _LOADED = False
 
 
 def register_action(
-    name: str, *, params: dict[str, Any] | None = None
+    name: str, *, params: dict[str, Any] | None = None, local: bool = False
 ) -> Callable[[ActionFn], ActionFn]:
     """Register ``fn`` under ``name``. ``params`` lists the allowed parameters with defaults:
-    a rule that passes another key is rejected when the rule set loads."""
+    a rule that passes another key is rejected when the rule set loads.
+
+    ``local=True`` promises that the action's decision for an anchor depends only on nodes
+    within two hops of it (its producers, consumers and their other readers/producers) and
+    that it edits only through the QGraph API. The engine then revisits, after an iteration
+    whose changes all came from local actions, only the neighbourhood of those edits."""
 
     def deco(fn: ActionFn) -> ActionFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"action '{name}' is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = Action(name, fn, params, doc[0] if doc else "")
+        _REGISTRY[name] = Action(name, fn, params, doc[0] if doc else "", local)
         return fn
 
     return deco
@@ -96,7 +102,7 @@ class ActionContext:
 
     def is_ignored(self, node: Node | str | None) -> bool:
         """True when a node (or name) matches an ignore regex: actions must leave it alone."""
-        if node is None:
+        if node is None or not self.ignore:
             return False
         name = node if isinstance(node, str) else node.name
         return any(p.search(name or "") for p in self.ignore)

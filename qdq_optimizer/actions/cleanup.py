@@ -40,7 +40,7 @@ def _exact_scale(p: QParams) -> bool:
     return bool(np.all(np.isfinite(s)) and np.all(s >= _MIN_SCALE) and np.all(s <= _MAX_SCALE))
 
 
-@register_action("collapse_dq_q", params={})
+@register_action("collapse_dq_q", params={}, local=True)
 def collapse_dq_q(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
 ) -> list[Change]:
@@ -75,17 +75,24 @@ def _same_attrs(a: Node, b: Node) -> bool:
     return a.attrs == b.attrs and a.domain == b.domain
 
 
-@register_action("merge_duplicates", params={})
+@register_action("merge_duplicates", params={}, local=True)
 def merge_duplicates(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
 ) -> list[Change]:
     """Merge Q (or DQ) nodes that read the anchor's input tensor with bit-equal parameters.
 
     The earliest one in topological order survives; later twins' consumers read its output."""
-    if node is None or node.op not in (QUANTIZE, DEQUANTIZE) or not _plain(node):
+    if node is None or node.op not in (QUANTIZE, DEQUANTIZE):
         return []
     src = node.inputs[0]
-    twins = [c for c in src.outputs if c.op == node.op and c is not node and _plain(c)]
+    readers = src.outputs
+    if len(readers) < 2:
+        return []  # the common case: nothing else reads this tensor
+    op = node.op
+    twins = [c for c in readers if c.op == op and c is not node]
+    if not twins or not _plain(node):
+        return []
+    twins = [c for c in twins if _plain(c)]
     if not twins:
         return []
     group = sorted([node, *twins], key=graph.position)
@@ -113,7 +120,7 @@ def merge_duplicates(
     return changes
 
 
-@register_action("drop_dead_qdq", params={})
+@register_action("drop_dead_qdq", params={}, local=True)
 def drop_dead_qdq(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
 ) -> list[Change]:

@@ -19,13 +19,31 @@ from ..errors import CheckFailed
 )
 @click.option("--ignore", multiple=True, metavar="REGEX", help="Leave matching nodes alone.")
 @click.option("--allow-asymmetric", is_flag=True, help="Warn on non-zero zero points instead.")
+@click.option(
+    "--checks",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="TensorRT placement checks; auto: when the rule set extends tensorrt.",
+)
 def command(
-    input_path: Path, rules: str, fmt: str, ignore: tuple[str, ...], allow_asymmetric: bool
+    input_path: Path,
+    rules: str,
+    fmt: str,
+    ignore: tuple[str, ...],
+    allow_asymmetric: bool,
+    checks: str,
 ) -> None:
     """List Q/DQ placement problems of IN; exit 1 if there are any."""
     from ..api import lint_report
 
-    report = lint_report(input_path, rules, ignore=ignore, allow_asymmetric=allow_asymmetric)
+    report = lint_report(
+        input_path,
+        rules,
+        ignore=ignore,
+        allow_asymmetric=allow_asymmetric,
+        checks={"auto": None, "on": True, "off": False}[checks],
+    )
     problems = report.problems
     if fmt == "json":
         payload = {
