@@ -158,3 +158,27 @@ def compare(
             )
         )
     return result
+
+
+def against_reference(
+    reference: ModelLike,
+    models: dict[str, ModelLike],
+    feeds: dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+) -> list[dict]:
+    """SQNR (dB) of each model's outputs against a float reference model on the same inputs:
+    ``[{"name": output, "sqnr_db": {label: value}}]``. Used by ``optimize --verify
+    --reference FLOAT.onnx`` to show whether the rewrite lost fidelity against the float model."""
+    ref_sess = session(reference)
+    if feeds is None:
+        feeds = random_inputs(ref_sess, seed)
+    ref_out = run(reference, feeds)
+    outs = {label: run(m, feeds) for label, m in models.items()}
+    rows = []
+    for name, r in ref_out.items():
+        values = {}
+        for label, o in outs.items():
+            if name in o and o[name].shape == r.shape:
+                values[label] = sqnr(r, o[name])
+        rows.append({"name": name, "sqnr_db": values})
+    return rows

@@ -182,3 +182,17 @@ def test_lint_trt_checks_follow_the_rule_set(tmp_path, messy_path, capsys):
     assert cli.main(args) == 1
     ids = {p["rule_id"] for p in json.loads(capsys.readouterr().out)["problems"]}
     assert any(i.startswith("trt-") for i in ids)
+
+
+def test_verify_against_float_reference(tmp_path, messy_path, capsys):
+    from qdq_optimizer.verify import sqnr
+
+    assert sqnr(np.ones(4), np.ones(4)) == float("inf")
+    assert sqnr(np.array([3.0, 4.0]), np.array([3.0, 3.0])) == pytest.approx(10 * np.log10(25))
+    out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
+    args = ["optimize", str(messy_path), str(out), "--rules", "cleanup", "--verify"]
+    args += ["--reference", str(messy_path), "--report", str(rep)]
+    assert cli.main(args) == 0
+    assert "out vs ref dB" in capsys.readouterr().out
+    entry = json.loads(rep.read_text())["verify"][0]
+    assert entry["sqnr_vs_reference_db"] == {"input": "inf", "output": "inf"}

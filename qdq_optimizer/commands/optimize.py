@@ -40,6 +40,12 @@ MAX_WARNINGS = 10  # the rest go to --report
     type=click.Path(dir_okay=False, path_type=Path),
     help="Inputs for --verify (.npz keyed by input name); default: seeded random.",
 )
+@click.option(
+    "--reference",
+    "reference_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Float model: --verify also prints SQNR of input and output against it.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the random --verify inputs.")
 @click.option("--dry-run", is_flag=True, help="Report what would change; write no model.")
 @click.option("-v", "--verbose", is_flag=True, help="List the nodes each rule touched.")
@@ -60,6 +66,7 @@ def command(
     report_path: Path | None,
     verify: bool,
     inputs_path: Path | None,
+    reference_path: Path | None,
     seed: int,
     dry_run: bool,
     verbose: bool,
@@ -102,12 +109,33 @@ def command(
         from ..api import load
         from ..verify import compare
 
-        report.verify = [c.to_dict() for c in compare(load(input_path), model, feeds, seed)]
+        original = load(input_path)
+        report.verify = [c.to_dict() for c in compare(original, model, feeds, seed)]
+        if reference_path is not None:
+            from ..verify import against_reference
+
+            rows = against_reference(
+                load(reference_path), {"input": original, "output": model}, feeds, seed
+            )
+            by_name = {r["name"]: r["sqnr_db"] for r in rows}
+            for entry in report.verify:
+                vs = by_name.get(entry["name"], {})
+                entry["sqnr_vs_reference_db"] = {k: _finite(v) for k, v in vs.items()}
     if not dry_run:
         save_model(model, output_path)
     if report_path is not None:
         write_text_atomic(report_path, report.to_json())
     print_report(report, verbose=verbose, target=None if dry_run else output_path)
+
+
+def _db(v: float | str) -> str:
+    if isinstance(v, str):
+        return v
+    return "inf" if math.isinf(v) else f"{v:.2f}"
+
+
+def _finite(v: float) -> float | str:
+    return "inf" if math.isinf(v) else v
 
 
 def print_report(report: OptimizeReport, *, verbose: bool, target: Path | None) -> None:
@@ -136,16 +164,19 @@ def print_report(report: OptimizeReport, *, verbose: bool, target: Path | None) 
     )
     if report.verify is not None:
         vt = Table(title="verify (ONNX Runtime, input vs output)", title_justify="left")
-        for col in ("output", "shape", "max |diff|", "SQNR dB"):
+        with_ref = any("sqnr_vs_reference_db" in c for c in report.verify)
+        cols = ["output", "shape", "max |diff|", "SQNR dB"]
+        if with_ref:
+            cols += ["in vs ref dB", "out vs ref dB"]
+        for col in cols:
             vt.add_column(col, justify="left" if col in ("output", "shape") else "right")
         for c in report.verify:
-            sq = c["sqnr_db"]
-            sq_text = (
-                "inf" if sq == "inf" or (isinstance(sq, float) and math.isinf(sq)) else f"{sq:.2f}"
-            )
-            vt.add_row(
-                c["name"], "x".join(map(str, c["shape"])), f"{c['max_abs_diff']:.6g}", sq_text
-            )
+            row = [c["name"], "x".join(map(str, c["shape"])), f"{c['max_abs_diff']:.6g}"]
+            row.append(_db(c["sqnr_db"]))
+            if with_ref:
+                ref = c.get("sqnr_vs_reference_db", {})
+                row += [_db(ref.get("input", "-")), _db(ref.get("output", "-"))]
+            vt.add_row(*row)
         console.print(vt)
     shown = report.warnings[:MAX_WARNINGS]
     for w in shown:
