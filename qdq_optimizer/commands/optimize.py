@@ -105,6 +105,7 @@ def command(
         allow_asymmetric=allow_asymmetric,
         keep_weight_q=keep_weight_q,
     )
+    verify = verify or inputs_path is not None or reference_path is not None
     if verify and not dry_run:
         from ..api import load
         from ..verify import compare
