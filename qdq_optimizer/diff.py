@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .dump import _attrs, _const
+from .dump import _attrs, _const, qdq_param_values
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -144,12 +145,14 @@ def _chain(chain: tuple[str, ...]) -> str:
 def _view(model: onnx.ModelProto, precision: int) -> _View:
     g = model.graph
     inits = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output if o}
+    params, hidden = qdq_param_values(model)
+    node_list = list(g.node)  # one wrapper object per node, so id() keys are stable
+    producer = {o: n for n in node_list for o in n.output if o}
     key_of: dict[int, str] = {}
     unnamed: dict[str, int] = {}
     nodes: dict[str, tuple[str, str]] = {}
-    for n in g.node:
-        if n.op_type in QDQ_OPS:
+    for idx, n in enumerate(node_list):
+        if n.op_type in QDQ_OPS or idx in hidden:
             continue
         if n.name and n.name not in nodes:
             key = n.name
@@ -164,7 +167,7 @@ def _view(model: onnx.ModelProto, precision: int) -> _View:
         seen = 0
         while tensor in producer and producer[tensor].op_type in QDQ_OPS and seen < 64:
             q = producer[tensor]
-            chain.append(_qdq_label(q, inits, precision))  # noqa: PERF401
+            chain.append(_qdq_label(q, params, precision))  # noqa: PERF401
             tensor = q.input[0] if q.input else ""
             seen += 1
         chain.reverse()
@@ -180,8 +183,8 @@ def _view(model: onnx.ModelProto, precision: int) -> _View:
 
     edges: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
     readers: dict[str, list[tuple[str, str]]] = {}
-    for n in g.node:
-        if n.op_type in QDQ_OPS:
+    for idx, n in enumerate(node_list):
+        if n.op_type in QDQ_OPS or idx in hidden:
             continue
         for i, t in enumerate(n.input):
             if t:
@@ -192,16 +195,16 @@ def _view(model: onnx.ModelProto, precision: int) -> _View:
     for vi in g.output:
         edges[("<output>", vi.name)] = trace(vi.name)
     shared = {e: frozenset(group) for group in readers.values() for e in group}
-    n_q = sum(1 for n in g.node if n.op_type == "QuantizeLinear")
-    n_dq = sum(1 for n in g.node if n.op_type == "DequantizeLinear")
+    n_q = sum(1 for n in node_list if n.op_type == "QuantizeLinear")
+    n_dq = sum(1 for n in node_list if n.op_type == "DequantizeLinear")
     return _View(nodes, edges, shared, (n_q, n_dq))
 
 
-def _qdq_label(node: onnx.NodeProto, inits, precision: int) -> str:
+def _qdq_label(node: onnx.NodeProto, params: dict, precision: int) -> str:
     op = "Q" if node.op_type == "QuantizeLinear" else "DQ"
-    if len(node.input) < 2 or node.input[1] not in inits:
+    if len(node.input) < 2 or node.input[1] not in params:
         return f"{op} ?"
-    s = numpy_helper.to_array(inits[node.input[1]]).reshape(-1)
+    s = np.asarray(params[node.input[1]]).reshape(-1)
     if s.size == 1:
         return f"{op} {float(s[0]):.{precision}g}"
     rounded = ",".join(f"{float(v):.{precision}g}" for v in s)

@@ -62,11 +62,56 @@ def canonical_order(model: onnx.ModelProto) -> list[int]:
     return order
 
 
+def qdq_param_values(model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], set[int]]:
+    """Values of every Q/DQ scale and zero point that is a constant (initializer or Constant
+    node), and the indices of Constant nodes that feed nothing but such parameters: exporters
+    differ only in this, so dump and diff show the values inline and hide those nodes."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    param_uses: set[str] = set()
+    other_uses: set[str] = {o.name for o in g.output}
+    for n in g.node:
+        for i, t in enumerate(n.input):
+            if n.op_type in QDQ_OPS and i in (1, 2):
+                param_uses.add(t)
+            else:
+                other_uses.add(t)
+    values: dict[str, np.ndarray] = {}
+    hidden: set[int] = set()
+    for idx, n in enumerate(g.node):
+        if n.op_type == "Constant" and len(n.output) == 1 and n.output[0] in param_uses:
+            value = _constant_node_value(n)
+            if value is not None:
+                values[n.output[0]] = value
+                if n.output[0] not in other_uses:
+                    hidden.add(idx)
+    for name in param_uses:
+        if name in inits:
+            values[name] = numpy_helper.to_array(inits[name])
+    return values, hidden
+
+
+def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.asarray(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.asarray(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.asarray(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.asarray(list(a.ints), dtype=np.int64)
+    return None
+
+
 def dump_model(model: onnx.ModelProto, *, precision: int = 6, names: bool = False) -> str:
     """The canonical text. ``names=True`` appends each node's original name as a comment."""
     g = model.graph
     inits = {t.name: t for t in g.initializer}
-    order = canonical_order(model)
+    params, hidden = qdq_param_values(model)
+    order = [i for i in canonical_order(model) if i not in hidden]
     tname: dict[str, str] = {}
     seen_const: set[str] = set()
     n_const = 0
@@ -107,7 +152,7 @@ def dump_model(model: onnx.ModelProto, *, precision: int = 6, names: bool = Fals
         op = node.op_type if not node.domain else f"{node.domain}::{node.op_type}"
         if node.op_type in QDQ_OPS and node.domain in ("", "ai.onnx"):
             args = ref(node.input[0]) if node.input else "-"
-            extra = _qdq_params(node, inits, precision, ref)
+            extra = _qdq_params(node, params, precision, ref)
             attrs = _attrs(node, precision, skip=("axis",) if "axis=" in extra else ())
         else:
             args = ", ".join(ref(i) for i in node.input)
@@ -126,21 +171,20 @@ def dump_model(model: onnx.ModelProto, *, precision: int = 6, names: bool = Fals
     return "\n".join(lines) + "\n"
 
 
-def _qdq_params(node: onnx.NodeProto, inits, precision: int, ref) -> str:
+def _qdq_params(node: onnx.NodeProto, params: dict, precision: int, ref) -> str:
     """`` scale=... zp=...`` for a Q/DQ with constant parameters; references otherwise."""
     parts = []
     for label, pos in (("scale", 1), ("zp", 2)):
         if len(node.input) <= pos or not node.input[pos]:
             continue
         name = node.input[pos]
-        if name in inits:
-            value = numpy_helper.to_array(inits[name])
-            parts.append(f"{label}={_qvalue(value, precision)}")
+        if name in params:
+            parts.append(f"{label}={_qvalue(params[name], precision)}")
         else:
             parts.append(f"{label}={ref(name)}")
     axis = next((a.i for a in node.attribute if a.name == "axis"), None)
-    scale = inits.get(node.input[1]) if len(node.input) > 1 else None
-    if scale is not None and np.prod(scale.dims, dtype=np.int64) > 1:
+    scale = params.get(node.input[1]) if len(node.input) > 1 else None
+    if scale is not None and scale.size > 1:
         parts.append(f"axis={1 if axis is None else axis}")
     return (" " + " ".join(parts)) if parts else ""
 

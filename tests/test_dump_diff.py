@@ -168,3 +168,33 @@ def test_cli_dump_and_diff(tmp_path, messy, capsys):
     assert payload["differ"] is True and payload["qdq_counts"] == ["7 Q + 13 DQ -> 5 Q + 10 DQ"]
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     assert cli.main(["diff", str(a), str(tmp_path / "junk.onnx")]) == 2
+
+
+def _scales_as_constant_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The torch exporter's form: Q/DQ parameters from Constant nodes instead of initializers."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    params = {
+        n.input[i]
+        for n in m.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+        for i in (1, 2)
+        if len(n.input) > i
+    }
+    moved = [t for t in m.graph.initializer if t.name in params]
+    keep = [t for t in m.graph.initializer if t.name not in params]
+    consts = [onnx.helper.make_node("Constant", [], [t.name], value=t) for t in moved]
+    nodes = consts + list(m.graph.node)
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    onnx.checker.check_model(m)
+    return m
+
+
+def test_constant_node_parameters_dump_and_diff_like_initializers(messy):
+    converted = _scales_as_constant_nodes(messy)
+    assert sum(n.op_type == "Constant" for n in converted.graph.node) > 10
+    assert dump_model(converted) == dump_model(messy)
+    assert not diff_models(messy, converted).differ
