@@ -45,17 +45,18 @@ def amax_mse(
     cands = torch.arange(start_bin, centers.numel(), stride, device=centers.device)
     if cands.numel() == 0:
         return float(centers[-1])
+    nz = hist > 0  # empty bins add nothing to any candidate's error: skip them (same argmin)
+    x, w = centers[nz].unsqueeze(0), hist[nz].unsqueeze(0)
     bound = 2.0 ** (num_bits - 1) - 1
-    best, best_err = float(centers[-1]), float("inf")
-    for chunk in cands.split(128):  # bounded memory for grown histograms
-        amax = centers[chunk].unsqueeze(1)
-        scale = bound / amax
-        q = torch.clamp(torch.round(centers.unsqueeze(0) * scale), -bound, bound) / scale
-        err = ((q - centers.unsqueeze(0)) ** 2 * hist.unsqueeze(0)).mean(dim=1)
-        i = int(torch.argmin(err))
-        if float(err[i]) < best_err:
-            best_err, best = float(err[i]), float(amax[i, 0])
-    return best
+    errs = []
+    for chunk in cands.split(256):  # bounded memory for grown histograms
+        scale = bound / centers[chunk].unsqueeze(1)
+        q = torch.clamp(torch.round(x * scale), -bound, bound) / scale
+        errs.append(((q - x) ** 2 * w).sum(dim=1))
+    err = torch.cat(errs)
+    # first minimum, like np.argmin over the library's list
+    best = int(torch.nonzero(err == err.min())[0])
+    return float(centers[cands[best]])
 
 
 def amax_percentile(hist: torch.Tensor, edges: torch.Tensor, percentile: float = 99.99) -> float:
