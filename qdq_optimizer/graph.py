@@ -3,8 +3,12 @@
 onnx-graphsurgeon is the single source of truth: its tensors know their producer
 (``tensor.inputs``) and consumers (``tensor.outputs``), so both lookups are O(1) and stay
 consistent through edits. On top of that QGraph keeps a name index, an iterative topological
-order and a networkx DiGraph for walks (ancestors, descendants, paths), both rebuilt lazily after a
-mutation. Nothing here recurses over the graph, so 100k-node chains are fine.
+order (with an op-type index) and a networkx DiGraph for walks (ancestors, descendants, paths),
+all rebuilt lazily after a mutation. Nothing here recurses over the graph, so 100k-node chains
+are fine, and no edit is worse than O(degree): nodes are removed by identity (graph-surgeon's
+``Node.__eq__`` compares by value) and the node list is compacted lazily in one pass. The engine
+can ask which nodes were next to an edit (``start_tracking``/``take_touched``) to revisit only
+those. Edit through these methods, not ``graph.gs`` directly, so the indexes stay right.
 """
 
 from __future__ import annotations

@@ -161,7 +161,8 @@ def print_report(report: OptimizeReport, *, verbose: bool, target: Path | None) 
         f"nodes {s['nodes_before']} -> {s['nodes_after']}, "
         f"Q {s['quantize_before']} -> {s['quantize_after']}, "
         f"DQ {s['dequantize_before']} -> {s['dequantize_after']}; "
-        f"{report.total_changes} change(s) in {report.iterations} iteration(s) ({loop})"
+        f"{report.total_changes} change(s) in {report.iterations} iteration(s) ({loop})",
+        soft_wrap=True,
     )
     if report.verify is not None:
         vt = Table(title="verify (ONNX Runtime, input vs output)", title_justify="left")
