@@ -87,7 +87,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise InputError(f"{p}: not a weights-only checkpoint ({TRUST_HINT})") from exc
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on junk
         raise InputError(f"{p}: not a PyTorch checkpoint ({_short(exc)})") from exc
     if not isinstance(obj, dict):
         raise InputError(f"{p}: not a model checkpoint (holds a {type(obj).__name__})")
@@ -125,7 +125,7 @@ def load_model(
             ) from exc
         sd = _restricted_state_dict(p)
         return model_from_state_dict(sd, name, nc, source=str(p))
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on junk
         raise InputError(f"{p}: not a PyTorch checkpoint ({_short(exc)})") from exc
     return model_from_payload(obj, name, nc, source=str(p))
 
@@ -314,6 +314,8 @@ def _standin(module: str, name: str) -> type:
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: D102 - pickle protocol
+        if module == "__builtin__":  # protocol-2 pickles (torch.save) use Python 2 names
+            module = "builtins"
         if (module, name) in _SAFE_GLOBALS:
             return _SAFE_GLOBALS[(module, name)]
         if module == "builtins" and name in _SAFE_BUILTINS:
@@ -359,7 +361,8 @@ def _restricted_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _collect(node: object, prefix: str, out: dict[str, torch.Tensor]) -> None:
     """state_dict() of a stand-in module tree: parameters, persistent buffers, then children."""
     d = getattr(node, "__dict__", {})
-    skip = d.get("_non_persistent_buffers_set") or set()
+    skip = d.get("_non_persistent_buffers_set")
+    skip = skip if isinstance(skip, (set, frozenset, list, tuple)) else set()
     for group in ("_parameters", "_buffers"):
         for k, v in (d.get(group) or {}).items():
             if isinstance(v, torch.Tensor) and k not in skip:

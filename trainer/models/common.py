@@ -215,6 +215,7 @@ class Detect(nn.Module):
         self.na = len(anchors[0]) // 2
         a = torch.tensor(anchors, dtype=torch.float32).view(self.nl, -1, 2)
         self.stride = torch.tensor(strides, dtype=torch.float32)  # plain attribute, as official
+        self.strides = [float(s) for s in strides]  # Python floats: constants when traced
         self.register_buffer("anchors", a / self.stride.view(-1, 1, 1))  # grid units
         self.register_buffer("anchor_grid", a.clone().view(self.nl, 1, -1, 1, 1, 2))  # pixels
         self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
@@ -260,7 +261,7 @@ class Detect(nn.Module):
             )
             grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2)
             y = x.sigmoid()
-            xy = (y[..., 0:2] * 2.0 - 0.5 + grid) * float(self.stride[i])
+            xy = (y[..., 0:2] * 2.0 - 0.5 + grid) * self.strides[i]
             wh = (y[..., 2:4] * 2.0) ** 2 * self.anchor_grid[i].to(x.dtype)
             y = torch.cat((xy, wh, y[..., 4:]), -1)
             out.append(y.view(bs, -1, no))
