@@ -80,12 +80,13 @@ def optimize(
     warnings.extend(run.warnings)
 
     t = time.perf_counter()
+    dead = 0
     if dry_run:
         out = model
         after = before
     else:
-        reference = model
-        out, check_warnings = finalize(graph, reference=reference)
+        dead = graph.cleanup()  # finalize would do it too; counted here for the report
+        out, check_warnings = finalize(graph, reference=model)
         warnings.extend(check_warnings)
         after = _stats(QGraph.from_model(out)) if check_warnings else _stats(graph)
     timings["finalize"] = _ms(t)
@@ -101,6 +102,7 @@ def optimize(
         results=run.results,
         warnings=warnings,
         stats={
+            "dead_nodes_removed": dead,
             **{f"{k}_before": v for k, v in before.items()},
             **{f"{k}_after": v for k, v in after.items()},
         },

@@ -246,3 +246,34 @@ def test_uint8_asymmetric_chain_collapses_exactly(scale):
     out, report = optimize(m, "cleanup", allow_asymmetric=True)
     assert report.result("collapse-dq-q").count == 1
     _assert_exact(m, out)
+
+
+def test_dq_q_identity_per_tensor_kernels():
+    """The same identity through ORT's per-tensor Q/DQ kernels: 64 scalar scales."""
+    rng = np.random.default_rng(1)
+    scales = np.exp2(rng.uniform(-116, 111, size=64)).astype(np.float32)
+    nodes, inits, outs = [], [], []
+    for i, s in enumerate(scales):
+        inits += [numpy_helper.from_array(s, f"s{i}"), numpy_helper.from_array(np.int8(0), f"z{i}")]
+        nodes += [
+            helper.make_node("DequantizeLinear", ["x", f"s{i}", f"z{i}"], [f"f{i}"]),
+            helper.make_node("QuantizeLinear", [f"f{i}", f"s{i}", f"z{i}"], [f"y{i}"]),
+        ]
+        outs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.INT8, [256]))
+    graph = helper.make_graph(
+        nodes, "dqq", [helper.make_tensor_value_info("x", TensorProto.INT8, [256])], outs, inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.arange(-128, 128, dtype=np.int8)
+    for y in session(model).run(None, {"x": x}):
+        assert np.array_equal(x, y)
+
+
+def test_dead_non_qdq_nodes_are_counted():
+    b = Builder()
+    x = b.input("x", [1, 4])
+    b.node("Relu", [x], name="dangling")
+    b.output(b.node("Sigmoid", [x], name="s"))
+    out, report = optimize(b.build(), "cleanup")
+    assert report.stats["dead_nodes_removed"] == 1
+    assert [n.name for n in out.graph.node] == ["s"]
