@@ -34,13 +34,16 @@ INVOCATIONS: dict[str, list[str]] = {
     "diff": ["diff", "{in}", "{in2}"],
     "inspect": ["inspect", "{report}"],
     "build": ["build", "{in}", "--engine", "{out}.plan"],
-    "train": ["train", "--data", "{in}", "--save", "{out}.pt"],
-    "quantize": ["quantize", "{ckpt}", "--data", "{dir}", "--ptq", "{out}.pt"],
+    "train": [
+        "train", "--data", "{data}", "--save", "{out}.pt",
+        "--epochs", "1", "--img-size", "32", "--no-progress",
+    ],
+    "quantize": ["quantize", "{ckpt}", "--data", "{data}", "--ptq", "{out}.pt"],
     "export": ["export", "{ckpt}", "--save", "{out}.onnx"],
-    "sensitive": ["sensitive", "{ckpt}", "--data", "{dir}"],
-    "eval": ["eval", "{in}", "--data", "{dir}"],
-    "data": ["data", "{dir}"],
-}
+    "sensitive": ["sensitive", "{ckpt}", "--data", "{data}"],
+    "eval": ["eval", "{in}", "--data", "{data}"],
+    "data": ["data", "synth", "{out}-synth", "-n", "1", "--size", "32"],
+}  # fmt: skip
 # Commands that read a file given on the command line, and which placeholder that file is.
 PRIMARY_INPUT = {
     "optimize": "in",
@@ -53,6 +56,7 @@ PRIMARY_INPUT = {
     "export": "ckpt",
     "sensitive": "ckpt",
     "eval": "in",
+    "train": "data",
 }
 
 
@@ -65,8 +69,19 @@ def importable(name: str) -> bool:
     return True
 
 
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """A one-image COCO-format data set made by ``qdqopt data synth`` (skips if unavailable)."""
+    folder = tmp_path_factory.mktemp("synth") / "data"
+    if not importable("data") or cli.main(
+        ["data", "synth", str(folder), "-n", "2", "--size", "32"]
+    ):
+        folder.mkdir(parents=True, exist_ok=True)  # commands then refuse it: still exit 2
+    return folder
+
+
 @pytest.fixture()
-def work(tmp_path: Path) -> dict[str, str]:
+def work(tmp_path: Path, synth_data: Path) -> dict[str, str]:
     """Valid inputs in a temp folder (never the repo's own files) plus placeholders."""
     m = qdq_conv_model()
     (tmp_path / "in.onnx").write_bytes(m.SerializeToString())
@@ -89,6 +104,7 @@ def work(tmp_path: Path) -> dict[str, str]:
         "report": str(report),
         "out": str(tmp_path / "out"),
         "dir": str(tmp_path),
+        "data": str(synth_data),
     }
 
 
@@ -277,9 +293,9 @@ def test_library_bug_exits_3(name: str, work: dict[str, str], monkeypatch, capsy
     """A library function (not the command) failing unexpectedly is still exit 3, one line."""
     if not importable(name):
         pytest.skip(f"{name} not written yet")
-    from qdq_optimizer import validate
+    from qdq_optimizer import model_io
 
-    assert _patch_everywhere(monkeypatch, validate.validate_model, _boom) >= 1
+    assert _patch_everywhere(monkeypatch, model_io.load_model, _boom) >= 1
     rc, err = run(fill(INVOCATIONS[name], work), capsys)
     assert rc == 3, err
     assert "simulated bug" in err and "--debug" in err and "Traceback" not in err

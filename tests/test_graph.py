@@ -178,3 +178,16 @@ def test_long_chain_no_recursion_and_linear_removal():
     assert model.graph.node[-1].op_type == "Identity" and model.graph.output[0].name == "t20000"
     onnx.checker.check_model(model)
     assert time.perf_counter() - t0 < 10.0
+
+
+def test_qparams_cache_follows_edits(messy):
+    g = QGraph.from_model(messy)
+    q = g.node("left_in_Q")
+    first = g.qparams(q)
+    assert g.qparams(q) is first  # cached
+    g.set_qparams(q, np.float32(0.25))
+    assert float(g.qparams(q).scale) == 0.25  # new constant: recomputed
+    q.inputs[1].values = np.asarray(0.125, dtype=np.float32)  # values replaced in place
+    assert float(g.qparams(q).scale) == 0.125
+    q.attrs["axis"] = 0
+    assert g.qparams(q) is not first

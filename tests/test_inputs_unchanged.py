@@ -18,21 +18,26 @@ import cli
 
 try:
     from hardening_util import qdq_conv_model
-    from test_exit_codes import ENGINES, INVOCATIONS, PRIMARY_INPUT, fill
+    from test_exit_codes import ENGINES, INVOCATIONS, PRIMARY_INPUT, fill, synth_data
 except ImportError:  # tests/ imported as a package
     from tests.hardening_util import qdq_conv_model
-    from tests.test_exit_codes import ENGINES, INVOCATIONS, PRIMARY_INPUT, fill
+    from tests.test_exit_codes import ENGINES, INVOCATIONS, PRIMARY_INPUT, fill, synth_data
+
+__all__ = ["synth_data"]  # a session fixture shared with test_exit_codes
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[str, int]]:
     return {
-        p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-        for p in sorted(folder.iterdir())
+        str(p.relative_to(folder)): (
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
+            p.stat().st_mtime_ns,
+        )
+        for p in sorted(folder.rglob("*"))
     }
 
 
 @pytest.fixture()
-def inputs(tmp_path: Path) -> dict[str, str]:
+def inputs(tmp_path: Path, synth_data: Path) -> dict[str, str]:
     src = tmp_path / "inputs"
     src.mkdir()
     out = tmp_path / "outputs"
@@ -47,6 +52,7 @@ def inputs(tmp_path: Path) -> dict[str, str]:
         size_threshold=64,
     )
     (src / "ckpt.pt").write_bytes(b"not a checkpoint")
+    shutil.copytree(synth_data, src / "data")
     report = src / "engine.graph.json"
     shutil.copyfile(ENGINES / "trt86-reformat-metadata.graph.json", report)
     return {
@@ -57,6 +63,7 @@ def inputs(tmp_path: Path) -> dict[str, str]:
         "report": str(report),
         "out": str(out / "out"),
         "dir": str(out),
+        "data": str(src / "data"),
     }
 
 
