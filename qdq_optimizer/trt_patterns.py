@@ -186,17 +186,33 @@ def residual_inputs(graph: QGraph, add: Node) -> tuple[int, int] | None:
     if cb is not None and ca is None:
         return (1, 0)
     pa, pb = graph.producer(a), graph.producer(b)
-    anc_a, anc_b = set(map(id, graph.ancestors(pa))), set(map(id, graph.ancestors(pb)))
-    if id(pa) in anc_b:
+    a_in_b, wb = _reaches_back(graph, pb, pa)
+    b_in_a, wa = _reaches_back(graph, pa, pb)
+    if a_in_b and not b_in_a:
         return (1, 0)
-    if id(pb) in anc_a:
+    if b_in_a and not a_in_b:
         return (0, 1)
-    g = graph.nx_graph()
-    wa = sum(1 for i in anc_a - anc_b if is_weighted(graph, g.nodes[i]["node"]))
-    wb = sum(1 for i in anc_b - anc_a if is_weighted(graph, g.nodes[i]["node"]))
     if wa == wb:
         return None
     return (0, 1) if wa > wb else (1, 0)
+
+
+def _reaches_back(graph: QGraph, start: Node, target: Node, limit: int = 256) -> tuple[bool, int]:
+    """Is ``target`` an ancestor of ``start`` (searching at most ``limit`` nodes back, so a residual
+    test stays O(1) per Add)? Also returns the weighted ops seen on the way (the branch depth)."""
+    todo, seen, weighted = deque([start]), {id(start)}, 0
+    while todo and len(seen) <= limit:
+        n = todo.popleft()
+        weighted += is_weighted(graph, n)
+        for t in n.inputs:
+            p = graph.producer(t)
+            if p is None or id(p) in seen:
+                continue
+            if p is target:
+                return True, weighted
+            seen.add(id(p))
+            todo.append(p)
+    return False, weighted
 
 
 def feeds_int8(graph: QGraph, t: Tensor, ignore: Iterable[re.Pattern] = ()) -> bool:

@@ -96,5 +96,5 @@ def residual_add(
             graph.insert_qdq(
                 skip, np.float32(scale), np.int8(0), consumers=[add], name=f"{add.name}_skip"
             )
-            groups = None
+
     return changes
