@@ -220,13 +220,14 @@ def test_unknown_ops_pass_through() -> None:
     assert validate_model(m) == []
 
 
-def test_100k_node_chain_is_linear_and_has_no_recursion() -> None:
-    m = chain_model(100_000)
+def test_deep_chain_has_no_recursion() -> None:
+    """20k nodes: 20x the default recursion limit (100k: tests/test_big_graph.py)."""
+    m = chain_model(20_000)
     start = time.perf_counter()
     assert validate_model(m) == []
-    assert time.perf_counter() - start < 15
+    assert time.perf_counter() - start < 10
     # a cycle deep in the chain is still found (iteratively) and named
-    node(m, "relu5").input[0] = "t99999"
+    node(m, "relu5").input[0] = "t19999"
     _refused(m, "cycle")
 
 
