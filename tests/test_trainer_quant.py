@@ -76,21 +76,31 @@ def test_fuse_runs_first_no_bn_left():
 
 
 # ------------------------------------------------------------------------------- calibration
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_cpu_mse_matches_library_algorithm(monkeypatch, seed):
+def _histogram(seed: int) -> HistogramCalibrator:
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(np.abs(rng.standard_t(3, size=20000)).astype(np.float32))
-    c = HistogramCalibrator(8, None, False)
+    c = HistogramCalibrator(8, None, False, num_bins=300)
     c.collect(x)
-    c.collect(x * 1.7)  # grows the histogram past 2048 bins
-    ours = cal.amax_from_histogram(c, "mse")
-    # the library's own search, with its hard-coded .cuda() neutralised for this CPU run
-    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    c.collect(x * 1.7)  # grows the histogram past its first range
+    return c
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cpu_mse_and_entropy_match_library_algorithms(monkeypatch, seed):
+    c = _histogram(seed)
     hist = c._calib_hist.int().numpy()
     edges = c._calib_bin_edges.numpy()
-    ref = float(lib_hist._compute_amax_mse(hist, edges, 8, False))
-    assert ours == pytest.approx(ref, rel=1e-3)
-    assert 0 < ours < float(x.max() * 1.7)
+    assert len(hist) > 300
+    ours_mse = cal.amax_from_histogram(c, "mse")
+    ours_kl = cal.amax_from_histogram(c, "entropy")
+    ref_kl = float(lib_hist._compute_amax_entropy(hist.copy(), edges, 8, False, 1, 128))
+    # the library's MSE search, with its hard-coded .cuda() neutralised for this CPU run
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    ref_mse = float(lib_hist._compute_amax_mse(hist, edges, 8, False))
+    assert ours_mse == pytest.approx(ref_mse, rel=1e-3)
+    assert ours_kl == pytest.approx(ref_kl, rel=1e-6)
+    top = float(edges[-1])
+    assert 0 < ours_mse < top and 0 < ours_kl < top
 
 
 def test_every_method_runs_on_cpu_and_orders_sensibly():

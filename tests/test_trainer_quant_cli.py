@@ -64,10 +64,10 @@ def test_sensitive_table_and_summary(setup, capsys):
     root, data, weights = setup
     out = root / "sens.json"
     args = ["sensitive", str(weights), "--data", str(data), "--img-size", str(SIZE), "--batch-size", "6",
-            "--calib-batches", "1", "--summary", str(out), "--num-image", "3", "--top", "5", "--layers", "0-4,77"]  # fmt: skip
+            "--calib-batches", "1", "--summary", str(out), "--num-image", "3", "--top", "5", "--layers", "0,1,77"]  # fmt: skip
     assert cli.main(args) == 0
     res = json.loads(out.read_text())
-    assert {r["layer"] for r in res["layers"]} == {0, 1, 2, 3, 4, 77}  # all quantized, head too
+    assert {r["layer"] for r in res["layers"]} == {0, 1, 77}  # all quantized, head too
 
     maps = [r["map"] for r in res["layers"]]
     assert maps == sorted(maps, reverse=True)

@@ -12,6 +12,9 @@ _COMMON_HELP = "Under torchrun with several GPUs each rank trains with Distribut
 @click.option(
     "--data", required=True, type=click.Path(), help="COCO folder/JSON or yolov7 txt list."
 )
+@click.option(
+    "--val", type=click.Path(), help="Evaluation set [--data]; --data then only calibrates/trains."
+)
 @click.option("--ptq", "ptq", type=click.Path(dir_okay=False), help="Save the PTQ model here.")
 @click.option(
     "--qat", "qat", type=click.Path(dir_okay=False), help="Run QAT; save the best model here."

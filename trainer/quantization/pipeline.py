@@ -108,6 +108,7 @@ def _loader(data: str, img_size: int, batch_size: int, shuffle: bool):
 @dataclass
 class QuantizeOptions:
     data: str
+    val: str | None = None  # evaluation set (default: data)
     ptq: str | None = None
     qat: str | None = None
     summary: str | None = None
@@ -146,6 +147,10 @@ def check_device(device: str) -> str:
     return device
 
 
+def _quiet(_msg: str) -> None:
+    pass
+
+
 def run_quantize(weights: str, opts: QuantizeOptions, log: Callable[[str], None] = print) -> dict:
     """PTQ (and QAT when ``opts.qat``); returns the summary (also written to ``opts.summary``)."""
     if opts.calib_method not in METHODS:
@@ -163,9 +168,20 @@ def run_quantize(weights: str, opts: QuantizeOptions, log: Callable[[str], None]
     )
     calib_loader = _loader(opts.data, opts.img_size, opts.batch_size, shuffle=True)  # checks data
     model, _ = load_any(weights, opts.trust_checkpoint, opts.yolov7_repo)
-    evaluate_fn = evaluator(opts.data, opts.img_size, opts.batch_size, device)
+    if opts.val:
+        from trainer.data import load_dataset
+
+        load_dataset(opts.val, opts.img_size)  # bad evaluation set: fail before any work
+    evaluate_fn = evaluator(opts.val or opts.data, opts.img_size, opts.batch_size, device)
     summary: dict = {"weights": str(weights), "options": asdict(opts), "results": {}}
     t0 = time.time()
+    # under torchrun every rank runs this; only rank 0 evaluates, logs and writes files
+    main = int(os.environ.get("RANK", "0")) == 0
+    if not main:
+        log = _quiet
+        opts = QuantizeOptions(**{**asdict(opts), "eval_origin": False, "eval_ptq": False,
+                                  "ptq": None, "summary": None, "progress": False})  # fmt: skip
+        summary_path = None
 
     if opts.eval_origin:
         summary["results"]["origin"] = evaluate_fn(fuse_model(model).to(device).eval())
@@ -192,7 +208,7 @@ def run_quantize(weights: str, opts: QuantizeOptions, log: Callable[[str], None]
     if opts.ptq:
         save_quantized(model, opts.ptq, {**meta, "stage": "ptq"})
         log(f"saved PTQ model to {opts.ptq}")
-    if opts.eval_ptq or (opts.qat is None and not opts.ptq):
+    if opts.eval_ptq or (main and opts.qat is None and not opts.ptq):
         summary["results"]["ptq"] = evaluate_fn(model)
         log(f"ptq: {summary['results']['ptq']}")
 
