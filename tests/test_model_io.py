@@ -250,3 +250,43 @@ def test_save_switches_to_external_data_when_big(tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 1000)
     data = save_model(qdq_conv_model(channels=64), tmp_path / "o.onnx")
     assert data is not None and data.exists()
+
+
+def test_fifo_and_devices_are_refused_without_reading(tmp_path: Path) -> None:
+    """Reading a FIFO or /dev/zero would hang or never end: refuse non-regular files."""
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    _refusal(fifo, "not a regular file")
+    _refusal(Path("/dev/zero"), "not a regular file")
+
+
+def test_external_data_fifo_is_refused(tmp_path: Path) -> None:
+    path = _external_model(tmp_path, "pipe.bin")
+    os.mkfifo(path.parent / "pipe.bin")
+    _refusal(path, "not a regular file")
+
+
+def test_external_data_huge_dims(tmp_path: Path) -> None:
+    path = _external_model(tmp_path)
+    m = onnx.load(str(path), load_external_data=False)
+    t = next(t for t in m.graph.initializer if t.name == "w_q")
+    del t.dims[:]
+    t.dims.extend([2**40, 2**40])
+    path.write_bytes(m.SerializeToString())
+    _refusal(path, "does not match its shape")
+
+
+def test_non_utf8_names_are_refused(model_file: Path, tmp_path: Path) -> None:
+    data = model_file.read_bytes().replace(b"relu0", b"rel\xff0")
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(data)
+    _refusal(p, "UTF-8")
+
+
+def test_inline_weight_with_wrong_length(tmp_path: Path) -> None:
+    m = qdq_conv_model()
+    t = next(t for t in m.graph.initializer if t.name == "w_q")
+    t.raw_data = t.raw_data + b"\0"
+    p = tmp_path / "w.onnx"
+    p.write_bytes(m.SerializeToString())
+    _refusal(p, "'w_q'", "bytes")
