@@ -81,8 +81,10 @@ def export_model(
     buf = io.BytesIO()
     with fb_fake_quant(), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # wrap only models that return a tuple, so node/initializer names stay the module paths
+        plain = isinstance(model(example.cpu().float()), torch.Tensor)
         torch.onnx.export(
-            _FirstOutput(model),
+            model if plain else _FirstOutput(model),
             (example.cpu().float(),),
             buf,
             opset_version=opset,
