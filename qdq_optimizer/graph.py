@@ -112,6 +112,7 @@ class QGraph:
         # Nodes near an edit since start_tracking() (None: not tracking); lets the engine
         # revisit only the neighbourhood of the last iteration's edits.
         self._touched: dict[int, Node] | None = None
+        self._qparams_cache: dict[int, tuple[tuple, QParams]] = {}
 
     # ------------------------------------------------------------------ construction / export
     @classmethod
@@ -295,7 +296,22 @@ class QGraph:
         return node is not None and node.op == DEQUANTIZE
 
     def qparams(self, node: Node) -> QParams:
-        """Scale, zero point, axis and quantized dtype of a Q or DQ node."""
+        """Scale, zero point, axis and quantized dtype of a Q or DQ node.
+
+        Cached per node; the cache entry is used only while the node still reads the same
+        input, scale and zero-point tensor objects holding the same value objects and has the
+        same attributes (``set_qparams`` or assigning ``Constant.values`` invalidates it)."""
+        key = _qparams_key(node)
+        hit = self._qparams_cache.get(id(node))
+        if hit is not None and key is not None and _same_key(hit[0], key):
+            return hit[1]
+        params = self._qparams(node)
+        key = _qparams_key(node)  # after loading: lazy values are replaced by arrays
+        if key is not None:
+            self._qparams_cache[id(node)] = (key, params)
+        return params
+
+    def _qparams(self, node: Node) -> QParams:
         scale = constant_value(node.inputs[1])
         if scale is None:
             raise ValueError(f"{node.op} '{node.name}' has a non-constant scale")
@@ -517,6 +533,28 @@ class QGraph:
 
 
 # ---------------------------------------------------------------------- helpers
+_LazyValues = gs.ir.tensor.LazyValues
+
+
+def _qparams_key(node: Node) -> tuple | None:
+    """What a node's QParams depend on, by identity; None when not safely cacheable."""
+    ins = node.inputs
+    if len(ins) < 2 or not isinstance(ins[1], gs.Constant):
+        return None
+    zp = ins[2] if len(ins) > 2 and ins[2].name else None
+    if zp is not None and not isinstance(zp, gs.Constant):
+        return None
+    if zp is None and node.op == DEQUANTIZE:
+        return None  # its dtype comes from the producer of its input: not cached
+    objects = (node, ins[0], ins[1], ins[1]._values, zp, None if zp is None else zp._values)
+    return objects, (node.attrs.get("axis"), node.attrs.get("output_dtype"))
+
+
+def _same_key(a: tuple, b: tuple) -> bool:
+    """Identity for the objects (never ``==``: nodes compare by value, arrays elementwise)."""
+    return all(x is y for x, y in zip(a[0], b[0], strict=True)) and a[1] == b[1]
+
+
 def _remove_by_identity(items: list, obj: object) -> None:
     """Remove ``obj`` from a graph-surgeon SynchronizedList by identity (keeps both sides in sync)."""
     for i, x in enumerate(items):
@@ -547,7 +585,7 @@ def constant_value(tensor: Tensor) -> np.ndarray | None:
     """Numpy value of an initializer or of a ``Constant`` node's output, else None."""
     if isinstance(tensor, gs.Constant):
         lazy = tensor._values
-        if isinstance(lazy, gs.ir.tensor.LazyValues):
+        if isinstance(lazy, _LazyValues):
             fast = _small_raw_array(lazy.tensor)
             if fast is not None:
                 tensor.values = fast  # what graph-surgeon's own lazy load would store

@@ -138,13 +138,20 @@ def load_ruleset(spec: str | os.PathLike) -> RuleSet:
     return _load(path, [])
 
 
+MAX_RULE_FILE_BYTES = 1 << 20  # rule sets are a few KB; refuse anything absurd unread
+
+
 def _read_yaml(path: Path) -> dict:
     try:
+        if path.stat().st_size > MAX_RULE_FILE_BYTES:
+            raise RuleSetError(f"{path}: rule set larger than {MAX_RULE_FILE_BYTES} bytes")
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise RuleSetError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    except RecursionError:
+        raise RuleSetError(f"{path}: YAML nested too deeply") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleSetError(f"cannot read rule set {path}: {exc}") from None
     if data is None:
