@@ -51,10 +51,13 @@ def command(
     if as_json:
         click.echo(json.dumps(res, indent=2))
         return
-    table = Table(title=f"{model} on {data}")
-    for col in ("images", "mAP@0.5", "mAP@0.5:0.95", "seconds"):
-        table.add_column(col, justify="right")
+    from pathlib import Path
+
+    table = Table()
+    for col in ("model", "images", "size", "mAP@0.5", "mAP@0.5:0.95", "seconds"):
+        table.add_column(col, justify="left" if col == "model" else "right")
     table.add_row(
-        str(res["images"]), f"{res['map50']:.4f}", f"{res['map']:.4f}", f"{res['seconds']}"
-    )
+        Path(model).name, str(res["images"]), str(size), f"{res['map50']:.4f}",
+        f"{res['map']:.4f}", f"{res['seconds']}",
+    )  # fmt: skip
     Console().print(table)
