@@ -290,3 +290,18 @@ def test_inline_weight_with_wrong_length(tmp_path: Path) -> None:
     p = tmp_path / "w.onnx"
     p.write_bytes(m.SerializeToString())
     _refusal(p, "'w_q'", "bytes")
+
+
+def test_external_save_moves_constant_node_tensors_too(tmp_path: Path) -> None:
+    m = qdq_conv_model()
+    value = numpy_helper.from_array(np.arange(5000, dtype=np.float32), "cv")
+    m.graph.node.append(onnx.helper.make_node("Constant", [], ["cbig"], name="cbig", value=value))
+    m.graph.output.append(onnx.helper.make_tensor_value_info("cbig", TensorProto.FLOAT, [5000]))
+    save_model(m, tmp_path / "o.onnx", external_data=True)
+    header = onnx.load(str(tmp_path / "o.onnx"), load_external_data=False)
+    assert header.graph.node[-1].attribute[0].t.data_location == TensorProto.EXTERNAL
+    assert m.graph.node[-1].attribute[0].t.data_location == TensorProto.DEFAULT  # untouched
+    back = load_model(tmp_path / "o.onnx")
+    np.testing.assert_array_equal(
+        numpy_helper.to_array(back.graph.node[-1].attribute[0].t), np.arange(5000)
+    )
