@@ -47,3 +47,36 @@ def test_20k_node_chain_through_optimize(tmp_path: Path, capsys) -> None:
     assert rc == 0, err
     assert "recursion" not in err
     assert len(load_model(out).graph.node) >= 20_000
+
+
+def test_over_2gb_code_path_with_small_limits(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The >2 GiB path (external data in, checks by path, external data out) on a small model:
+    the size limits are lowered so the same code runs without writing gigabytes."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from qdq_optimizer import engine, model_io
+
+    try:
+        from hardening_util import qdq_conv_model
+    except ImportError:
+        from tests.hardening_util import qdq_conv_model
+
+    src_dir = tmp_path / "in"
+    src_dir.mkdir()
+    m = qdq_conv_model(channels=64)
+    onnx.save_model(
+        m, str(src_dir / "m.onnx"), save_as_external_data=True, location="m.data", size_threshold=64
+    )
+    monkeypatch.setattr(engine, "PROTO_LIMIT", 2048)
+    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 2048)
+    out = tmp_path / "out" / "o.onnx"
+    out.parent.mkdir()
+    rc = cli.main(["optimize", str(src_dir / "m.onnx"), str(out), "--rules", "cleanup"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.parent.iterdir()) == ["o.onnx", "o.onnx.data"]
+    back = {t.name: numpy_helper.to_array(t) for t in load_model(out).graph.initializer}
+    np.testing.assert_array_equal(
+        back["w_q"], numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == "w_q"))
+    )
