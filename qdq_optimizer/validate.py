@@ -165,11 +165,14 @@ def _check_schema(node: onnx.NodeProto, i: int, ctx: checker.C.CheckerContext, o
         a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
     ):
         return  # control flow: subgraphs may read outer-scope names; passed through
+    version = ctx.opset_imports.get(domain)
+    if version is None:
+        raise InputError(f"{_label(node, i)}: its domain '{domain}' is not in the model's opsets")
     try:
-        defs.get_schema(node.op_type, ctx.opset_imports.get(domain, opset), domain)
+        defs.get_schema(node.op_type, version, domain)
     except defs.SchemaError:
         raise InputError(
-            f"{_label(node, i)}: op does not exist in opset {ctx.opset_imports.get(domain)}"
+            f"{_label(node, i)}: op does not exist in opset {version} of '{domain or 'ai.onnx'}'"
         ) from None
     try:
         checker.check_node(node, ctx)

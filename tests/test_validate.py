@@ -246,3 +246,17 @@ def test_unhandled_qdq_really_pass_through_untouched(dtype: int) -> None:
     kept = {n.name: (list(n.input), list(n.output)) for n in out.graph.node}
     for name in ("q_mid", "dq_mid"):
         assert kept.get(name) == (list(node(m, name).input), list(node(m, name).output)), name
+
+
+def test_op_from_a_domain_not_imported() -> None:
+    m = qdq_conv_model()
+    m.graph.node.append(
+        helper.make_node("LabelEncoder", ["outputs"], ["enc"], name="enc", domain="ai.onnx.ml")
+    )
+    _refused(m, "'enc'", "ai.onnx.ml", "not in the model's opsets")
+
+
+def test_op_newer_than_the_opset() -> None:
+    m = qdq_conv_model()
+    m.graph.node.append(helper.make_node("Gelu", ["outputs"], ["g"], name="gelu0"))  # opset 20
+    _refused(m, "'gelu0'", "does not exist in opset 13")
