@@ -88,7 +88,7 @@ def optimize(
         dead = graph.cleanup()  # finalize would do it too; counted here for the report
         out, check_warnings = finalize(graph, reference=model)
         warnings.extend(check_warnings)
-        after = _stats(QGraph.from_model(out)) if check_warnings else _stats(graph)
+        after = _stats(graph)
     timings["finalize"] = _ms(t)
     timings["total"] = _ms(t0)
 
