@@ -98,12 +98,15 @@ def _apply_rules(graph, ruleset, dry_run, ignore, settings, max_iterations) -> E
 
 
 def _neighbourhood(nodes: list) -> set[int]:
-    """Ids of ``nodes`` and of their direct producers and consumers."""
+    """Ids of ``nodes``, their producers, consumers and siblings (other readers of their
+    inputs): with the nodes QGraph records next to each edit, this covers every anchor within
+    two hops of an edit, the reach a ``local`` action promises to stay in."""
     ids: set[int] = set()
     for n in nodes:
         ids.add(id(n))
         for t in n.inputs:
             ids.update(id(p) for p in t.inputs)
+            ids.update(id(c) for c in t.outputs)
         for t in n.outputs:
             ids.update(id(c) for c in t.outputs)
     return ids

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import onnx
 import pytest
@@ -10,7 +12,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from qdq_builders import Builder, messy_model  # noqa: I001
 
-from qdq_optimizer import lint, optimize
+from qdq_optimizer import engine, lint, optimize
 from qdq_optimizer.verify import run, session
 
 
@@ -227,6 +229,10 @@ def test_property_cleanup_is_exact_idempotent_and_lint_clean(model):
     assert report2.total_changes == 0
     assert again.SerializeToString() == out.SerializeToString()
     assert lint(out, "cleanup") == []
+    # the neighbourhood-only revisits reach the same result as full passes
+    with mock.patch.object(engine, "_neighbourhood", lambda nodes: None):
+        full, _ = optimize(model, "cleanup")
+    assert full.SerializeToString() == out.SerializeToString()
     n_qdq = lambda m: sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node)  # noqa: E731
     assert n_qdq(out) <= n_qdq(model)
 
@@ -277,3 +283,22 @@ def test_dead_non_qdq_nodes_are_counted():
     out, report = optimize(b.build(), "cleanup")
     assert report.stats["dead_nodes_removed"] == 1
     assert [n.name for n in out.graph.node] == ["s"]
+
+
+def test_merge_opportunity_created_by_a_collapse_is_found():
+    """x -> Qa -> DQa -> {Relu r1, Qb -> DQb -> Relu r2} with equal scales: collapsing DQa->Qb
+    makes DQb a twin of DQa, which the next (neighbourhood-only) iteration must merge."""
+    b = Builder()
+    x = b.input("x", [1, 4])
+    qa = b.q(x, 0.1, name="Qa")
+    dqa = b.dq(qa, 0.1, name="DQa")
+    b.output(b.node("Relu", [dqa], name="r1"))
+    dqb = b.dq(b.q(dqa, 0.1, name="Qb"), 0.1, name="DQb")
+    b.output(b.node("Relu", [dqb], name="r2"))
+    m = b.build()
+    out, report = optimize(m, "cleanup")
+    assert report.result("collapse-dq-q").count == 1
+    assert report.result("merge-duplicate-dq").count == 1
+    assert sorted(n.name for n in out.graph.node) == ["DQa", "Qa", "r1", "r2"]
+    _assert_exact(m, out)
+    assert optimize(out, "cleanup")[1].total_changes == 0
