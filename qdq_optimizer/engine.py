@@ -50,8 +50,12 @@ def apply_rules(
     """Run every rule until nothing changes. In dry-run one pass reports would-be changes."""
     if max_iterations < 1:
         raise ValueError("max_iterations must be at least 1")
-    with paused_gc():
-        return _apply_rules(graph, ruleset, dry_run, ignore, settings, max_iterations)
+    graph.read_only = dry_run
+    try:
+        with paused_gc():
+            return _apply_rules(graph, ruleset, dry_run, ignore, settings, max_iterations)
+    finally:
+        graph.read_only = False
 
 
 def _apply_rules(graph, ruleset, dry_run, ignore, settings, max_iterations) -> EngineRun:

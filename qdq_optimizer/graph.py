@@ -113,6 +113,7 @@ class QGraph:
         # revisit only the neighbourhood of the last iteration's edits.
         self._touched: dict[int, Node] | None = None
         self._qparams_cache: dict[int, tuple[tuple, QParams]] = {}
+        self.read_only = False  # set by the engine during dry-run: edits then raise
 
     # ------------------------------------------------------------------ construction / export
     @classmethod
@@ -205,6 +206,8 @@ class QGraph:
 
     def touch(self) -> None:
         """Mark derived indexes stale; every mutation method calls this."""
+        if self.read_only:
+            raise RuntimeError("graph edited during a dry run (lint): actions must only report")
         self._dirty = True
 
     @property

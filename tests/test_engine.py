@@ -166,3 +166,20 @@ def test_large_model_path_checks_by_file(monkeypatch, messy):
     assert report.total_changes == 4 and not report.warnings
     monkeypatch.undo()
     assert engine.check_model(out) is None
+
+
+@register_action("_test_mutates_in_dry_run", params={})
+def _sloppy(graph, node, params, ctx):
+    """Ignores ctx.dry_run."""
+    if node.name == "c1_in_Q":
+        graph.set_qparams(node, np.float32(1.0))
+        return [Change("rescale", [node.name])]
+    return []
+
+
+def test_dry_run_edits_are_refused(tmp_path, messy):
+    rs = _ruleset(tmp_path, _rule("sloppy", "_test_mutates_in_dry_run"))
+    with pytest.raises(RuntimeError, match="dry run"):
+        lint(messy, rs)
+    _, report = optimize(messy, rs)  # outside dry-run the same edit is fine
+    assert report.result("sloppy").count >= 1
