@@ -87,6 +87,8 @@ def parse_json_documents(text: str, source: str) -> list[Any]:
         raise InputError(f"{source}: empty file, expected an engine layer report (JSON)")
     try:
         return [json.loads(stripped)]
+    except RecursionError:
+        raise InputError(f"{source}: JSON nested too deeply to be an engine layer report") from None
     except json.JSONDecodeError as first_error:
         docs, later_error = _parse_many(stripped)
         if docs is None:
