@@ -114,6 +114,8 @@ def _parse_many(text: str) -> tuple[list[Any] | None, json.JSONDecodeError | Non
             break
         try:
             doc, pos = decoder.raw_decode(body, pos)
+        except RecursionError:
+            raise InputError("JSON nested too deeply to be an engine layer report") from None
         except json.JSONDecodeError as exc:
             return None, (exc if docs else None)
         docs.append(doc)
