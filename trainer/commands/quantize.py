@@ -70,9 +70,12 @@ def _print_table(summary: dict) -> None:
         rows.append(("float", res["origin"]))
     if "ptq" in res:
         rows.append(("PTQ", res["ptq"]))
+    best = res.get("qat_best", {}).get("epoch")
     for rec in res.get("qat_epochs", []):
         if "map" in rec:
-            rows.append((f"QAT epoch {rec['epoch']}", rec))
+            rows.append(
+                (f"QAT epoch {rec['epoch']}" + (" (best)" if rec["epoch"] == best else ""), rec)
+            )
     if not rows:
         return
     table = Table(title="mAP (PyTorch)")

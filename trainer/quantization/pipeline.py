@@ -76,17 +76,36 @@ def prepare(
     return model, report, groups
 
 
-def _evaluate(model: nn.Module, data: str, img_size: int, batch_size: int, device: str, max_images):
+def _evaluate(
+    model: nn.Module,
+    data: str,
+    img_size: int,
+    batch_size: int,
+    device: str,
+    max_images,
+    progress: bool = True,
+):
     from trainer.evaluate import evaluate
 
     res = evaluate(
-        model, data, img_size=img_size, batch_size=batch_size, device=device, max_images=max_images
+        model,
+        data,
+        img_size=img_size,
+        batch_size=batch_size,
+        device=device,
+        max_images=max_images,
+        progress=progress,
     )
     return {"map50": float(res["map50"]), "map": float(res["map"])}
 
 
 def evaluator(
-    data: str, img_size: int, batch_size: int, device: str, max_images: int | None = None
+    data: str,
+    img_size: int,
+    batch_size: int,
+    device: str,
+    max_images: int | None = None,
+    progress: bool = True,
 ) -> Callable[[nn.Module], dict]:
     """A picklable ``model -> {"map50", "map"}`` (it crosses into spawned QAT workers)."""
     return functools.partial(
@@ -96,7 +115,12 @@ def evaluator(
         batch_size=batch_size,
         device=device,
         max_images=max_images,
+        progress=progress,
     )
+
+
+def _fmt(res: dict) -> str:
+    return f"mAP@0.5 {res['map50']:.4f}, mAP@0.5:0.95 {res['map']:.4f}"
 
 
 def _loader(data: str, img_size: int, batch_size: int, shuffle: bool):
@@ -172,7 +196,9 @@ def run_quantize(weights: str, opts: QuantizeOptions, log: Callable[[str], None]
         from trainer.data import load_dataset
 
         load_dataset(opts.val, opts.img_size)  # bad evaluation set: fail before any work
-    evaluate_fn = evaluator(opts.val or opts.data, opts.img_size, opts.batch_size, device)
+    evaluate_fn = evaluator(
+        opts.val or opts.data, opts.img_size, opts.batch_size, device, progress=opts.progress
+    )
     summary: dict = {"weights": str(weights), "options": asdict(opts), "results": {}}
     t0 = time.time()
     # under torchrun every rank runs this; only rank 0 evaluates, logs and writes files
@@ -185,12 +211,16 @@ def run_quantize(weights: str, opts: QuantizeOptions, log: Callable[[str], None]
 
     if opts.eval_origin:
         summary["results"]["origin"] = evaluate_fn(fuse_model(model).to(device).eval())
-        log(f"origin: {summary['results']['origin']}")
+        log(f"float: {_fmt(summary['results']['origin'])}")
     model, report, groups = prepare(model.cpu(), opts.ignore_policy, opts.img_size, opts.rules)
     summary["quantized_layers"] = len(report.quantized)
     summary["ignored_layers"] = report.ignored
     summary["unmatched_ignore_patterns"] = report.unmatched_patterns
     summary["scale_groups"] = groups
+    log(
+        f"quantized {len(report.quantized)} layers (kept float: {len(report.ignored)}), "
+        f"tied {len(groups)} scale groups from the optimizer"
+    )
     for p in report.unmatched_patterns:
         log(f"warning: --ignore-policy {p!r} matches no quantizable module")
 
@@ -210,7 +240,7 @@ def run_quantize(weights: str, opts: QuantizeOptions, log: Callable[[str], None]
         log(f"saved PTQ model to {opts.ptq}")
     if opts.eval_ptq or (main and opts.qat is None and not opts.ptq):
         summary["results"]["ptq"] = evaluate_fn(model)
-        log(f"ptq: {summary['results']['ptq']}")
+        log(f"PTQ: {_fmt(summary['results']['ptq'])}")
 
     if opts.qat:
         cfg = QATConfig(
@@ -230,7 +260,8 @@ def run_quantize(weights: str, opts: QuantizeOptions, log: Callable[[str], None]
         summary["results"]["qat_epochs"] = result.epochs
         summary["results"]["qat_best"] = {"epoch": result.best_epoch, "map": result.best_map}
         for rec in result.epochs:
-            log(f"qat epoch {rec['epoch']}: {rec}")
+            scores = f", {_fmt(rec)}" if "map" in rec else ""
+            log(f"QAT epoch {rec['epoch']}: lr {rec['lr']:g}, loss {rec['loss']:.4g}{scores}")
         log(f"saved best QAT model (epoch {result.best_epoch}) to {opts.qat}")
     summary["seconds"] = round(time.time() - t0, 1)
     if summary_path:
