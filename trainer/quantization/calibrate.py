@@ -232,7 +232,9 @@ def compute_amax(
         if amax is None:  # never reached during calibration (dead branch): keep it float
             q.disable()
             continue
-        device = q._amax.device if hasattr(q, "_amax") else "cpu"
+        # the amax lives where the activations are: the histogram's device (GPU runs)
+        hist = getattr(cal, "_calib_hist", None)
+        device = hist.device if isinstance(hist, torch.Tensor) else "cpu"
         _set_amax(q, torch.tensor(max(amax, 1e-8), device=device))
         out[name] = amax
     calibrate_weights(model)
