@@ -64,17 +64,20 @@ def _apply_rules(graph, ruleset, dry_run, ignore, settings, max_iterations) -> E
     results = [RuleResult(rule_id=r.id, action=r.action, why=r.why) for r in ruleset.rules]
     iterations = 0
     converged = False
-    focus: set[int] | None = None  # None: visit every anchor; else only these node ids
+    focus: dict[int, object] | None = None  # None: visit every anchor; else only these nodes
     while iterations < (1 if dry_run else max_iterations):
         iterations += 1
         changed = 0
         all_local = True
         # One topological snapshot per iteration: nodes that earlier rules create in this
         # iteration are visited in the next one (any change means there is a next one).
+        if focus is None:
+            order = graph.topo_nodes()
+        else:  # no full re-sort: known nodes keep their (still valid) relative order
+            order = sorted((n for n in focus.values() if graph.contains(n)), key=graph.position)
         by_op: dict[str, list] = {}
-        for n in graph.topo_nodes():
-            if focus is None or id(n) in focus:
-                by_op.setdefault(n.op, []).append(n)
+        for n in order:
+            by_op.setdefault(n.op, []).append(n)
         graph.start_tracking()
         for rule, result in zip(ruleset.rules, results, strict=True):
             ctx = ActionContext(
@@ -101,19 +104,22 @@ def _apply_rules(graph, ruleset, dry_run, ignore, settings, max_iterations) -> E
     return EngineRun(results, iterations, converged, warnings)
 
 
-def _neighbourhood(nodes: list) -> set[int]:
+def _neighbourhood(nodes: list) -> dict[int, object]:
     """Ids of ``nodes``, their producers, consumers and siblings (other readers of their
     inputs): with the nodes QGraph records next to each edit, this covers every anchor within
     two hops of an edit, the reach a ``local`` action promises to stay in."""
-    ids: set[int] = set()
+    found: dict[int, object] = {}
     for n in nodes:
-        ids.add(id(n))
+        found[id(n)] = n
         for t in n.inputs:
-            ids.update(id(p) for p in t.inputs)
-            ids.update(id(c) for c in t.outputs)
+            for p in t.inputs:
+                found[id(p)] = p
+            for c in t.outputs:
+                found[id(c)] = c
         for t in n.outputs:
-            ids.update(id(c) for c in t.outputs)
-    return ids
+            for c in t.outputs:
+                found[id(c)] = c
+    return found
 
 
 def _apply_rule(
