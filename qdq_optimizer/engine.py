@@ -207,12 +207,14 @@ def check_model(model: onnx.ModelProto, full: bool = True) -> str | None:
         if model_size(model) < PROTO_LIMIT:
             onnx.checker.check_model(model, full_check=full)
         else:
+            # model_io writes a header copy and the weights beside it without touching
+            # ``model`` (onnx.save_model with external data would rewrite it in place).
+            from .model_io import save_model
+
             with tempfile.TemporaryDirectory(prefix="qdqopt-check-") as tmp:
                 path = Path(tmp) / "model.onnx"
-                onnx.save_model(
-                    model, os.fspath(path), save_as_external_data=True, location="model.data"
-                )
-                onnx.checker.check_model(os.fspath(path), full_check=True)
+                save_model(model, path, external_data=True)
+                onnx.checker.check_model(os.fspath(path), full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         return " ".join(str(exc).split())[:400]
     return None

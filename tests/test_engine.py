@@ -166,6 +166,10 @@ def test_large_model_path_checks_by_file(monkeypatch, messy):
     assert report.total_changes == 4 and not report.warnings
     monkeypatch.undo()
     assert engine.check_model(out) is None
+    # the checked model still holds its weights (nothing moved to a deleted temp file)
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in out.graph.initializer)
+    reference, _ = optimize(messy, "cleanup")
+    assert out.SerializeToString() == reference.SerializeToString()
 
 
 @register_action("_test_mutates_in_dry_run", params={})
