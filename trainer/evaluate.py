@@ -91,8 +91,10 @@ def evaluate(
     predictor, img_size = _predictor(model_or_onnx_path, img_size, device, trust_checkpoint)
     if isinstance(data_path, DetectionDataset):
         ds = data_path
-        if ds.img_size != img_size:
-            ds = DetectionDataset(ds.records, img_size, ds.category_ids, ds.names, False, ds.source)
+        if ds.img_size != img_size or ds.augment:  # evaluate un-augmented, at the model's size
+            ds = DetectionDataset(
+                ds.records, img_size, ds.category_ids, ds.names, False, ds.source, ds._coco
+            )
     else:
         ds = load_dataset(data_path, img_size)
     if max_images is not None:
