@@ -16,6 +16,15 @@ from trainer.loss import YoloLoss, bbox_ciou  # noqa: E402
 from trainer.models import build_model  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on the shared 2-core runner (pytest -n 2) more threads only spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory) -> Path:
     return synth_dataset(tmp_path_factory.mktemp("t") / "set", images=8, size=64, seed=7)
