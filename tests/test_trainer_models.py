@@ -210,7 +210,8 @@ def test_not_a_model_is_an_input_error(tmp_path):
         assert "\n" not in str(err.value)
     from cli import main
 
-    assert main(["eval", str(tmp_path / "list.pt"), "--data", str(tmp_path)]) == 2
+    for name in ("list.pt", "text.pt"):
+        assert main(["eval", str(tmp_path / name), "--data", str(tmp_path)]) == 2
 
 
 def _fake_upstream(tmp_path: Path) -> Path:
@@ -262,7 +263,7 @@ def _write_upstream_checkpoint(repo: Path, out: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
-def test_official_pickle_needs_trust_and_loads_with_stand_ins(tmp_path):
+def test_official_pickle_needs_trust_and_loads_with_stand_ins(tmp_path, capsys):
     repo = _fake_upstream(tmp_path)
     ck = tmp_path / "yolov7-tiny.pt"
     _write_upstream_checkpoint(repo, ck)
@@ -285,6 +286,9 @@ def test_official_pickle_needs_trust_and_loads_with_stand_ins(tmp_path):
         torch.testing.assert_close(v, m.state_dict()[k])
     with pytest.raises(InputError, match="execute arbitrary code"):
         load_model(ck, yolov7_repo=repo)
+    args = ["eval", str(ck), "--data", str(tmp_path / "none"), "--yolov7-repo", str(repo)]
+    assert main(args) == 2  # refused before any unpickling: no trust flag
+    assert "arbitrary code" in capsys.readouterr().err
 
 
 def test_restricted_unpickler_runs_no_code(tmp_path):

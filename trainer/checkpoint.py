@@ -222,7 +222,7 @@ def _custom_loader(spec: str, source: str) -> Callable[[dict], nn.Module]:
 
 
 def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: " + " ".join(str(exc).split())
     return text[:200] + ("..." if len(text) > 200 else "")
 
 

@@ -82,13 +82,16 @@ def evaluate(
     progress: bool = True,
     max_images: int | None = None,
     trust_checkpoint: bool = False,
+    yolov7_repo: str | os.PathLike | None = None,
 ) -> dict:
     """mAP@0.5 and mAP@0.5:0.95 (COCOeval) of a module, a ``.pt`` checkpoint or a ``.onnx`` file.
 
     Returns ``{"map50", "map", "images", "detections", "seconds"}``.
     """
     started = time.perf_counter()
-    predictor, img_size = _predictor(model_or_onnx_path, img_size, device, trust_checkpoint)
+    predictor, img_size = _predictor(
+        model_or_onnx_path, img_size, device, trust_checkpoint, yolov7_repo
+    )
     if isinstance(data_path, DetectionDataset):
         ds = data_path
         if ds.img_size != img_size or ds.augment:  # evaluate un-augmented, at the model's size
@@ -140,7 +143,7 @@ def coco_map(ds: DetectionDataset, results: list[dict], image_ids: list[int]) ->
     return {"map50": max(0.0, float(ev.stats[1])), "map": max(0.0, float(ev.stats[0]))}
 
 
-def _predictor(model, img_size: int, device: str, trust: bool) -> tuple[Predictor, int]:
+def _predictor(model, img_size: int, device: str, trust: bool, repo) -> tuple[Predictor, int]:
     if isinstance(model, nn.Module):
         return torch_predictor(model, device), img_size
     p = Path(model)
@@ -151,7 +154,9 @@ def _predictor(model, img_size: int, device: str, trust: bool) -> tuple[Predicto
         return run, fixed or img_size
     from .checkpoint import load_model
 
-    return torch_predictor(load_model(p, trust_checkpoint=trust), device), img_size
+    return torch_predictor(
+        load_model(p, trust_checkpoint=trust, yolov7_repo=repo), device
+    ), img_size
 
 
 def _category_ids(ds: DetectionDataset, nc: int) -> list[int]:
@@ -224,11 +229,9 @@ def stored_img_size(model: str | os.PathLike) -> int | None:
         except Exception:  # noqa: BLE001 - unreadable models are reported by evaluate()
             return None
         return dims[2].dim_value if len(dims) == 4 and dims[2].dim_value > 0 else None
-    import pickle
-
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError):
+    except Exception:  # noqa: BLE001 - unreadable files are reported by evaluate()
         return None
     size = obj.get("img_size") if isinstance(obj, dict) else None
     return int(size) if isinstance(size, int) else None

@@ -25,9 +25,14 @@ import click
     is_flag=True,
     help="Allow full pickles (official .pt): a pickle can execute code.",
 )
+@click.option(
+    "--yolov7-repo",
+    type=click.Path(exists=True, file_okay=False),
+    help="Unpickle an official .pt with this yolov7 checkout importable (needs --trust-checkpoint).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def command(
-    model, data, conf, iou, img_size, batch_size, device, trust_checkpoint, as_json
+    model, data, conf, iou, img_size, batch_size, device, trust_checkpoint, yolov7_repo, as_json
 ) -> None:
     """Evaluate MODEL (.pt or .onnx) on a data set: mAP@0.5 and mAP@0.5:0.95 (pycocotools)."""
     import json
@@ -47,6 +52,7 @@ def command(
         batch_size=batch_size,
         device=device,
         trust_checkpoint=trust_checkpoint,
+        yolov7_repo=yolov7_repo,
     )
     if as_json:
         click.echo(json.dumps(res, indent=2))
