@@ -31,7 +31,7 @@ demo: install
 	$(BIN)/qdqopt lint out/demo-optimized.onnx --rules yolov7-tiny
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS) tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS) tests
 
 golden: install
 	$(BIN)/python -m tests.golden.regenerate
