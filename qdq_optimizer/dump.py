@@ -191,6 +191,8 @@ def _qdq_params(node: onnx.NodeProto, params: dict, precision: int, ref) -> str:
 
 def _qvalue(value: np.ndarray, precision: int) -> str:
     dt = value.dtype.name
+    if value.size == 0:
+        return f"{dt}[0]"  # invalid for Q/DQ, but dump shows any graph as it is
     if value.size == 1:
         v = value.reshape(-1)[0]
         return (

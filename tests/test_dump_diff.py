@@ -198,3 +198,16 @@ def test_constant_node_parameters_dump_and_diff_like_initializers(messy):
     assert sum(n.op_type == "Constant" for n in converted.graph.node) > 10
     assert dump_model(converted) == dump_model(messy)
     assert not diff_models(messy, converted).differ
+
+
+def test_dump_and_diff_show_invalid_parameters_without_crashing():
+    """dump/diff describe any graph, also one validate would refuse (an empty scale)."""
+    b = Builder()
+    x = b.input("x", [1, 4])
+    b.output(b.qdq(x, 0.1, name="p"))
+    m = b.build()
+    for t in m.graph.initializer:
+        if numpy_helper.to_array(t).dtype == np.float32:
+            t.CopyFrom(numpy_helper.from_array(np.zeros(0, dtype=np.float32), t.name))
+    assert "scale=float32[0]" in dump_model(m)
+    assert diff_models(m, m).differ is False
