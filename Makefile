@@ -27,6 +27,7 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 install: $(STAMP) system-deps
 
 demo: install
+	mkdir -p out
 	$(BIN)/qdqopt optimize fixtures/models/yolov7-tiny-naive.onnx out/demo-optimized.onnx --rules yolov7-tiny --verify --report out/demo-report.json
 	$(BIN)/qdqopt lint out/demo-optimized.onnx --rules yolov7-tiny
 

@@ -52,8 +52,11 @@ class LazyGroup(click.Group):
 
 
 def _unavailable(name: str, help_text: str, reason: str) -> click.Command:
-    @click.command(name=name, help=f"{help_text} [unavailable: {reason}]",
-                   context_settings={"ignore_unknown_options": True})
+    @click.command(
+        name=name,
+        help=f"{help_text} [unavailable: {reason}]",
+        context_settings={"ignore_unknown_options": True},
+    )
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def cmd(args: tuple[str, ...]) -> None:
         raise QdqoptError(f"'{name}' is unavailable: {reason}")

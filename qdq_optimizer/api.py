@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from collections.abc import Iterable
@@ -11,9 +10,10 @@ from typing import Any
 import onnx
 
 from .engine import DEFAULT_MAX_ITERATIONS, apply_rules, finalize
-from .graph import DEQUANTIZE, QUANTIZE, QGraph
+from .graph import DEQUANTIZE, QUANTIZE, QGraph, name_matches
 from .report import OptimizeReport, Problem
 from .ruleset import RuleSet, compile_ignore, load_ruleset
+from .trt_checks import check_graph
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 
@@ -138,11 +138,10 @@ def lint_report(
             problems.append(Problem(result.rule_id, list(change.nodes), message))
     if checks is None:
         checks = "tensorrt" in ruleset.chain or bool(ruleset.settings.get("trt_checks", False))
-    check_graph = _trt_checks() if checks else None
-    if check_graph is not None:
+    if checks:
         patterns = [*ruleset.ignore, *compile_ignore(tuple(ignore))]
-        for p in _call_checks(check_graph, QGraph.from_model(model), patterns):
-            if p.node_names and all(any(r.search(n) for r in patterns) for n in p.node_names):
+        for p in check_graph(QGraph.from_model(model), ignore=patterns):
+            if p.node_names and all(name_matches(n, patterns) for n in p.node_names):
                 continue  # every node it names is on the ignore list
             problems.append(p)
     report.problems = problems
@@ -161,28 +160,6 @@ def lint(
     return lint_report(
         model_or_path, rules, ignore=ignore, allow_asymmetric=allow_asymmetric, checks=checks
     ).problems
-
-
-def _call_checks(check_graph, graph: QGraph, patterns: list) -> list[Problem]:
-    """Pass the ignore list when the checks accept one."""
-    try:
-        params = inspect.signature(check_graph).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "ignore" in params:
-        return list(check_graph(graph, ignore=patterns))
-    return list(check_graph(graph))
-
-
-def _trt_checks():
-    """``trt_checks.check_graph`` when that module is present (it is optional here)."""
-    try:
-        from .trt_checks import check_graph
-    except ModuleNotFoundError as exc:
-        if exc.name == f"{__package__}.trt_checks":
-            return None
-        raise
-    return check_graph
 
 
 def _stats(graph: QGraph) -> dict[str, int]:

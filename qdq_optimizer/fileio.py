@@ -40,6 +40,9 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent or "."
     )
     os.close(fd)
+    mask = os.umask(0)  # mkstemp creates 0600; give outputs the usual umask-based mode
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
     tmp_p = Path(tmp)
     try:
         yield tmp_p

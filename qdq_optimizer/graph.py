@@ -17,6 +17,7 @@ import contextlib
 import gc
 import heapq
 import itertools
+import re
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -536,6 +537,20 @@ class QGraph:
 
 
 # ---------------------------------------------------------------------- helpers
+def module_path(name: str) -> str:
+    """``/model.105/m.0/Conv`` -> ``model.105.m.0.Conv``: module paths as the seed's regexes see
+    them (TorchScript exports scope node names with slashes)."""
+    return name.strip("/").replace("/", ".")
+
+
+def name_matches(name: str | None, patterns: Iterable[re.Pattern]) -> bool:
+    """True when a node name, or its module-path form, matches one of the regexes."""
+    if not name:
+        return False
+    forms = (name, module_path(name))
+    return any(p.search(f) for p in patterns for f in forms)
+
+
 _LazyValues = gs.ir.tensor.LazyValues
 
 

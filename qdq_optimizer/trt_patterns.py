@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import onnx
 import onnx_graphsurgeon as gs
 
-from .graph import Node, QGraph, Tensor, constant_value
+from .graph import Node, QGraph, Tensor, constant_value, name_matches
 from .scale_groups import joining_inputs
 
 # Activations TensorRT fuses into the preceding conv/gemm (SiLU appears as Sigmoid + Mul).
@@ -28,18 +28,9 @@ def is_const(t: Tensor) -> bool:
     return isinstance(t, gs.Constant) or constant_value(t) is not None
 
 
-def normalized_name(name: str) -> str:
-    """``/model.105/m.0/Conv`` -> ``model.105.m.0.Conv``: module paths as the seed's regexes see
-    them (TorchScript exports scope node names with slashes)."""
-    return name.strip("/").replace("/", ".")
-
-
 def is_ignored(node: Node | None, patterns: Iterable[re.Pattern]) -> bool:
     """A node whose name (or module path) matches an ignore regex."""
-    if node is None or not node.name:
-        return False
-    names = (node.name, normalized_name(node.name))
-    return any(p.search(n) for p in patterns for n in names)
+    return node is not None and name_matches(node.name, patterns)
 
 
 def is_int8(graph: QGraph, node: Node) -> bool:

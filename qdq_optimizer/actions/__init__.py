@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..graph import Node, QGraph
+from ..graph import Node, QGraph, name_matches
 from ..report import Change
 
 __all__ = [
@@ -104,8 +104,7 @@ class ActionContext:
         """True when a node (or name) matches an ignore regex: actions must leave it alone."""
         if node is None or not self.ignore:
             return False
-        name = node if isinstance(node, str) else node.name
-        return any(p.search(name or "") for p in self.ignore)
+        return name_matches(node if isinstance(node, str) else node.name, self.ignore)
 
     def any_ignored(self, nodes: Iterable[Node]) -> bool:
         return any(self.is_ignored(n) for n in nodes)
