@@ -98,3 +98,22 @@ def test_bad_inputs_fail_cleanly_and_write_nothing(setup, tmp_path, capsys):
     assert cli.main(["export", str(junk), "--save", str(tmp_path / "x.onnx")]) == 2
     assert not ptq.exists() and not (tmp_path / "x.onnx").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files
+
+
+def test_float_export_and_device_check(setup, tmp_path, capsys):
+    _, data, weights = setup
+    out = tmp_path / "float.onnx"
+    assert cli.main(["export", str(weights), "--save", str(out), "--size", str(SIZE)]) == 0
+    assert "exported float model" in capsys.readouterr().out
+    proto = onnx.load(str(out))
+    assert not any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    assert "model.0.conv.weight" in {i.name for i in proto.graph.initializer}  # module paths
+    if not torch.cuda.is_available():
+        assert (
+            cli.main(
+                _quant_args(weights, data, "--device", "cuda", "--ptq", str(tmp_path / "p.pt"))
+            )
+            == 2
+        )
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert cli.main(_quant_args(weights, data, "--calib-method", "nope")) == 2
