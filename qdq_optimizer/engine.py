@@ -18,7 +18,8 @@ import onnx
 
 from .actions import ActionContext, get_action
 from .errors import QdqoptError
-from .graph import QGraph, paused_gc
+from .gcutil import paused_gc
+from .graph import QGraph
 from .matcher import matches
 from .report import Change, RuleResult
 from .ruleset import Rule, RuleSet

@@ -13,8 +13,6 @@ those. Edit through these methods, not ``graph.gs`` directly, so the indexes sta
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import heapq
 import itertools
 import re
@@ -26,6 +24,8 @@ import networkx as nx
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+
+from .gcutil import paused_gc
 
 Node = gs.Node
 Tensor = gs.Tensor
@@ -679,20 +679,6 @@ def _toposort(nodes: list[Node]) -> list[Node]:
     """Kahn's algorithm, stable by original position; raises ValueError on a cycle."""
     with paused_gc():
         return _kahn(nodes)
-
-
-@contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector: building many small containers next to a large
-    onnx-graphsurgeon graph otherwise triggers full collections that walk every object and
-    make linear passes look quadratic. Nothing we create here forms reference cycles."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _already_sorted(nodes: list[Node], get) -> bool:

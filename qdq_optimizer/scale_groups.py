@@ -97,7 +97,9 @@ def _positive(graph: QGraph, q: Node) -> bool:
         return False
 
 
-def _int8(graph: QGraph, node: Node) -> bool:
+def is_int8_qdq(graph: QGraph, node: Node) -> bool:
+    """A plain int8 Q or DQ (the only kind TensorRT's INT8 rules are about); uint8, int4, fp8 and
+    blocked quantization pass through every rule untouched."""
     if node.attrs.get("block_size") or not set(node.attrs) <= {"axis", "output_dtype"}:
         return False
     try:
@@ -108,7 +110,7 @@ def _int8(graph: QGraph, node: Node) -> bool:
 
 def _per_tensor_q(graph: QGraph, node: Node) -> bool:
     """An int8 per-tensor activation quantizer (uint8/int4/fp8 ones are not TensorRT INT8)."""
-    if not graph.is_q(node) or _is_const(node.inputs[0]) or not _int8(graph, node):
+    if not graph.is_q(node) or _is_const(node.inputs[0]) or not is_int8_qdq(graph, node):
         return False
     try:
         return not graph.qparams(node).per_axis

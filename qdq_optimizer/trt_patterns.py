@@ -11,11 +11,10 @@ import re
 from collections import deque
 from collections.abc import Iterable
 
-import onnx
 import onnx_graphsurgeon as gs
 
 from .graph import Node, QGraph, Tensor, constant_value, name_matches
-from .scale_groups import joining_inputs
+from .scale_groups import is_int8_qdq, joining_inputs
 
 # Activations TensorRT fuses into the preceding conv/gemm (SiLU appears as Sigmoid + Mul).
 ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSwish", "HardSigmoid"})
@@ -33,23 +32,12 @@ def is_ignored(node: Node | None, patterns: Iterable[re.Pattern]) -> bool:
     return node is not None and name_matches(node.name, patterns)
 
 
-def is_int8(graph: QGraph, node: Node) -> bool:
-    """A plain int8 Q or DQ (the only kind TensorRT's INT8 rules are about); uint8, int4, fp8 and
-    blocked quantization pass through every rule untouched."""
-    if node.attrs.get("block_size") or not set(node.attrs) <= {"axis", "output_dtype"}:
-        return False
-    try:
-        return graph.qparams(node).dtype == onnx.TensorProto.INT8
-    except ValueError:
-        return False
-
-
 def activation_pair(graph: QGraph, t: Tensor) -> tuple[Node, Node] | None:
     """(Q, DQ), both int8, when ``t`` is the DQ output of a Q on a non-constant tensor."""
     pair = graph.qdq_pair_on(t)
     if pair is None or is_const(pair[0].inputs[0]):
         return None
-    if not (is_int8(graph, pair[0]) and is_int8(graph, pair[1])):
+    if not (is_int8_qdq(graph, pair[0]) and is_int8_qdq(graph, pair[1])):
         return None
     return pair
 

@@ -7,8 +7,6 @@ and the place, while every format string TensorRT has used parses to a dtype.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import os
 import re
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..gcutil import paused_gc
 from .classify import classify_reformat, metadata_nodes, name_nodes
 from .formats import is_unavailable, parse_dtype, parse_layout
 from .model import EngineReport, Layer, TensorInfo
@@ -401,21 +400,8 @@ def load_report(
 
     ``fold_noops`` removes NoOp layers like TREx does, so layer counts match TREx's.
     """
-    with _gc_paused():
+    with paused_gc():
         return _load_report(source, fold_noops=fold_noops, max_bytes=max_bytes, name=name)
-
-
-@contextlib.contextmanager
-def _gc_paused():
-    """Pause the cyclic GC while building ~10^6 small objects that form no cycles: without
-    this, generation-2 collections rescan the whole JSON tree and double the parse time."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _load_report(
