@@ -109,3 +109,11 @@ def test_sensitivity_sorted_and_restores_quantizers():
         if isinstance(m, quant_nn.TensorQuantizer) and not m._disabled
     }
     assert before == after
+
+
+def test_qat_without_evaluation_keeps_last_epoch():
+    model = _ptq_toy()
+    saved = []
+    cfg = QATConfig(epochs=2, iters=1, progress=False)
+    res = train_qat(model, toy_loader, cfg, None, lambda m, rec: saved.append(rec["epoch"]))
+    assert saved == [0, 1] and res.best_epoch == 1 and res.best_map is None

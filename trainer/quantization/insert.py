@@ -112,7 +112,7 @@ def insert_quantizers(
     report = InsertReport()
     targets = [(n, m) for n, m in model.named_modules() if type(m) in _SWAPS and n]
     for name, module in targets:
-        matched = [p for p in patterns if p.fullmatch(name) or p.match(name)]
+        matched = [p for p in patterns if p.match(name)]  # re.match, as the seed
         for p in matched:
             hits[p.pattern] += 1
         if matched:

@@ -233,7 +233,8 @@ def train_qat(
                 model.eval()
                 if evaluate_fn is not None:
                     record.update({k: float(v) for k, v in evaluate_fn(model).items()})
-                score = record.get("map", -epoch)  # without evaluation: keep the last epoch
+                # without evaluation the last epoch is kept (scores grow with the epoch)
+                score = record["map"] if "map" in record else float(epoch)
                 if result.best_map is None or score > result.best_map:
                     result.best_map, result.best_epoch = score, epoch
                     if save_fn is not None:
