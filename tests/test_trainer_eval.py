@@ -16,14 +16,7 @@ from trainer.data import load_dataset, synth_dataset  # noqa: E402
 from trainer.evaluate import coco_map, evaluate  # noqa: E402
 from trainer.nms import batched_nms, box_iou, nms, non_max_suppression  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core runner (pytest -n 2) more threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,14 +15,7 @@ from qdq_optimizer.errors import InputError, UsageError  # noqa: E402
 from trainer.checkpoint import load_model, read_checkpoint, save_checkpoint  # noqa: E402
 from trainer.models import build_model  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core runner (pytest -n 2) more threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 REPO = Path(__file__).resolve().parents[1]

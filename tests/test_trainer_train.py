@@ -15,14 +15,7 @@ from trainer.data import create_dataloader, synth_dataset  # noqa: E402
 from trainer.loss import YoloLoss, bbox_ciou  # noqa: E402
 from trainer.models import build_model  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core runner (pytest -n 2) more threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
