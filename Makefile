@@ -28,7 +28,8 @@ install: $(STAMP) system-deps
 
 demo: install
 	mkdir -p out
-	$(BIN)/qdqopt optimize fixtures/models/yolov7-tiny-naive.onnx out/demo-optimized.onnx --rules yolov7-tiny --verify --report out/demo-report.json
+	$(BIN)/qdqopt optimize fixtures/models/yolov7-tiny-naive.onnx out/demo-optimized.onnx --rules yolov7-tiny \
+	  --verify --inputs fixtures/models/images-160.npz --reference fixtures/models/yolov7-tiny-float.onnx --report out/demo-report.json
 	$(BIN)/qdqopt lint out/demo-optimized.onnx --rules yolov7-tiny
 
 test: install
