@@ -29,6 +29,11 @@ from qdq_optimizer.fileio import write_text_atomic
 from .calibrate import prepare_images
 from .insert import set_quant_enabled
 
+# the callbacks train_qat, train_qat_spawn and run_qat take (one signature for all three)
+LoaderFn = Callable[[], Iterable]
+EvaluateFn = Callable[[nn.Module], dict]
+SaveFn = Callable[[nn.Module, dict], None]
+
 # the seed's schedule: epochs 0-2 / 3-7 / 8-9 of 10
 LR_LOW, LR_HIGH = 1e-6, 1e-5
 
@@ -160,10 +165,10 @@ def _progress(enabled: bool):
 
 def train_qat(
     model: nn.Module,
-    loader_fn: Callable[[], Iterable],
+    loader_fn: LoaderFn,
     cfg: QATConfig,
-    evaluate_fn: Callable[[nn.Module], dict] | None = None,
-    save_fn: Callable[[nn.Module, dict], None] | None = None,
+    evaluate_fn: EvaluateFn | None = None,
+    save_fn: SaveFn | None = None,
 ) -> QATResult:
     """QAT in this process (one rank if a process group is initialised); returns per-epoch results.
 
@@ -298,10 +303,10 @@ def _spawn_worker(rank, world, port, model, loader_fn, cfg, evaluate_fn, out_dir
 
 def train_qat_spawn(
     model: nn.Module,
-    loader_fn: Callable[[], Iterable],
+    loader_fn: LoaderFn,
     cfg: QATConfig,
-    evaluate_fn: Callable[[nn.Module], dict] | None = None,
-    save_fn: Callable[[nn.Module, dict], None] | None = None,
+    evaluate_fn: EvaluateFn | None = None,
+    save_fn: SaveFn | None = None,
 ) -> QATResult:
     """``cfg.nproc`` CPU processes with gloo (torch.multiprocessing spawn); DDP averages gradients.
 
@@ -329,16 +334,15 @@ def train_qat_spawn(
 
 def run_qat(
     model: nn.Module,
-    loader_fn: Callable[[], Iterable],
+    loader_fn: LoaderFn,
     cfg: QATConfig,
-    evaluate_fn: Callable[[nn.Module], dict] | None = None,
-    save_fn: Callable[[nn.Module, dict], None] | None = None,
+    evaluate_fn: EvaluateFn | None = None,
+    save_fn: SaveFn | None = None,
 ) -> QATResult:
     """Dispatch: torchrun ranks, ``nproc`` spawned CPU processes, or this process alone."""
     if under_torchrun():
         cfg = QATConfig(**{**asdict(cfg), "device": init_from_env(cfg.device)})
-        return train_qat(model, loader_fn, cfg, evaluate_fn, save_fn)
-    if cfg.nproc > 1:
+    elif cfg.nproc > 1:
         return train_qat_spawn(model, loader_fn, cfg, evaluate_fn, save_fn)
     return train_qat(model, loader_fn, cfg, evaluate_fn, save_fn)
 
