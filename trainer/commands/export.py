@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ._common import checkpoint_options
+
 
 @click.command(
     help="Export a (quantized) model to ONNX (opset 13, input 'images', output 'outputs')."
@@ -18,10 +20,7 @@ import click
     "--optimize", is_flag=True, help="Run the optimizer on the export and lint the result."
 )
 @click.option("--rules", default=None, help="Rule set for --optimize (e.g. yolov7, yolov7-tiny).")
-@click.option(
-    "--trust-checkpoint", is_flag=True, help="Allow the restricted unpickler for official .pt."
-)
-@click.option("--yolov7-repo", type=click.Path(file_okay=False), help="Official yolov7 checkout.")
+@checkpoint_options
 def command(weights, save, size, dynamic, optimize, rules, trust_checkpoint, yolov7_repo) -> None:
     from trainer.quantization.pipeline import run_export
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import click
 
+from ._common import (
+    calib_batches_option,
+    calib_method_option,
+    checkpoint_options,
+    data_option,
+)
+
 _COMMON_HELP = "Under torchrun with several GPUs each rank trains with DistributedDataParallel."
 
 
 @click.command(help=f"Insert Q/DQ, calibrate (PTQ) and fine-tune (QAT). {_COMMON_HELP}")
 @click.argument("weights", type=click.Path(dir_okay=False))
-@click.option(
-    "--data", required=True, type=click.Path(), help="COCO folder/JSON or yolov7 txt list."
-)
+@data_option
 @click.option(
     "--val", type=click.Path(), help="Evaluation set [--data]; --data then only calibrates/trains."
 )
@@ -32,9 +37,8 @@ _COMMON_HELP = "Under torchrun with several GPUs each rank trains with Distribut
 @click.option("--supervision-stride", default=1, show_default=True, type=int)
 @click.option("--iters", default=200, show_default=True, type=int, help="QAT steps per epoch.")
 @click.option("--epochs", default=10, show_default=True, type=int)
-@click.option("--calib-method", default="mse", show_default=True,
-              type=click.Choice(["mse", "percentile", "entropy", "max"]))  # fmt: skip
-@click.option("--calib-batches", default=25, show_default=True, type=int)
+@calib_method_option
+@calib_batches_option
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option(
     "--rules", default="yolov7", show_default=True, help="Optimizer rule set for scale groups."
@@ -42,10 +46,7 @@ _COMMON_HELP = "Under torchrun with several GPUs each rank trains with Distribut
 @click.option("--img-size", default=640, show_default=True, type=int)
 @click.option("--batch-size", default=10, show_default=True, type=int)
 @click.option("--nproc", default=1, show_default=True, type=int, help="CPU processes (gloo DDP).")
-@click.option(
-    "--trust-checkpoint", is_flag=True, help="Allow the restricted unpickler for official .pt."
-)
-@click.option("--yolov7-repo", type=click.Path(file_okay=False), help="Official yolov7 checkout.")
+@checkpoint_options
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def command(weights: str, **kw) -> None:
     from rich.console import Console

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import click
 
+from ._common import calib_batches_option, calib_method_option, data_option
+
 
 @click.command(help="Quantize every layer, then switch one top-level layer to float at a time.")
 @click.argument("weights", type=click.Path(dir_okay=False))
-@click.option(
-    "--data", required=True, type=click.Path(), help="COCO folder/JSON or yolov7 txt list."
-)
+@data_option
 @click.option("--summary", type=click.Path(dir_okay=False), help="Write the full results as JSON.")
 @click.option("--num-image", type=int, default=None, help="Evaluate on the first N images only.")
 @click.option("--layers", default=None, help="Only these top-level layers, e.g. '0-3,7'.")
 @click.option("--top", default=10, show_default=True, type=int, help="Rows in the table.")
 @click.option("--img-size", default=640, show_default=True, type=int)
 @click.option("--batch-size", default=10, show_default=True, type=int)
-@click.option("--calib-method", default="mse", show_default=True,
-              type=click.Choice(["mse", "percentile", "entropy", "max"]))  # fmt: skip
-@click.option("--calib-batches", default=25, show_default=True, type=int)
+@calib_method_option
+@calib_batches_option
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--rules", default="yolov7", show_default=True)
 @click.option("--trust-checkpoint", is_flag=True)
