@@ -455,26 +455,10 @@ def _write_external(model: onnx.ModelProto, data_file: Path, location: str) -> o
     reference tensor is put in the header instead. Everything else is copied (it is small).
     """
     header = onnx.ModelProto()
-    for field, value in model.ListFields():
-        if field.name == "graph":
-            continue
-        if _is_repeated(field):
-            getattr(header, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(header, field.name).CopyFrom(value)
-        else:
-            setattr(header, field.name, value)
+    _copy_fields_except(model, header, "graph")
     graph = model.graph
     hgraph = header.graph
-    for field, value in graph.ListFields():
-        if field.name == "initializer":
-            continue
-        if _is_repeated(field):
-            getattr(hgraph, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(hgraph, field.name).CopyFrom(value)
-        else:
-            setattr(hgraph, field.name, value)
+    _copy_fields_except(graph, hgraph, "initializer")
     offset = 0
     with open(data_file, "wb") as f:
         for src in graph.initializer:
@@ -515,6 +499,19 @@ def _externalize(src: TensorProto, dst: TensorProto, f, offset: int, location: s
         entry.key = key
         entry.value = value
     return offset + len(data)
+
+
+def _copy_fields_except(src, dst, skip: str) -> None:  # noqa: ANN001 - protobuf messages
+    """Copy every set field of ``src`` into ``dst`` (same message type) except ``skip``."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if _is_repeated(field):
+            getattr(dst, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
 
 
 def _is_repeated(field) -> bool:  # noqa: ANN001 - protobuf FieldDescriptor
