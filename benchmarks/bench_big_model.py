@@ -9,7 +9,6 @@
    limit and prints the time per phase.
 
 Usage: ``python benchmarks/bench_big_model.py [--gb 2.5] [--nodes 100000] [--skip-big]``.
-``BENCH_EXPORT_PATCH=1`` measures with both workarounds below (what the engine could reach).
 Needs about 2 x ``--gb`` GB of free disk in the temp folder (checked first).
 """
 
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -27,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,70 +117,7 @@ def run_pipeline(src: Path, out: Path, rules: str) -> dict[str, float]:
     return times
 
 
-def _patch_engine_check() -> None:
-    """Workaround, used only when the real pipeline fails: check big models through a copy
-    saved by model_io.save_model (which neither mutates nor copies the model) instead of
-    onnx.save_model(save_as_external_data=True), which moves the weights out of the model."""
-    from qdq_optimizer import engine
-    from qdq_optimizer.model_io import save_model
-
-    original = engine.check_model
-
-    def check_model(model: onnx.ModelProto, *args, **kwargs) -> str | None:
-        if engine.model_size(model) < engine.PROTO_LIMIT:
-            return original(model, *args, **kwargs)
-        with tempfile.TemporaryDirectory(prefix="qdqopt-check-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            save_model(model, path, external_data=True)
-            try:
-                onnx.checker.check_model(os.fspath(path), full_check=True)
-            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-                return " ".join(str(exc).split())[:400]
-        return None
-
-    engine.check_model = check_model
-
-
-def _patch_to_model() -> None:
-    """Second workaround (``--patch-export``): export initializers as empty shells and fill each
-    one with a single CopyFrom afterwards. gs.export_onnx copies every initializer twice
-    (make_graph, then make_model's CopyFrom); this keeps it to one copy."""
-    import onnx_graphsurgeon as gs
-    from onnx_graphsurgeon.ir.tensor import LazyValues
-
-    from qdq_optimizer.graph import QGraph
-
-    original = QGraph.to_model
-
-    def to_model(self: QGraph) -> onnx.ModelProto:
-        swapped = {}
-        for t in self.gs.tensors().values():
-            if isinstance(t, gs.Constant) and isinstance(t._values, LazyValues):
-                src = t._values.tensor
-                if src.HasField("raw_data"):
-                    shell = TensorProto(name=src.name, data_type=src.data_type, dims=src.dims)
-                    swapped[t.name] = (t, t._values)
-                    t._values = LazyValues(shell)
-        try:
-            out = original(self)
-        finally:
-            for t, values in swapped.values():
-                t._values = values
-        for init in out.graph.initializer:
-            if init.name in swapped:
-                t, values = swapped[init.name]
-                init.CopyFrom(values.tensor)
-                init.name = t.name
-        return out
-
-    QGraph.to_model = to_model
-
-
-def _child(src: str, out: str, rules: str, patch: str = "") -> None:
-    if patch:
-        _patch_engine_check()
-    if patch == "patch-export":
-        _patch_to_model()
+def _child(src: str, out: str, rules: str) -> None:
     times = run_pipeline(Path(src), Path(out), rules)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({**times, "peak_rss_bytes": peak_kib * 1024}))
@@ -201,25 +135,14 @@ def bench_big(gb: float, tmp: Path) -> None:
     rules = _rules()
     out = tmp / "out" / "big-opt.onnx"
     out.parent.mkdir()
-    patched = ""
-    attempts = ("", "patch") if os.environ.get("BENCH_EXPORT_PATCH") != "1" else ("patch-export",)
-    for attempt in attempts:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--child", str(src), str(out), rules, attempt],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode == 0:
-            patched = attempt
-            break
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", str(src), str(out), rules],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        print(f"big model: pipeline failed{' (patched)' if attempt else ''}: {last}")
-        for p in out.parent.iterdir():
-            p.unlink()
-    else:
-        raise SystemExit(1)
-    if patched:
-        print(f"big model: numbers below use workaround(s): {patched} (see _patch_* docstrings)")
+        raise SystemExit(f"big model: pipeline failed: {last}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     out_size = sum(p.stat().st_size for p in out.parent.iterdir())
     peak = res["peak_rss_bytes"]
@@ -269,7 +192,7 @@ def bench_nodes(n: int, tmp: Path) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _child(*sys.argv[2:6])
+        _child(*sys.argv[2:5])
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gb", type=float, default=2.5)

@@ -13,17 +13,19 @@ those. Edit through these methods, not ``graph.gs`` directly, so the indexes sta
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from .gcutil import paused_gc
 
@@ -126,8 +128,9 @@ class QGraph:
     def to_model(self) -> onnx.ModelProto:
         """Export in topological order with the input model's opsets and metadata."""
         self.gs.nodes = list(self.topo_nodes())
-        with paused_gc():
+        with paused_gc(), _single_copy_weights(self.gs) as fill:
             exported = gs.export_onnx(self.gs, do_type_check=False)
+            fill(exported)
         if self._template is not None:
             exported.ClearField("opset_import")
             exported.opset_import.extend(self._template.opset_import)
@@ -537,6 +540,37 @@ class QGraph:
 
 
 # ---------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def _single_copy_weights(graph: gs.Graph) -> Iterator[Callable[[onnx.ModelProto], None]]:
+    """Export untouched initializers with one copy instead of two.
+
+    gs.export_onnx copies every initializer twice (make_graph, then make_model's CopyFrom), which
+    puts peak memory at ~3x the model size for multi-GB models. Constants still holding the
+    TensorProto they were imported from (graph-surgeon's LazyValues) are exported as empty shells;
+    the yielded ``fill`` then copies each original proto into the exported model once."""
+    swapped: dict[str, tuple[gs.Constant, LazyValues]] = {}
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant) and isinstance(t._values, LazyValues):
+            src = t._values.tensor
+            if src.HasField("raw_data"):
+                shell = onnx.TensorProto(name=src.name, data_type=src.data_type, dims=src.dims)
+                swapped[t.name] = (t, t._values)
+                t._values = LazyValues(shell)
+
+    def fill(model: onnx.ModelProto) -> None:
+        for init in model.graph.initializer:
+            if init.name in swapped:
+                original = swapped[init.name][1].tensor
+                init.CopyFrom(original)
+                init.name = swapped[init.name][0].name
+
+    try:
+        yield fill
+    finally:
+        for t, values in swapped.values():
+            t._values = values
+
+
 def module_path(name: str) -> str:
     """``/model.105/m.0/Conv`` -> ``model.105.m.0.Conv``: module paths as the seed's regexes see
     them (TorchScript exports scope node names with slashes)."""
