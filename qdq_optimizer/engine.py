@@ -138,8 +138,10 @@ def _apply_rule(
         nodes = by_op.get(ops[0], [])
     else:
         nodes = sorted((n for op in ops for n in by_op.get(op, ())), key=graph.position)
+    if action.reverse:
+        nodes = nodes[::-1]
     contains, match, fn = graph.contains, rule.match, action.fn
-    ignoring = bool(ctx.ignore)
+    ignoring = bool(ctx.ignore) and action.skip_ignored
     for node in nodes:
         # An earlier edit in this pass may have removed or rewired the node.
         if not contains(node) or (ignoring and ctx.is_ignored(node)):
@@ -170,6 +172,10 @@ def _call(fn, graph, node, params, ctx, rule: Rule) -> list[Change]:
 
 
 # ---------------------------------------------------------------------- finishing
+# What onnx's checker and shape inference raise for an invalid model (ValueError: e.g. a tensor of
+# data type 0, which the C++ inference rejects before its own error types apply).
+CHECK_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError)
+
 def finalize(
     graph: QGraph, reference: onnx.ModelProto | None = None
 ) -> tuple[onnx.ModelProto, list[str]]:
@@ -185,7 +191,7 @@ def finalize(
         # Strict shape inference (what full_check adds to the checker) once, keeping its result.
         try:
             model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        except CHECK_ERRORS as exc:
             error = " ".join(str(exc).split())[:400]
         if error is None:
             error = check_model(model, full=False)
@@ -216,7 +222,7 @@ def check_model(model: onnx.ModelProto, full: bool = True) -> str | None:
                 path = Path(tmp) / "model.onnx"
                 save_model(model, path, external_data=True)
                 onnx.checker.check_model(os.fspath(path), full_check=full)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+    except CHECK_ERRORS as exc:
         return " ".join(str(exc).split())[:400]
     return None
 

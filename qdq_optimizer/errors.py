@@ -17,6 +17,10 @@ class QdqoptError(Exception):
 
     exit_code = EXIT_BAD_INPUT
 
+    def __str__(self) -> str:
+        # One line whatever the message quotes (node names from a hostile model may hold newlines).
+        return " ".join(super().__str__().split())
+
 
 class InputError(QdqoptError):
     """The input (file, model, report, rule set, checkpoint) is unreadable or unsupported."""
