@@ -42,6 +42,8 @@ class Action:
     params: dict[str, Any] | None  # allowed params and defaults; None = not checked
     doc: str
     local: bool = False  # see register_action
+    skip_ignored: bool = True  # see register_action
+    reverse: bool = False  # see register_action
 
 
 _REGISTRY: dict[str, Action] = {}
@@ -49,7 +51,12 @@ _LOADED = False
 
 
 def register_action(
-    name: str, *, params: dict[str, Any] | None = None, local: bool = False
+    name: str,
+    *,
+    params: dict[str, Any] | None = None,
+    local: bool = False,
+    skip_ignored: bool = True,
+    reverse: bool = False,
 ) -> Callable[[ActionFn], ActionFn]:
     """Register ``fn`` under ``name``. ``params`` lists the allowed parameters with defaults:
     a rule that passes another key is rejected when the rule set loads.
@@ -57,13 +64,20 @@ def register_action(
     ``local=True`` promises that the action's decision for an anchor depends only on nodes
     within two hops of it (its producers, consumers and their other readers/producers) and
     that it edits only through the QGraph API. The engine then revisits, after an iteration
-    whose changes all came from local actions, only the neighbourhood of those edits."""
+    whose changes all came from local actions, only the neighbourhood of those edits.
+
+    ``skip_ignored=False``: the engine also calls the action on anchors on the ignore list; the
+    action applies the list itself (e.g. it acts on ignored nodes, or the ignore test concerns
+    another node than the anchor). ``reverse=True``: anchors are visited in reverse topological
+    order (e.g. so a chain of removals goes in one pass)."""
 
     def deco(fn: ActionFn) -> ActionFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"action '{name}' is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = Action(name, fn, params, doc[0] if doc else "", local)
+        _REGISTRY[name] = Action(
+            name, fn, params, doc[0] if doc else "", local, skip_ignored, reverse
+        )
         return fn
 
     return deco
@@ -99,6 +113,9 @@ class ActionContext:
     settings: dict[str, Any] = field(default_factory=dict)
     rule_id: str = ""
     notes: list[str] = field(default_factory=list)
+    # Scratch space for one rule's visit of its anchors in one iteration (a fresh context per
+    # rule and iteration): an anchored action caches a whole-graph fact here, computed once.
+    cache: dict[str, Any] = field(default_factory=dict)
 
     def is_ignored(self, node: Node | str | None) -> bool:
         """True when a node (or name) matches an ignore regex: actions must leave it alone."""
