@@ -25,6 +25,19 @@ def test_transitive_chain_concat_maxpool_concat_is_one_group() -> None:
     assert quantizer_groups(m) == [["qa_Q", "qmp_Q", "qb_Q"]]
 
 
+def test_groups_follow_the_rule_set(tmp_path: Path) -> None:
+    """The trainer ties what the rule set will unify: nothing for a set without scale-groups."""
+    g = G()
+    a, b = g.op("Relu", ["x"], "ra"), g.op("Relu", ["x"], "rb")
+    out = g.op("Concat", [g.q(a, 0.1, "qa"), g.q(b, 0.3, "qb")], "cat", axis=1)
+    m = g.model([out])
+    assert quantizer_groups(m, rules="yolov7") == [["qa_Q", "qb_Q"]]
+    assert quantizer_groups(m, rules="cleanup") == []
+    no_groups = tmp_path / "no-groups.yaml"
+    no_groups.write_text("name: no-groups\nextends: tensorrt\ndisable: [scale-groups]\n")
+    assert quantizer_groups(m, rules=str(no_groups)) == []
+
+
 def test_every_q_reading_one_tensor_is_grouped_and_singletons_are_not_listed() -> None:
     g = G()
     r = g.op("Relu", ["x"], "r")

@@ -41,7 +41,10 @@ _COMMON_HELP = "Under torchrun with several GPUs each rank trains with Distribut
 @calib_batches_option
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option(
-    "--rules", default="yolov7", show_default=True, help="Optimizer rule set for scale groups."
+    "--rules",
+    default="yolov7",
+    show_default=True,
+    help="Rule set export --optimize will apply: the scale groups it unifies are tied before calibration.",
 )
 @click.option("--img-size", default=640, show_default=True, type=int)
 @click.option("--batch-size", default=10, show_default=True, type=int)

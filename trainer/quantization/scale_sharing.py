@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 import io
 import logging
-import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -28,6 +26,8 @@ from networkx.utils import UnionFind
 from onnx import numpy_helper
 from pytorch_quantization import nn as quant_nn
 from torch import nn
+
+from qdq_optimizer.scale_groups import quantizer_groups
 
 from .insert import input_descriptor, iter_quantizers
 
@@ -163,19 +163,8 @@ def same_input_groups(onnx_model: onnx.ModelProto) -> list[list[str]]:
 
 
 def optimizer_groups(onnx_model: onnx.ModelProto, rules: str | None = None) -> list[list[str]]:
-    """The optimizer's scale groups (Q node names); empty with a warning if it is unavailable."""
-    try:
-        from qdq_optimizer.scale_groups import quantizer_groups
-    except ImportError:
-        warnings.warn(
-            "qdq_optimizer.scale_groups is unavailable: only quantizers of the same tensor are tied",
-            stacklevel=2,
-        )
-        return []
-    params = inspect.signature(quantizer_groups).parameters
-    if rules is not None and "rules" in params:
-        return [list(g) for g in quantizer_groups(onnx_model, rules=rules)]
-    return [list(g) for g in quantizer_groups(onnx_model)]
+    """The optimizer's scale groups (Q node names) that the rule set ``rules`` will unify."""
+    return quantizer_groups(onnx_model, rules=rules)
 
 
 def tie_quantizers(model: nn.Module, groups: list[list[str]]) -> list[list[str]]:
