@@ -84,37 +84,37 @@ def _remove_pairs_into(
 def remove_epilogue_qdq(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
 ) -> list[Change]:
-    """Remove Q/DQ between weighted ops and their BN/activation, and inside SiLU."""
+    """Remove Q/DQ between a weighted op (the anchor) and its BN/activation, and inside SiLU."""
+    w = node
+    if not is_weighted(graph, w) or is_ignored(w, ctx.ignore):
+        return []
     changes: list[Change] = []
-    for w in list(graph.topo_nodes()):
-        if not is_weighted(graph, w) or is_ignored(w, ctx.ignore):
+    x = w.outputs[0]
+    for _ in range(3):  # conv -> [BN] -> activation
+        changes += _remove_pairs_into(
+            graph,
+            x,
+            lambda c, x=x: _epilogue_reader(graph, c, x),
+            ctx,
+            f"Q/DQ between '{w.name}' and its fused epilogue",
+        )
+        readers = [c for c in x.outputs if not graph.is_q(c)]
+        if ctx.dry_run:
+            readers += [c for _, _, c in _readers_through_pairs(graph, x)]
+        bn = [c for c in readers if c.op == "BatchNormalization"]
+        if len(bn) == 1 and len(readers) == 1:
+            x = bn[0].outputs[0]
             continue
-        x = w.outputs[0]
-        for _ in range(3):  # conv -> [BN] -> activation
+        for sig in [c for c in readers if c.op in ("Sigmoid", "HardSigmoid")]:
+            s = sig.outputs[0]
             changes += _remove_pairs_into(
                 graph,
-                x,
-                lambda c, x=x: _epilogue_reader(graph, c, x),
+                s,
+                lambda c, x=x: _is_silu_mul(graph, c, x),
                 ctx,
-                f"Q/DQ between '{w.name}' and its fused epilogue",
+                f"Q/DQ inside the SiLU after '{w.name}'",
             )
-            readers = [c for c in x.outputs if not graph.is_q(c)]
-            if ctx.dry_run:
-                readers += [c for _, _, c in _readers_through_pairs(graph, x)]
-            bn = [c for c in readers if c.op == "BatchNormalization"]
-            if len(bn) == 1 and len(readers) == 1:
-                x = bn[0].outputs[0]
-                continue
-            for sig in [c for c in readers if c.op in ("Sigmoid", "HardSigmoid")]:
-                s = sig.outputs[0]
-                changes += _remove_pairs_into(
-                    graph,
-                    s,
-                    lambda c, x=x: _is_silu_mul(graph, c, x),
-                    ctx,
-                    f"Q/DQ inside the SiLU after '{w.name}'",
-                )
-            break
+        break
     return changes
 
 
@@ -133,42 +133,42 @@ def _out_axis(conv: Node) -> int:
     return 1 if conv.op == "ConvTranspose" else 0
 
 
-@register_action("fold_bn", params={})
+@register_action("fold_bn", params={}, skip_ignored=False)
 def fold_bn(graph: QGraph, node: Node | None, params: dict, ctx: ActionContext) -> list[Change]:
-    """Fold BatchNormalization into the Conv/ConvTranspose it follows (exact, int8 preserved)."""
-    changes: list[Change] = []
-    for bn in list(graph.nodes_of("BatchNormalization")):
-        conv = graph.producer(bn.inputs[0])
-        if conv is None or conv.op not in CONV_OPS or is_ignored(conv, ctx.ignore):
-            continue
-        y = conv.outputs[0]
-        if len(y.outputs) != 1 or graph.is_graph_output(y):
-            continue
-        if conv.op == "ConvTranspose" and int(conv.attrs.get("group", 1)) != 1:
-            continue
-        gh = _bn_params(bn)
-        if gh is None:
-            continue
-        g, h = gh
-        plan = _fold_plan(graph, conv, g, h)
-        if isinstance(plan, str):
-            ctx.note(f"BatchNormalization '{bn.name}' not folded: {plan}")
-            continue
-        neg = int(np.sum(g < 0))
-        changes.append(
-            Change(
-                "fold",
-                [bn.name, conv.name],
-                f"BN folded into '{conv.name}': {plan['form']} weight, scales x|gamma/sigma|"
-                + (f", {neg} channel(s) negated" if neg else ""),
-            )
-        )
-        if ctx.dry_run:
-            continue
-        plan["apply"]()
-        graph.replace_uses(bn.outputs[0], y)
-        graph.remove_node(bn)
-    return changes
+    """Fold a BatchNormalization (the anchor) into the Conv/ConvTranspose it follows (exact,
+    int8 preserved). The ignore list applies to the conv, so ignored BN anchors are visited."""
+    bn = node
+    if bn is None or bn.op != "BatchNormalization":
+        return []
+    conv = graph.producer(bn.inputs[0])
+    if conv is None or conv.op not in CONV_OPS or is_ignored(conv, ctx.ignore):
+        return []
+    y = conv.outputs[0]
+    if len(y.outputs) != 1 or graph.is_graph_output(y):
+        return []
+    if conv.op == "ConvTranspose" and int(conv.attrs.get("group", 1)) != 1:
+        return []
+    gh = _bn_params(bn)
+    if gh is None:
+        return []
+    g, h = gh
+    plan = _fold_plan(graph, conv, g, h)
+    if isinstance(plan, str):
+        ctx.note(f"BatchNormalization '{bn.name}' not folded: {plan}")
+        return []
+    neg = int(np.sum(g < 0))
+    change = Change(
+        "fold",
+        [bn.name, conv.name],
+        f"BN folded into '{conv.name}': {plan['form']} weight, scales x|gamma/sigma|"
+        + (f", {neg} channel(s) negated" if neg else ""),
+    )
+    if ctx.dry_run:
+        return [change]
+    plan["apply"]()
+    graph.replace_uses(bn.outputs[0], y)
+    graph.remove_node(bn)
+    return [change]
 
 
 def _fold_plan(graph: QGraph, conv: Node, g: np.ndarray, h: np.ndarray) -> dict | str:

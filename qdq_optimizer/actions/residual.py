@@ -25,7 +25,7 @@ from ..trt_patterns import (
 from . import ActionContext, register_action
 
 
-def _skip_scale(graph: QGraph, t: Tensor, groups: dict[str, list[Node]] | None) -> float | None:
+def _skip_scale(graph: QGraph, t: Tensor, groups: dict[str, list[Node]]) -> float | None:
     def per_tensor(qs: list[Node]) -> list[float]:
         out = []
         for q in qs:
@@ -40,61 +40,63 @@ def _skip_scale(graph: QGraph, t: Tensor, groups: dict[str, list[Node]] | None) 
     own = per_tensor(graph.quantizers_of(t))
     if own:
         return max(own)
-    if groups is not None:
-        shared = per_tensor(groups.get(t.name, []))
-        if shared:
-            return max(shared)
-    return None
+    shared = per_tensor(groups.get(t.name, []))
+    return max(shared) if shared else None
+
+
+def _groups(graph: QGraph, ctx: ActionContext) -> dict[str, list[Node]]:
+    """Tensor name -> quantizers of its scale group: a whole-graph fact, computed once per
+    iteration of the rule (at the first Add that needs it) and kept in ``ctx.cache``."""
+    groups = ctx.cache.get("scale_groups")
+    if groups is None:
+        groups = {}
+        for g in scale_groups(graph):
+            for t in g.tensors:
+                groups[t.name] = g.quantizers
+        ctx.cache["scale_groups"] = groups
+    return groups
 
 
 @register_action("residual_add", params={})
 def residual_add(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
 ) -> list[Change]:
-    """Quantize the skip input of residual Adds and remove Q/DQ from their conv-branch input."""
+    """Quantize the skip input of a residual Add (the anchor) and remove Q/DQ from its
+    conv-branch input."""
+    add = node
+    if add is None or add.op != "Add" or is_ignored(add, ctx.ignore):
+        return []
+    split = residual_inputs(graph, add)
+    if split is None:
+        return []
+    bi, si = split
+    conv = epilogue_source(graph, add.inputs[bi])
+    if conv is None or not is_quantized_weighted(graph, conv):
+        return []  # a float conv branch: nothing for TensorRT to fuse in INT8
     changes: list[Change] = []
-    groups: dict[str, list[Node]] | None = None
-    for add in list(graph.nodes_of("Add")):
-        if is_ignored(add, ctx.ignore):
-            continue
-        split = residual_inputs(graph, add)
-        if split is None:
-            continue
-        bi, si = split
-        conv = epilogue_source(graph, add.inputs[bi])
-        if conv is None or not is_quantized_weighted(graph, conv):
-            continue  # a float conv branch: nothing for TensorRT to fuse in INT8
-        pair = activation_pair(graph, add.inputs[bi])
-        if pair is not None:
-            changes.append(
-                Change(
-                    "remove",
-                    [pair[0].name, pair[1].name],
-                    f"Q/DQ on the conv-branch input of '{add.name}'",
-                )
-            )
-            if not ctx.dry_run:
-                graph.bypass_qdq(*pair, consumers=[add])
-        skip = add.inputs[si]
-        if graph.is_int8_tensor(skip):
-            continue
-        if groups is None:
-            groups = {}
-            for g in scale_groups(graph):
-                for t in g.tensors:
-                    groups[t.name] = g.quantizers
-        scale = _skip_scale(graph, skip, groups)
-        if scale is None:
-            ctx.note(
-                f"skip input '{skip.name}' of '{add.name}' has no quantizer to take a scale from"
-            )
-            continue
+    pair = activation_pair(graph, add.inputs[bi])
+    if pair is not None:
         changes.append(
-            Change("insert", [add.name], f"Q/DQ on skip input '{skip.name}' (scale {scale:.6g})")
+            Change(
+                "remove",
+                [pair[0].name, pair[1].name],
+                f"Q/DQ on the conv-branch input of '{add.name}'",
+            )
         )
         if not ctx.dry_run:
-            graph.insert_qdq(
-                skip, np.float32(scale), np.int8(0), consumers=[add], name=f"{add.name}_skip"
-            )
-
+            graph.bypass_qdq(*pair, consumers=[add])
+    skip = add.inputs[si]
+    if graph.is_int8_tensor(skip):
+        return changes
+    scale = _skip_scale(graph, skip, _groups(graph, ctx))
+    if scale is None:
+        ctx.note(f"skip input '{skip.name}' of '{add.name}' has no quantizer to take a scale from")
+        return changes
+    changes.append(
+        Change("insert", [add.name], f"Q/DQ on skip input '{skip.name}' (scale {scale:.6g})")
+    )
+    if not ctx.dry_run:
+        graph.insert_qdq(
+            skip, np.float32(scale), np.int8(0), consumers=[add], name=f"{add.name}_skip"
+        )
     return changes

@@ -71,99 +71,99 @@ def _keep_weight_q(params: dict, ctx: ActionContext) -> bool:
     return bool(value)
 
 
-@register_action("fold_weight_q", params={"keep_weight_q": None})
+@register_action("fold_weight_q", params={"keep_weight_q": None}, skip_ignored=False)
 def fold_weight_q(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
 ) -> list[Change]:
-    """Fold each weight Q into an int8 initializer read by its DQ (unless keep_weight_q)."""
-    if _keep_weight_q(params, ctx):
+    """Fold a weight Q (the anchor) into an int8 initializer read by its DQ (unless
+    keep_weight_q). The ignore list applies to the weight's users, so ignored Q anchors are
+    visited."""
+    q = node
+    if _keep_weight_q(params, ctx) or not graph.is_q(q):
         return []
-    changes: list[Change] = []
-    for q in list(graph.nodes_of("QuantizeLinear")):
-        w = q.inputs[0]
-        value = constant_value(w)
-        out = q.outputs[0]
-        if value is None or not out.outputs or graph.is_graph_output(out):
-            continue
-        if not all(graph.is_dq(c) for c in out.outputs):
-            continue
-        try:
-            p = graph.qparams(q)
-        except ValueError:
-            continue
-        if p.dtype != onnx.TensorProto.INT8 or q.attrs.get("block_size"):
-            continue
-        users = [c for dq in out.outputs for c in dq.outputs[0].outputs]
-        if any(is_ignored(u, ctx.ignore) for u in users):
-            continue  # dequantize_ignored turns these back into float weights
-        detail = f"weight '{w.name}' {list(value.shape)} -> int8 initializer" + (
-            f" (per-channel, axis {p.axis})" if p.per_axis else " (per-tensor)"
-        )
-        changes.append(Change("fold", [q.name], detail))
-        if ctx.dry_run:
-            continue
-        q_int8 = quantize_np(value, p.scale, p.zero_point, p.axis)
-        const = gs.Constant(graph.unique_name(f"{w.name}_int8"), q_int8)
-        for dq in list(out.outputs):
-            graph.set_input(dq, 0, const)
-        graph.remove_node(q)
-    return changes
+    w = q.inputs[0]
+    value = constant_value(w)
+    out = q.outputs[0]
+    if value is None or not out.outputs or graph.is_graph_output(out):
+        return []
+    if not all(graph.is_dq(c) for c in out.outputs):
+        return []
+    try:
+        p = graph.qparams(q)
+    except ValueError:
+        return []
+    if p.dtype != onnx.TensorProto.INT8 or q.attrs.get("block_size"):
+        return []
+    users = [c for dq in out.outputs for c in dq.outputs[0].outputs]
+    if any(is_ignored(u, ctx.ignore) for u in users):
+        return []  # dequantize_ignored turns these back into float weights
+    detail = f"weight '{w.name}' {list(value.shape)} -> int8 initializer" + (
+        f" (per-channel, axis {p.axis})" if p.per_axis else " (per-tensor)"
+    )
+    change = Change("fold", [q.name], detail)
+    if ctx.dry_run:
+        return [change]
+    q_int8 = quantize_np(value, p.scale, p.zero_point, p.axis)
+    const = gs.Constant(graph.unique_name(f"{w.name}_int8"), q_int8)
+    for dq in list(out.outputs):
+        graph.set_input(dq, 0, const)
+    graph.remove_node(q)
+    return [change]
 
 
-@register_action("float_bias", params={})
+@register_action("float_bias", params={}, skip_ignored=False)
 def float_bias(graph: QGraph, node: Node | None, params: dict, ctx: ActionContext) -> list[Change]:
-    """Replace an int32 bias DQ feeding a Conv/ConvTranspose/Gemm with its float values."""
-    changes: list[Change] = []
-    for w in list(graph.topo_nodes()):
-        if w.op not in ("Conv", "ConvTranspose", "Gemm") or len(w.inputs) < 3:
-            continue
-        dq = graph.producer(w.inputs[2])
-        if not graph.is_dq(dq) or not is_const(dq.inputs[0]):
-            continue
-        raw = constant_value(dq.inputs[0])
-        if raw is None or raw.dtype != np.int32:
-            continue
-        try:
-            p = graph.qparams(dq)
-        except ValueError:
-            continue
-        changes.append(
-            Change("fold", [dq.name, w.name], f"int32 bias DQ -> float bias of '{w.name}'")
-        )
-        if ctx.dry_run:
-            continue
-        values = dequantize_np(raw, p.scale, p.zero_point, p.axis)
-        graph.set_input(w, 2, gs.Constant(graph.unique_name(f"{w.name}_bias"), values))
-        graph.drop_if_unused(dq)
-    return changes
+    """Replace the int32 bias DQ feeding the anchor Conv/ConvTranspose/Gemm with its float
+    values. Applies to ignored ops too (they stay float, and a float bias is what they need)."""
+    w = node
+    if w is None or w.op not in ("Conv", "ConvTranspose", "Gemm") or len(w.inputs) < 3:
+        return []
+    dq = graph.producer(w.inputs[2])
+    if not graph.is_dq(dq) or not is_const(dq.inputs[0]):
+        return []
+    raw = constant_value(dq.inputs[0])
+    if raw is None or raw.dtype != np.int32:
+        return []
+    try:
+        p = graph.qparams(dq)
+    except ValueError:
+        return []
+    change = Change("fold", [dq.name, w.name], f"int32 bias DQ -> float bias of '{w.name}'")
+    if ctx.dry_run:
+        return [change]
+    values = dequantize_np(raw, p.scale, p.zero_point, p.axis)
+    graph.set_input(w, 2, gs.Constant(graph.unique_name(f"{w.name}_bias"), values))
+    graph.drop_if_unused(dq)
+    return [change]
 
 
 @register_action("remove_weighted_output_qdq", params={})
 def remove_weighted_output_qdq(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
 ) -> list[Change]:
-    """Remove Q/DQ on a weighted op's output when its DQ feeds nothing that uses INT8."""
+    """Remove Q/DQ on the output of a weighted op (the anchor) when its DQ feeds nothing that
+    uses INT8."""
+    w = node
+    if not is_weighted(graph, w) or is_ignored(w, ctx.ignore) or not graph.contains(w):
+        return []
     changes: list[Change] = []
-    for w in list(graph.topo_nodes()):
-        if not is_weighted(graph, w) or is_ignored(w, ctx.ignore) or not graph.contains(w):
+    for q in graph.quantizers_of(w.outputs[0]):
+        if graph.is_graph_output(q.outputs[0]):
             continue
-        for q in graph.quantizers_of(w.outputs[0]):
-            if graph.is_graph_output(q.outputs[0]):
+        for dq in [c for c in q.outputs[0].outputs if graph.is_dq(c)]:
+            out = dq.outputs[0]
+            if activation_pair(graph, out) is None or graph.is_graph_output(out):
                 continue
-            for dq in [c for c in q.outputs[0].outputs if graph.is_dq(c)]:
-                out = dq.outputs[0]
-                if activation_pair(graph, out) is None or graph.is_graph_output(out):
-                    continue
-                if feeds_int8(graph, out, ctx.ignore):
-                    continue
-                readers = ", ".join(c.name for c in out.outputs) or "nothing"
-                changes.append(
-                    Change(
-                        "remove",
-                        [q.name, dq.name],
-                        f"output of '{w.name}' read by {readers} in float",
-                    )
+            if feeds_int8(graph, out, ctx.ignore):
+                continue
+            readers = ", ".join(c.name for c in out.outputs) or "nothing"
+            changes.append(
+                Change(
+                    "remove",
+                    [q.name, dq.name],
+                    f"output of '{w.name}' read by {readers} in float",
                 )
-                if not ctx.dry_run:
-                    graph.bypass_qdq(q, dq)
+            )
+            if not ctx.dry_run:
+                graph.bypass_qdq(q, dq)
     return changes
