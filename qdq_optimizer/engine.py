@@ -176,6 +176,7 @@ def _call(fn, graph, node, params, ctx, rule: Rule) -> list[Change]:
 # data type 0, which the C++ inference rejects before its own error types apply).
 CHECK_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError)
 
+
 def finalize(
     graph: QGraph, reference: onnx.ModelProto | None = None
 ) -> tuple[onnx.ModelProto, list[str]]:
