@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper
+
+from .validate import constant_node_payload
 
 FORMAT_VERSION = 1
 SMALL_CONST = 4  # constants with at most this many elements are printed by value
@@ -92,18 +94,8 @@ def qdq_param_values(model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], set
 
 
 def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
-    for a in node.attribute:
-        if a.name == "value":
-            return numpy_helper.to_array(a.t)
-        if a.name == "value_float":
-            return np.asarray(a.f, dtype=np.float32)
-        if a.name == "value_floats":
-            return np.asarray(list(a.floats), dtype=np.float32)
-        if a.name == "value_int":
-            return np.asarray(a.i, dtype=np.int64)
-        if a.name == "value_ints":
-            return np.asarray(list(a.ints), dtype=np.int64)
-    return None
+    payload = constant_node_payload(node)
+    return numpy_helper.to_array(payload) if isinstance(payload, TensorProto) else payload
 
 
 def dump_model(model: onnx.ModelProto, *, precision: int = 6, names: bool = False) -> str:

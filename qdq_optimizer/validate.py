@@ -207,7 +207,13 @@ def _const(
     j = producer.get(name)
     if j is None or nodes[j].op_type != "Constant":
         return None
-    for a in nodes[j].attribute:
+    return constant_node_payload(nodes[j])
+
+
+def constant_node_payload(node: onnx.NodeProto) -> TensorProto | np.ndarray | None:
+    """What a ``Constant`` node holds: its TensorProto (undecoded, so it can be checked first) or
+    the value of a scalar/list attribute; None for other forms."""
+    for a in node.attribute:
         if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
             return a.t
         if a.name == "value_float":
