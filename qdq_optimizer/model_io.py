@@ -13,6 +13,7 @@ built tensor by tensor so the in-memory model is neither copied nor modified.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -101,6 +102,10 @@ def _varint_len(n: int) -> int:
     return max(1, (n.bit_length() + 6) // 7)
 
 
+_COPY_BELOW = 1 << 20  # raw_data_len copies payloads below this size (bytes)
+_VALID_DATA_TYPES = frozenset(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
+
+
 def raw_data_len(t: TensorProto) -> int | None:
     """len(t.raw_data) without copying the bytes out of protobuf (None if unset).
 
@@ -109,6 +114,8 @@ def raw_data_len(t: TensorProto) -> int | None:
     """
     if not t.HasField("raw_data"):
         return None
+    if t.ByteSize() < _COPY_BELOW:
+        return len(t.raw_data)  # a small copy is cheaper than building the shell
     shell = TensorProto()
     for field in _TENSOR_DESCRIPTOR.fields:
         name = field.name
@@ -132,7 +139,7 @@ def check_tensor_data(t: TensorProto, what: str) -> None:
     """Data length must match dims and type: catches truncated or corrupted weights early."""
     if any(d < 0 for d in t.dims):
         raise InputError(f"{what} has a negative dimension {list(t.dims)}")
-    if t.data_type not in TensorProto.DataType.values() or t.data_type == TensorProto.UNDEFINED:
+    if t.data_type not in _VALID_DATA_TYPES:
         raise InputError(f"{what} has an invalid data type {t.data_type}")
     if t.data_location == TensorProto.EXTERNAL or t.data_type == TensorProto.STRING:
         return  # external: offsets/lengths are checked against the file by load_model
@@ -514,6 +521,7 @@ def _copy_fields_except(src, dst, skip: str) -> None:  # noqa: ANN001 - protobuf
             setattr(dst, field.name, value)
 
 
+@functools.cache
 def _is_repeated(field) -> bool:  # noqa: ANN001 - protobuf FieldDescriptor
     if hasattr(field, "is_repeated"):  # protobuf >= 5.28 removed .label on upb
         return bool(field.is_repeated)
