@@ -74,3 +74,17 @@ def test_second_run_changes_nothing() -> None:
     out, _ = optimize(concat_model(), "tensorrt")
     _, rep = optimize(out, "tensorrt")
     assert rep.total_changes == 0
+
+
+def test_rule_set_settings_choose_the_policy(tmp_path) -> None:
+    """`settings: {scale_policy, ranges}` in a YAML rule set applies when the rule sets no params."""
+    (tmp_path / "ranges.json").write_text(json.dumps({"rb_out": 25.4}))
+    for policy, extra, expect in (
+        ("output", "", 0.2),
+        ("calibrated", f"  ranges: {tmp_path / 'ranges.json'}\n", 0.2),
+        ("max", "", 0.3),
+    ):
+        p = tmp_path / f"{policy}.yaml"
+        p.write_text(f"name: s\nextends: tensorrt\nsettings:\n  scale_policy: {policy}\n{extra}")
+        out, _ = optimize(concat_model(), str(p))
+        assert scales_of(out)["qa_Q"] == pytest.approx(expect), policy

@@ -72,7 +72,8 @@ def _describe(g: ScaleGroup) -> str:
     return f"{len(g.quantizers)} quantizers joined by {joined}"
 
 
-@register_action("unify_scale_groups", params={"policy": "max", "ranges": None})
+# policy/ranges default to None so a rule set's `settings: {scale_policy, ranges}` applies (then max).
+@register_action("unify_scale_groups", params={"policy": None, "ranges": None})
 def unify_scale_groups(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
 ) -> list[Change]:
