@@ -618,19 +618,19 @@ def _remove_by_identity(items: list, obj: object) -> None:
 def _detach(node: Node) -> None:
     """Unhook a node from its tensors by identity, without graph-surgeon's value comparisons."""
     for t in node.inputs:
-        lst = t.outputs
-        for i, x in enumerate(lst):
-            if x is node:
-                list.__delitem__(lst, i)
-                break
+        _unlink(t.outputs, node)
     list.clear(node.inputs)
     for t in node.outputs:
-        lst = t.inputs
-        for i, x in enumerate(lst):
-            if x is node:
-                list.__delitem__(lst, i)
-                break
+        _unlink(t.inputs, node)
     list.clear(node.outputs)
+
+
+def _unlink(items: list, obj: object) -> None:
+    """Drop ``obj`` from one side only (plain list deletion: the caller clears the other side)."""
+    for i, x in enumerate(items):
+        if x is obj:
+            list.__delitem__(items, i)
+            return
 
 
 def constant_value(tensor: Tensor) -> np.ndarray | None:

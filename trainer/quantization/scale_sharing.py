@@ -162,11 +162,6 @@ def same_input_groups(onnx_model: onnx.ModelProto) -> list[list[str]]:
     return [g for g in by_input.values() if len(g) > 1]
 
 
-def optimizer_groups(onnx_model: onnx.ModelProto, rules: str | None = None) -> list[list[str]]:
-    """The optimizer's scale groups (Q node names) that the rule set ``rules`` will unify."""
-    return quantizer_groups(onnx_model, rules=rules)
-
-
 def tie_quantizers(model: nn.Module, groups: list[list[str]]) -> list[list[str]]:
     """Make each group of quantizer paths one shared ``TensorQuantizer`` (union-find merge).
 
@@ -204,7 +199,7 @@ def share_scales(
     """Export, ask the optimizer for scale groups, tie the quantizers; return the groups."""
     onnx_model, tags = tagged_export(model, example)
     owners = q_node_owners(onnx_model, tags)
-    groups = optimizer_groups(onnx_model, rules) + same_input_groups(onnx_model)
+    groups = quantizer_groups(onnx_model, rules=rules) + same_input_groups(onnx_model)
     path_groups = []
     for g in groups:
         paths = sorted({owners[n] for n in g if n in owners})
