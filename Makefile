@@ -28,9 +28,10 @@ install: $(STAMP) system-deps
 
 demo: install
 	mkdir -p out
-	$(BIN)/qdqopt optimize fixtures/models/yolov7-tiny-naive.onnx out/demo-optimized.onnx --rules yolov7-tiny \
-	  --verify --inputs fixtures/models/images-160.npz --reference fixtures/models/yolov7-tiny-float.onnx --report out/demo-report.json
-	$(BIN)/qdqopt lint out/demo-optimized.onnx --rules yolov7-tiny
+	$(BIN)/qdqopt optimize fixtures/models/yolov8ish-naive.onnx out/demo-optimized.onnx --rules yolov8 \
+	  --calibration-data fixtures/models/photos-calib-160.npz --inputs fixtures/models/photos-val-160.npz \
+	  --reference fixtures/models/yolov8ish-float.onnx --report out/demo-report.json
+	$(BIN)/qdqopt lint out/demo-optimized.onnx --rules yolov8
 
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS) tests

@@ -9,6 +9,7 @@ from typing import Any
 
 import onnx
 
+from .calibration import CalibrationData
 from .engine import DEFAULT_MAX_ITERATIONS, apply_rules, finalize
 from .graph import DEQUANTIZE, QUANTIZE, QGraph, name_matches
 from .report import OptimizeReport, Problem
@@ -40,11 +41,15 @@ def optimize(
     allow_asymmetric: bool = False,
     keep_weight_q: bool = False,
     settings: dict[str, Any] | None = None,
+    calibration_data: CalibrationData | str | os.PathLike | dict | None = None,
 ) -> tuple[onnx.ModelProto, OptimizeReport]:
     """Apply a rule set to a Q/DQ model; returns the rewritten model and what each rule did.
 
     The rule set and ``ignore`` regexes are validated before the model is read. In dry-run the
     returned model is the (unchanged) input and the report lists the changes rules would make.
+    ``calibration_data`` (an ``.npz`` path, arrays keyed by input name, or ``CalibrationData``)
+    selects the ``calibrated`` scale-group policy: groups whose quantizers disagree get the
+    MSE-optimal scale of their values on those samples instead of the largest scale.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -54,6 +59,15 @@ def optimize(
     if keep_weight_q:
         run_settings["keep_weight_q"] = True
     run_settings.setdefault("keep_weight_q", False)
+    if calibration_data is not None:
+        if not isinstance(calibration_data, CalibrationData):
+            calibration_data = (
+                CalibrationData(dict(calibration_data))
+                if isinstance(calibration_data, dict)
+                else CalibrationData.load(calibration_data)
+            )
+        run_settings["calibration"] = calibration_data
+        run_settings["scale_policy"] = "calibrated"
 
     t = time.perf_counter()
     model = load(model_or_path)

@@ -103,7 +103,7 @@ def random_inputs(sess, seed: int = 0, dynamic_dim: int = 32) -> dict[str, np.nd
 
 
 def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Arrays of an ``.npz`` file keyed by graph input name."""
+    """Arrays of an ``.npz`` file keyed by graph input name (see ``feed_batches``)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"inputs file not found: {p}")
@@ -114,22 +114,67 @@ def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise InputError(f"cannot read inputs file {p}: {exc}") from None
 
 
+def feed_batches(
+    sess, data: dict[str, np.ndarray], dynamic_batch: int | None = None
+) -> list[dict[str, np.ndarray]]:
+    """Split sample arrays into one feed per run.
+
+    Each graph input's array has the input's rank; its first axis holds samples. A static batch
+    size ``b`` takes them ``b`` at a time (the count must be a multiple of ``b``); a dynamic one
+    takes ``dynamic_batch`` at a time (all at once when None). Integer arrays for a float input are
+    8-bit images: they are scaled by 1/255 (so a data set can be stored as uint8).
+    """
+    inputs = sess.get_inputs()
+    missing = [i.name for i in inputs if i.name not in data]
+    if missing:
+        raise InputError(f"inputs file lacks graph input(s): {', '.join(missing)}")
+    runs: dict[str, list[np.ndarray]] = {}
+    scalars: dict[str, np.ndarray] = {}
+    for inp in inputs:
+        arr = np.asarray(data[inp.name])
+        dtype = _NP_TYPES.get(inp.type)
+        if dtype is not None and np.issubdtype(dtype, np.floating):
+            if np.issubdtype(arr.dtype, np.integer):
+                arr = arr.astype(np.float32) / np.float32(255)
+            arr = arr.astype(dtype, copy=False)
+        shape = list(inp.shape)
+        if arr.ndim != len(shape):
+            raise InputError(
+                f"inputs for '{inp.name}' have rank {arr.ndim}; the model takes rank {len(shape)}"
+            )
+        if arr.ndim == 0:  # a scalar input: the same value in every run
+            scalars[inp.name] = arr
+            continue
+        n = arr.shape[0]
+        b = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        step = b or dynamic_batch or n
+        if n == 0 or n % step:
+            raise InputError(
+                f"inputs for '{inp.name}': {n} sample(s) cannot be fed in batches of {step}"
+            )
+        runs[inp.name] = [arr[i : i + step] for i in range(0, n, step)]
+    counts = {len(v) for v in runs.values()}
+    if len(counts) > 1:
+        raise InputError("inputs file: the graph inputs hold different numbers of batches")
+    n_runs = counts.pop() if counts else 1
+    return [{**scalars, **{k: v[i] for k, v in runs.items()}} for i in range(n_runs)]
+
+
 def run(
     model: ModelLike, feeds: dict[str, np.ndarray] | None = None, seed: int = 0
 ) -> dict[str, np.ndarray]:
-    """Outputs of ``model`` by name on ``feeds`` (seeded random inputs when None)."""
+    """Outputs of ``model`` by name on ``feeds`` (seeded random inputs when None); feeds that
+    hold several batches run batch by batch, outputs joined along the first axis."""
     sess = session(model)
-    feeds = random_inputs(sess, seed) if feeds is None else _check_feeds(sess, feeds)
+    batches = [random_inputs(sess, seed)] if feeds is None else feed_batches(sess, feeds)
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds), strict=True))
-
-
-def _check_feeds(sess, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    wanted = [i.name for i in sess.get_inputs()]
-    missing = [n for n in wanted if n not in feeds]
-    if missing:
-        raise InputError(f"inputs file lacks graph input(s): {', '.join(missing)}")
-    return {n: feeds[n] for n in wanted}
+    outs = [sess.run(names, f) for f in batches]
+    if len(outs) == 1:
+        return dict(zip(names, outs[0], strict=True))
+    return {
+        n: np.concatenate([o[i] if o[i].ndim else o[i][None] for o in outs])
+        for i, n in enumerate(names)
+    }
 
 
 def compare(
@@ -139,9 +184,8 @@ def compare(
     seed: int = 0,
 ) -> list[OutputComparison]:
     """Run both models on the same inputs; per shared output: max |diff| and SQNR of test."""
-    ref_sess = session(reference)
     if feeds is None:
-        feeds = random_inputs(ref_sess, seed)
+        feeds = random_inputs(session(reference), seed)
     ref_out = run(reference, feeds)
     test_out = run(test, feeds)
     result = []
@@ -169,9 +213,8 @@ def against_reference(
     """SQNR (dB) of each model's outputs against a float reference model on the same inputs:
     ``[{"name": output, "sqnr_db": {label: value}}]``. Used by ``optimize --verify
     --reference FLOAT.onnx`` to show whether the rewrite lost fidelity against the float model."""
-    ref_sess = session(reference)
     if feeds is None:
-        feeds = random_inputs(ref_sess, seed)
+        feeds = random_inputs(session(reference), seed)
     ref_out = run(reference, feeds)
     outs = {label: run(m, feeds) for label, m in models.items()}
     rows = []

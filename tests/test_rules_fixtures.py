@@ -1,5 +1,6 @@
 """The rule sets on the YOLO fixtures (naive pytorch-quantization, BN unfolded, ORT QDQ, already
-right): lint clean afterwards, no quantized conv lost, fidelity kept, idempotent, right stays."""
+right): lint clean afterwards, no quantized conv lost, fidelity kept on held-out real photographs
+(with and without calibration data), idempotent, right stays."""
 
 from __future__ import annotations
 
@@ -11,19 +12,21 @@ import onnx
 import pytest
 
 from qdq_optimizer.api import lint, optimize
+from qdq_optimizer.calibration import CalibrationData
 from qdq_optimizer.dump import dump_model
 from qdq_optimizer.graph import QGraph
 from qdq_optimizer.ruleset import load_ruleset
 from qdq_optimizer.trt_patterns import is_ignored, is_quantized_weighted, is_weighted
-from qdq_optimizer.verify import session, sqnr
+from qdq_optimizer.verify import load_inputs, run, sqnr
 
 MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 RULES = {"yolov7-tiny": "yolov7-tiny", "yolov7": "yolov7", "yolov8ish": "yolov8"}
 FORMS = ("naive", "naive-bn", "ort", "right")
 CASES = [(m, f) for m in RULES for f in FORMS]
-# Quantizing the residual skips and giving the C2f concat group one (max) scale is what TensorRT
-# needs to fuse the Adds and drop the concat; on this input it costs fidelity (see the report).
-MARGIN_DB = {("yolov8ish", "naive"): 1.5, ("yolov8ish", "naive-bn"): 1.5}
+# Without calibration data the scale groups take the largest scale (policy max). On the YOLOv8
+# fixture that costs ~1.4 dB: the C2f Split outputs are concat inputs and residual skips, so the
+# skips get quantized at the concat group's max scale. With --calibration-data the criterion holds.
+MAX_POLICY_MARGIN_DB = {("yolov8ish", "naive"): 1.6, ("yolov8ish", "naive-bn"): 1.6}
 
 
 def ids(case) -> str:
@@ -36,18 +39,28 @@ def optimized(model: str, form: str) -> tuple[onnx.ModelProto, object]:
 
 
 @cache
-def images() -> np.ndarray:
-    return np.load(MODELS / "images-160.npz")["all"].astype(np.float32) / 255
+def calibration() -> CalibrationData:
+    return CalibrationData.load(MODELS / "photos-calib-160.npz")
+
+
+@cache
+def calibrated(model: str, form: str) -> tuple[onnx.ModelProto, object]:
+    return optimize(MODELS / f"{model}-{form}.onnx", RULES[model], calibration_data=calibration())
 
 
 def outputs(model) -> np.ndarray:
-    sess = session(model)
-    return np.concatenate([sess.run(None, {"images": im[None]})[0] for im in images()])
+    """Outputs on the ten held-out photographs (never seen by fixture or optimizer calibration)."""
+    return run(model, load_inputs(MODELS / "photos-val-160.npz"))["outputs"]
 
 
 @cache
 def float_outputs(model: str) -> np.ndarray:
     return outputs(MODELS / f"{model}-float.onnx")
+
+
+@cache
+def input_sqnr(model: str, form: str) -> float:
+    return sqnr(float_outputs(model), outputs(MODELS / f"{model}-{form}.onnx"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids)
@@ -91,16 +104,47 @@ def test_already_right_graphs_come_out_unchanged(model) -> None:
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[1] != "right"], ids=ids)
-def test_fidelity_on_images(case) -> None:
-    """SQNR against the float model on 16 synthetic-shape images: at most 0.5 dB below the input
-    Q/DQ model's; for ONNX Runtime QDQ inputs it rises."""
-    model, form = case
-    ref = float_outputs(model)
-    before = sqnr(ref, outputs(MODELS / f"{model}-{form}.onnx"))
-    after = sqnr(ref, outputs(optimized(model, form)[0]))
-    assert after >= before - MARGIN_DB.get(case, 0.5), (before, after)
-    if form == "ort":
+def test_fidelity_with_calibration_data(case) -> None:
+    """Issue 3's criterion: SQNR against the float model on real photographs at most 0.5 dB below
+    the input Q/DQ model's; for ONNX Runtime QDQ inputs it rises."""
+    before = input_sqnr(*case)
+    after = sqnr(float_outputs(case[0]), outputs(calibrated(*case)[0]))
+    assert after >= before - 0.5, (before, after)
+    if case[1] == "ort":
         assert after > before, (before, after)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[1] != "right"], ids=ids)
+def test_fidelity_without_calibration_data(case) -> None:
+    """The data-free max policy: within 0.5 dB except the stated YOLOv8 margin; ORT inputs rise."""
+    before = input_sqnr(*case)
+    after = sqnr(float_outputs(case[0]), outputs(optimized(*case)[0]))
+    assert after >= before - MAX_POLICY_MARGIN_DB.get(case, 0.5), (before, after)
+    if case[1] == "ort":
+        assert after > before, (before, after)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[1] != "right"], ids=ids)
+def test_calibration_data_changes_scales_only(case) -> None:
+    """Calibration picks group scales; the placement is the data-free one, lint clean, and a
+    second calibrated run changes nothing."""
+    out, rep = calibrated(*case)
+    assert lint(out, RULES[case[0]]) == []
+    kinds = {(n.op_type, tuple(n.input[:1])) for n in optimized(*case)[0].graph.node}
+    assert {(n.op_type, tuple(n.input[:1])) for n in out.graph.node} == kinds
+    groups = next(r for r in rep.results if r.rule_id == "scale-groups")
+    assert any("calibrated: MSE" in c.detail for c in groups.changes)
+    again, rep2 = optimize(out, RULES[case[0]], calibration_data=calibration())
+    assert rep2.total_changes == 0
+    assert dump_model(again) == dump_model(out)
+
+
+@pytest.mark.parametrize("model", RULES)
+def test_calibration_data_leaves_right_graphs_unchanged(model) -> None:
+    src = onnx.load(MODELS / f"{model}-right.onnx")
+    out, rep = calibrated(model, "right")
+    assert rep.total_changes == 0
+    assert dump_model(out) == dump_model(src)
 
 
 @pytest.mark.parametrize("model", RULES)

@@ -5,9 +5,12 @@ Policies:
   is clipped (the smaller-scale quantizers lose resolution instead);
 - ``output``: the scale of the quantizers reading the group's sink tensors (the consumer side:
   a Concat's output Q), largest if several;
-- ``calibrated``: ``amax / 127`` from stored activation ranges (``ranges``: a JSON file or a dict
-  of tensor name -> amax; the largest amax over the group's tensors); groups without a range fall
-  back to ``max`` (noted).
+- ``calibrated``: from data. With calibration samples (``settings: calibration``, set by
+  ``optimize --calibration-data``) a group whose quantizers disagree gets the MSE-optimal scale of
+  all the values it quantizes (``qdq_optimizer.calibration``); a group that already agrees keeps
+  its scale, so right graphs and second runs are unchanged. Otherwise ``amax / 127`` from stored
+  activation ranges (``ranges``: a JSON file or a dict of tensor name -> amax; the largest amax
+  over the group's tensors). Groups with neither fall back to ``max`` (noted).
 Each change reports how far every moved quantizer's scale went.
 """
 
@@ -62,6 +65,17 @@ def _target(
     return max(scales)
 
 
+def _fit_from_data(graph: QGraph, groups: list[list[Node]], data) -> dict[int, float]:
+    """MSE-optimal scales of the tensors each group quantizes, from the calibration samples."""
+    from ..calibration import group_scales
+
+    names = [sorted({q.inputs[0].name for q in qs}) for qs in groups]
+    if not names:
+        return {}
+    scales = group_scales(graph.to_model(), names, data)
+    return {i: s for i, s in enumerate(scales) if s is not None}
+
+
 def _describe(g: ScaleGroup) -> str:
     counts: dict[str, int] = {}
     for op in g.ops:
@@ -84,15 +98,28 @@ def unify_scale_groups(
             f"unify_scale_groups: unknown policy '{policy}' (choose {', '.join(POLICIES)})"
         )
     ranges = _load_ranges(params.get("ranges") or ctx.settings.get("ranges"))
-    changes: list[Change] = []
+    data = ctx.settings.get("calibration") if policy == "calibrated" else None
+    todo = []
     for g in scale_groups(graph):
         qs = [q for q in g.quantizers if not graph.is_graph_output(q.outputs[0])]
         if len(qs) < 2:
             continue
         scales = [float(graph.qparams(q).scale.reshape(-1)[0]) for q in qs]
-        if len({np.float32(s).tobytes() for s in scales}) == 1 and policy != "calibrated":
+        agree = len({np.float32(s).tobytes() for s in scales}) == 1
+        if agree and (policy != "calibrated" or data is not None):
             continue
-        target = float(np.float32(_target(graph, g, scales, policy, ranges, ctx)))
+        todo.append((g, qs, scales))
+    fitted = _fit_from_data(graph, [qs for _, qs, _ in todo], data) if data else {}
+    changes: list[Change] = []
+    for i, (g, qs, scales) in enumerate(todo):
+        how = policy
+        if i in fitted:
+            target, how = fitted[i], f"calibrated: MSE over {data.runs} batch(es)"
+        else:
+            if data is not None:
+                ctx.note(f"no calibration values reached the group of {qs[0].name}: used max")
+            target = _target(graph, g, scales, policy if data is None else "max", ranges, ctx)
+        target = float(np.float32(target))
         moved = [
             (q, s) for q, s in zip(qs, scales, strict=True) if np.float32(s) != np.float32(target)
         ]
@@ -103,7 +130,7 @@ def unify_scale_groups(
             Change(
                 "rescale",
                 [q.name for q, _ in moved],
-                f"{_describe(g)}: scale {target:.6g} ({policy}); moved " + "; ".join(parts),
+                f"{_describe(g)}: scale {target:.6g} ({how}); moved " + "; ".join(parts),
             )
         )
         if ctx.dry_run:

@@ -38,13 +38,21 @@ MAX_WARNINGS = 10  # the rest go to --report
     "--inputs",
     "inputs_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Inputs for --verify (.npz keyed by input name); default: seeded random.",
+    help="Inputs for --verify (.npz keyed by input name, first axis samples, uint8 images "
+    "scaled by 1/255); default: seeded random.",
 )
 @click.option(
     "--reference",
     "reference_path",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Float model: --verify also prints SQNR of input and output against it.",
+)
+@click.option(
+    "--calibration-data",
+    "calibration_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Samples (.npz keyed by input name, uint8 images scaled by 1/255): scale groups whose "
+    "quantizers disagree get the MSE-optimal scale of their values (policy: calibrated).",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the random --verify inputs.")
 @click.option("--dry-run", is_flag=True, help="Report what would change; write no model.")
@@ -67,6 +75,7 @@ def command(
     verify: bool,
     inputs_path: Path | None,
     reference_path: Path | None,
+    calibration_path: Path | None,
     seed: int,
     dry_run: bool,
     verbose: bool,
@@ -95,6 +104,11 @@ def command(
         from ..verify import load_inputs
 
         feeds = load_inputs(inputs_path)
+    calibration = None
+    if calibration_path is not None:
+        from ..calibration import CalibrationData
+
+        calibration = CalibrationData.load(calibration_path)
 
     model, report = optimize(
         input_path,
@@ -104,6 +118,7 @@ def command(
         max_iterations=max_iterations,
         allow_asymmetric=allow_asymmetric,
         keep_weight_q=keep_weight_q,
+        calibration_data=calibration,
     )
     verify = verify or inputs_path is not None or reference_path is not None
     if verify and not dry_run:
