@@ -77,6 +77,8 @@ def optimize(
 
     t = time.perf_counter()
     warnings = list(validate_model(model, allow_asymmetric=allow_asymmetric))
+    if calibration_data is not None:  # bad samples fail here, before any rule runs
+        calibration_data.check(model)
     graph = QGraph.from_model(model)
     before = _stats(graph)
     timings["validate_import"] = _ms(t)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from .errors import InputError
+
 BINS = 2048
 START_BIN = 128
 INT8_MAX = 127.0
@@ -38,6 +40,15 @@ class CalibrationData:
         from .verify import load_inputs
 
         return cls(load_inputs(path), os.fspath(path))
+
+    def check(self, model: onnx.ModelProto) -> int:
+        """Raise InputError unless the samples fit the model's inputs; the number of runs."""
+        from .verify import feed_batches, session
+
+        try:
+            return len(feed_batches(session(model), self.arrays, dynamic_batch=1))
+        except InputError as exc:
+            raise InputError(f"calibration data {self.source}: {exc}") from None
 
 
 def bypass_activation_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -112,7 +123,11 @@ def group_histograms(
     def values(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         got = dict(zip(fetch, sess.run(fetch, feed), strict=True)) if fetch else {}
         got.update({n: feed[n] for n in names if n in graph_inputs})
-        return {n: np.abs(np.asarray(v, dtype=np.float32)).ravel() for n, v in got.items()}
+        out = {}
+        for n, v in got.items():
+            a = np.abs(np.asarray(v, dtype=np.float32)).ravel()
+            out[n] = a[np.isfinite(a)]  # an overflowing activation must not poison the range
+        return out
 
     peak = dict.fromkeys(names, 0.0)
     for feed in batches:

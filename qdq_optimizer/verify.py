@@ -131,16 +131,18 @@ def feed_batches(
     runs: dict[str, list[np.ndarray]] = {}
     scalars: dict[str, np.ndarray] = {}
     for inp in inputs:
-        arr = np.asarray(data[inp.name])
-        dtype = _NP_TYPES.get(inp.type)
-        if dtype is not None and np.issubdtype(dtype, np.floating):
-            if np.issubdtype(arr.dtype, np.integer):
-                arr = arr.astype(np.float32) / np.float32(255)
-            arr = arr.astype(dtype, copy=False)
+        arr = _as_input(inp, np.asarray(data[inp.name]))
         shape = list(inp.shape)
         if arr.ndim != len(shape):
             raise InputError(
                 f"inputs for '{inp.name}' have rank {arr.ndim}; the model takes rank {len(shape)}"
+            )
+        fixed = [(k, d) for k, d in enumerate(shape) if k and isinstance(d, int) and d > 0]
+        if any(arr.shape[k] != d for k, d in fixed):
+            want = ["?" if not isinstance(d, int) or d <= 0 else d for d in shape[1:]]
+            raise InputError(
+                f"inputs for '{inp.name}' have samples of shape {list(arr.shape[1:])}; "
+                f"the model takes {want}"
             )
         if arr.ndim == 0:  # a scalar input: the same value in every run
             scalars[inp.name] = arr
@@ -158,6 +160,26 @@ def feed_batches(
         raise InputError("inputs file: the graph inputs hold different numbers of batches")
     n_runs = counts.pop() if counts else 1
     return [{**scalars, **{k: v[i] for k, v in runs.items()}} for i in range(n_runs)]
+
+
+def _as_input(inp, arr: np.ndarray) -> np.ndarray:
+    """Check and convert one input's samples: numeric, finite, integer images scaled for floats."""
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise InputError(f"inputs for '{inp.name}' have dtype {arr.dtype}, not numbers")
+    dtype = _NP_TYPES.get(inp.type)
+    if dtype is None:
+        return arr
+    if np.issubdtype(dtype, np.floating):
+        if np.issubdtype(arr.dtype, np.integer):
+            arr = arr.astype(np.float32) / np.float32(255)
+        arr = arr.astype(dtype, copy=False)
+        if not np.isfinite(arr).all():
+            raise InputError(f"inputs for '{inp.name}' contain NaN or infinite values")
+    elif arr.dtype != dtype:
+        if np.issubdtype(arr.dtype, np.floating):
+            raise InputError(f"inputs for '{inp.name}' are {arr.dtype}; the model takes {inp.type}")
+        arr = arr.astype(dtype)
+    return arr
 
 
 def run(

@@ -75,6 +75,9 @@ def test_dynamic_batch_runs_all_at_once_or_in_chunks() -> None:
         ({"x": np.zeros((3, 4, 4), np.float32)}, "rank 3; the model takes rank 4"),
         ({"other": np.zeros((1, 3, 4, 4), np.float32)}, "lacks graph input(s): x"),
         ({"x": np.zeros((0, 3, 4, 4), np.float32)}, "0 sample(s)"),
+        ({"x": np.zeros((2, 3, 5, 4), np.float32)}, "samples of shape [3, 5, 4]; the model takes"),
+        ({"x": np.full((1, 3, 4, 4), "a")}, "not numbers"),
+        ({"x": np.full((1, 3, 4, 4), np.nan, np.float32)}, "NaN or infinite"),
     ],
 )
 def test_bad_samples_are_input_errors(data, message) -> None:
@@ -196,14 +199,15 @@ def test_cli_calibration_data(tmp_path, capsys) -> None:
     out.unlink()
     rep.unlink()
     capsys.readouterr()
-    for name, content in (("junk.npz", b"not a zip"), ("other.npz", None)):
-        bad = tmp_path / name
-        if content is None:
-            np.savez(bad, other=np.zeros((1, 3, 160, 160), np.float32))
-        else:
-            bad.write_bytes(content)
-        assert cli.main([*args, "--calibration-data", str(bad)]) == 2
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    np.savez(tmp_path / "other.npz", other=np.zeros((1, 3, 160, 160), np.float32))
+    np.savez(tmp_path / "small.npz", images=np.zeros((2, 3, 96, 96), np.uint8))
+    for name, message in (
+        ("junk.npz", "cannot read inputs file"),
+        ("other.npz", "lacks graph input(s): images"),
+        ("small.npz", "samples of shape [3, 96, 96]; the model takes [3, 160, 160]"),
+    ):
+        assert cli.main([*args, "--calibration-data", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "Traceback" not in err
-        assert ("cannot read inputs file" if content else "lacks graph input(s): images") in err
+        assert err.count("\n") == 1 and "Traceback" not in err and message in err
         assert not out.exists() and not rep.exists()
