@@ -66,6 +66,8 @@ def _apply_rules(graph, ruleset, dry_run, ignore, settings, max_iterations) -> E
     iterations = 0
     converged = False
     focus: dict[int, object] | None = None  # None: visit every anchor; else only these nodes
+    run_state: dict = {}  # shared by all rules of this run (ActionContext.run)
+    warnings: list[str] = []
     while iterations < (1 if dry_run else max_iterations):
         iterations += 1
         changed = 0
@@ -82,11 +84,16 @@ def _apply_rules(graph, ruleset, dry_run, ignore, settings, max_iterations) -> E
         graph.start_tracking()
         for rule, result in zip(ruleset.rules, results, strict=True):
             ctx = ActionContext(
-                dry_run=dry_run, ignore=patterns, settings=merged_settings, rule_id=rule.id
+                dry_run=dry_run,
+                ignore=patterns,
+                settings=merged_settings,
+                rule_id=rule.id,
+                run=run_state,
             )
             changes = _apply_rule(graph, rule, ctx, by_op)
             result.changes.extend(changes)
             result.notes.extend(n for n in ctx.notes if n not in result.notes)
+            warnings.extend(w for w in ctx.warnings if w not in warnings)
             changed += len(changes)
             if changes and (rule.match.scope == "graph" or not get_action(rule.action).local):
                 all_local = False
@@ -96,7 +103,6 @@ def _apply_rules(graph, ruleset, dry_run, ignore, settings, max_iterations) -> E
             break
         # After edits by local actions only, the next pass needs to look only near them.
         focus = _neighbourhood(touched) if all_local else None
-    warnings = []
     if not converged:
         warnings.append(
             f"rules did not reach a fixpoint within {max_iterations} iterations "

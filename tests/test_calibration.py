@@ -1,5 +1,5 @@
 """Scales from data (``optimize --calibration-data``): sample feeding, the activation bypass, the
-histograms, the MSE amax (checked against the trainer's independent torch search), the CLI."""
+observed ranges, residual skips sized from data (a hand-built block and the YOLOv8 fixture), CLI."""
 
 from __future__ import annotations
 
@@ -13,25 +13,20 @@ from onnx import TensorProto, helper, numpy_helper
 
 import cli
 from qdq_optimizer.api import optimize
-from qdq_optimizer.calibration import (
-    BINS,
-    CalibrationData,
-    amax_mse,
-    bypass_activation_qdq,
-    group_histograms,
-)
+from qdq_optimizer.calibration import CalibrationData, bypass_activation_qdq, observed_ranges
 from qdq_optimizer.errors import InputError
 from qdq_optimizer.verify import feed_batches, run, session, sqnr
 
 MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 TINY = MODELS / "yolov7-tiny-naive.onnx"
+V8 = MODELS / "yolov8ish-naive.onnx"
 
 
 def relu_model(batch: int | str = 1) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 4, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3, 4, 4])
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
 def qdq_output_model() -> onnx.ModelProto:
@@ -47,7 +42,7 @@ def qdq_output_model() -> onnx.ModelProto:
         helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["y"]),
     ]
     g = helper.make_graph(nodes, "g", [x], [y], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
 # ----------------------------------------------------------------------------- feeding samples
@@ -122,83 +117,136 @@ def test_bypass_keeps_a_graph_output_name_behind_a_pair() -> None:
     np.testing.assert_array_equal(run(bypassed, {"x": x})["y"], x)  # exact: no rounding left
 
 
-# ----------------------------------------------------------------------------- histograms, amax
-def test_group_histograms_count_every_value_over_the_group_range() -> None:
+# ----------------------------------------------------------------------------- observed ranges
+def test_observed_ranges_are_the_largest_values_with_quantization_off() -> None:
     naive = onnx.load(TINY)
     bypassed = bypass_activation_qdq(naive)
     acts = [n.input[0] for n in naive.graph.node if n.op_type == "QuantizeLinear"]
     acts = [a for a in acts if a != "images" and not a.endswith("weight")][:3]
     data = CalibrationData({"images": np.load(MODELS / "photos-calib-160.npz")["images"][:3]})
-    (hist, top), (hist1, top1) = group_histograms(naive, [acts[:2], acts[2:3]], data)
-    assert hist.shape == (BINS,) and data.runs == 3
+    got = observed_ranges(naive, [acts[:2], acts[2:3], ["images"]], data)
+    assert data.runs == 3
     m = onnx.ModelProto()
     m.CopyFrom(bypassed)
     for a in acts:
         m.graph.output.append(helper.make_empty_tensor_value_info(a))
     sess = session(m)
-    vals = {a: [] for a in acts}
+    peak = dict.fromkeys(acts, 0.0)
     for f in feed_batches(sess, data.arrays):
         for a, v in zip(acts, sess.run(acts, f), strict=True):
-            vals[a].append(np.abs(v).ravel())
-    first = np.concatenate([np.concatenate(vals[a]) for a in acts[:2]])
-    assert hist.sum() == first.size and top == pytest.approx(float(first.max()), rel=1e-6)
-    assert hist1.sum() == sum(v.size for v in vals[acts[2]])
-    assert top1 == pytest.approx(float(np.concatenate(vals[acts[2]]).max()), rel=1e-6)
+            peak[a] = max(peak[a], float(np.abs(v).max()))
+    assert got[0] == pytest.approx(max(peak[acts[0]], peak[acts[1]]), rel=1e-6)
+    assert got[1] == pytest.approx(peak[acts[2]], rel=1e-6)
+    assert got[2] == pytest.approx(float(data.arrays["images"].max()) / 255, rel=1e-6)
 
 
-def test_amax_mse_matches_the_trainers_torch_search() -> None:
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("pytorch_quantization")
-    from trainer.quantization.calibrate import amax_mse as torch_amax_mse
+def residual_block(skip_scale: float = 0.01) -> onnx.ModelProto:
+    """x -> Q/DQ -> conv1 -> Relu = t;  t -> Q/DQ(skip_scale) -> conv2 -> Relu = b;  y = t + b.
 
+    The naive form: t is quantized only for conv2, with a small (clipping) scale, and the skip
+    input of the Add is float."""
     rng = np.random.default_rng(0)
-    for dist in (rng.normal(size=50_000), rng.laplace(size=50_000), rng.random(50_000)):
-        v = np.abs(dist)
-        top = float(v.max())
-        hist = np.histogram(v, bins=BINS, range=(0, top))[0].astype(np.float64)
-        edges = torch.linspace(0, top, BINS + 1, dtype=torch.float64)
-        expected = torch_amax_mse(torch.from_numpy(hist), edges)
-        assert amax_mse(hist, top) == pytest.approx(expected, abs=top / BINS * 1e-3)
+    inits = [numpy_helper.from_array(np.array(0, np.int8), "z")]
+    nodes = []
+
+    def qdq(src: str, scale: float, name: str) -> str:
+        inits.append(numpy_helper.from_array(np.array(scale, np.float32), f"{name}_s"))
+        nodes.append(helper.make_node("QuantizeLinear", [src, f"{name}_s", "z"], [f"{name}_q"]))
+        nodes.append(
+            helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", "z"], [f"{name}_dq"])
+        )
+        return f"{name}_dq"
+
+    def conv(src: str, name: str) -> str:
+        w = rng.integers(-127, 128, (4, 4, 3, 3), dtype=np.int8)
+        inits.append(numpy_helper.from_array(w, f"{name}_w"))
+        inits.append(numpy_helper.from_array(np.full(4, 0.01, np.float32), f"{name}_ws"))
+        inits.append(numpy_helper.from_array(np.zeros(4, np.int8), f"{name}_wz"))
+        nodes.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [f"{name}_w", f"{name}_ws", f"{name}_wz"],
+                [f"{name}_wdq"],
+                axis=0,
+            )
+        )
+        nodes.append(helper.make_node("Conv", [src, f"{name}_wdq"], [f"{name}_c"], pads=[1] * 4))
+        nodes.append(helper.make_node("Relu", [f"{name}_c"], [f"{name}_r"]))
+        return f"{name}_r"
+
+    t = conv(qdq("x", 1 / 127, "in"), "conv1")
+    b = conv(qdq(t, skip_scale, "mid"), "conv2")
+    nodes.append(helper.make_node("Add", [t, b], ["y"]))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])
+    g = helper.make_graph(nodes, "block", [x], [y], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
-def test_amax_mse_clips_rare_outliers_and_keeps_a_uniform_range() -> None:
-    rng = np.random.default_rng(0)
-    v = np.concatenate([np.abs(rng.normal(size=1_000_000)), [60.0, 70.0]])
-    hist = np.histogram(v, bins=BINS, range=(0, 70.0))[0].astype(np.float64)
-    assert amax_mse(hist, 70.0) < 30.0  # two outliers cost less clipped than 1e6 coarse steps
-    u = rng.random(100_000)
-    hist = np.histogram(u, bins=BINS, range=(0, float(u.max())))[0].astype(np.float64)
-    assert amax_mse(hist, float(u.max())) > 0.95 * float(u.max())
-    assert amax_mse(np.zeros(BINS), 0.0) == 0.0
+def _skip_scale(model: onnx.ModelProto) -> float:
+    (add,) = [n for n in model.graph.node if n.op_type == "Add"]
+    dqs = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    consts = {
+        n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+        for n in model.graph.node
+        if n.op_type == "Constant"
+    }
+    (skip,) = [i for i in add.input if i in dqs]
+    name = dqs[skip].input[1]
+    return float(values.get(name, consts.get(name)))
+
+
+def test_a_borrowed_skip_scale_is_sized_from_data() -> None:
+    model = residual_block(skip_scale=0.01)
+    data = {"x": np.random.default_rng(1).random((4, 4, 8, 8), dtype=np.float32)}  # 4 samples
+    plain, rep = optimize(model, "tensorrt")
+    assert _skip_scale(plain) == pytest.approx(0.01)  # borrowed from conv2's input quantizer
+    assert any("borrowed" in w for w in rep.warnings)
+    out, rep = optimize(model, "tensorrt", calibration_data=data)
+    assert not any("borrowed" in w for w in rep.warnings)
+    float_block = bypass_activation_qdq(model)
+    float_block.graph.output.append(helper.make_empty_tensor_value_info("conv1_r"))
+    t = np.concatenate(
+        [session(float_block).run(["conv1_r"], {"x": s[None]})[0] for s in data["x"]]
+    )
+    assert float(np.abs(t).max()) > 0.01 * 127  # the borrowed scale clipped the skip
+    assert _skip_scale(out) == pytest.approx(float(np.abs(t).max()) / 127, rel=1e-5)
+    again, rep2 = optimize(out, "tensorrt", calibration_data=data)
+    assert rep2.total_changes == 0  # idempotent: the group agrees and gained no skip quantizer
 
 
 # ----------------------------------------------------------------------------- API and CLI
-def test_api_takes_arrays_and_reports_calibrated_groups() -> None:
+def test_api_takes_arrays_and_reports_calibrated_skip_groups() -> None:
     data = {"images": np.load(MODELS / "photos-calib-160.npz")["images"][:2]}
-    _, rep = optimize(TINY, "yolov7-tiny", calibration_data=data)
+    _, rep = optimize(V8, "yolov8", calibration_data=data)
     groups = next(r for r in rep.results if r.rule_id == "scale-groups")
-    assert groups.changes and all(
-        "calibrated: MSE over 2 batch(es)" in c.detail for c in groups.changes
+    details = [c.detail for c in groups.changes]
+    assert any(
+        "(calibrated: residual skip, max |x|" in d and "in 2 batch(es)" in d for d in details
     )
     with pytest.raises(InputError, match="not found"):
-        optimize(TINY, "yolov7-tiny", calibration_data=MODELS / "missing.npz")
+        optimize(V8, "yolov8", calibration_data=MODELS / "missing.npz")
 
 
 def test_cli_calibration_data(tmp_path, capsys) -> None:
     out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
-    args = ["optimize", str(TINY), str(out), "--rules", "yolov7-tiny", "--report", str(rep)]
+    args = ["optimize", str(V8), str(out), "--rules", "yolov8", "--report", str(rep)]
+    assert cli.main(args) == 0
+    assert "residual skip(s) were quantized with a scale borrowed" in capsys.readouterr().err
+    out.unlink()
     calib = str(MODELS / "photos-calib-160.npz")
     assert cli.main([*args, "--calibration-data", calib]) == 0
+    assert "borrowed" not in capsys.readouterr().err
     details = [
         c["detail"]
         for r in json.loads(rep.read_text())["results"]
         if r["rule_id"] == "scale-groups"
         for c in r["changes"]
     ]
-    assert details and all("(calibrated: MSE over 10 batch(es))" in d for d in details)
+    assert any("residual skip, max |x|" in d and "in 10 batch(es)" in d for d in details)
     out.unlink()
     rep.unlink()
-    capsys.readouterr()
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     np.savez(tmp_path / "other.npz", other=np.zeros((1, 3, 160, 160), np.float32))
     np.savez(tmp_path / "small.npz", images=np.zeros((2, 3, 96, 96), np.uint8))

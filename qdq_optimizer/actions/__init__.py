@@ -113,9 +113,13 @@ class ActionContext:
     settings: dict[str, Any] = field(default_factory=dict)
     rule_id: str = ""
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # for the user: stderr and the report
     # Scratch space for one rule's visit of its anchors in one iteration (a fresh context per
     # rule and iteration): an anchored action caches a whole-graph fact here, computed once.
     cache: dict[str, Any] = field(default_factory=dict)
+    # State shared by every rule for one whole run (one dict per apply_rules call): facts a rule
+    # leaves for a later one, e.g. the skip quantizers residual-add inserted this run.
+    run: dict[str, Any] = field(default_factory=dict)
 
     def is_ignored(self, node: Node | str | None) -> bool:
         """True when a node (or name) matches an ignore regex: actions must leave it alone."""
@@ -129,3 +133,7 @@ class ActionContext:
     def note(self, text: str) -> None:
         """Record an observation for the report (not a change)."""
         self.notes.append(text)
+
+    def warn(self, text: str) -> None:
+        """Record something the user should act on (printed, and in the report's warnings)."""
+        self.warnings.append(text)

@@ -24,6 +24,10 @@ from ..trt_patterns import (
 )
 from . import ActionContext, register_action
 
+# ActionContext.run key: names of the skip quantizers this run inserted (scale-groups calibrates
+# them from data: their scale was only borrowed from another consumer's quantizer).
+INSERTED_SKIP_QS = "inserted_skip_quantizers"
+
 
 def _skip_scale(graph: QGraph, t: Tensor, groups: dict[str, list[Node]]) -> float | None:
     def per_tensor(qs: list[Node]) -> list[float]:
@@ -96,7 +100,8 @@ def residual_add(
         Change("insert", [add.name], f"Q/DQ on skip input '{skip.name}' (scale {scale:.6g})")
     )
     if not ctx.dry_run:
-        graph.insert_qdq(
+        q, _, _ = graph.insert_qdq(
             skip, np.float32(scale), np.int8(0), consumers=[add], name=f"{add.name}_skip"
         )
+        ctx.run.setdefault(INSERTED_SKIP_QS, set()).add(q.name)
     return changes

@@ -6,11 +6,13 @@ Policies:
 - ``output``: the scale of the quantizers reading the group's sink tensors (the consumer side:
   a Concat's output Q), largest if several;
 - ``calibrated``: from data. With calibration samples (``settings: calibration``, set by
-  ``optimize --calibration-data``) a group whose quantizers disagree gets the MSE-optimal scale of
-  all the values it quantizes (``qdq_optimizer.calibration``); a group that already agrees keeps
-  its scale, so right graphs and second runs are unchanged. Otherwise ``amax / 127`` from stored
-  activation ranges (``ranges``: a JSON file or a dict of tensor name -> amax; the largest amax
-  over the group's tensors). Groups with neither fall back to ``max`` (noted).
+  ``optimize --calibration-data``) a group that holds a residual skip, and either disagrees or
+  holds a skip quantizer residual-add inserted in this run, gets a scale covering the largest |x|
+  seen on the samples (at least its largest scale: ``qdq_optimizer.calibration`` says why); other
+  groups that disagree take ``max``. Groups that already agree and gained no skip quantizer keep
+  their scale, so right graphs and second runs are unchanged. Without samples, ``amax / 127`` from
+  stored activation ranges (``ranges``: a JSON file or a dict of tensor name -> amax; the largest
+  amax over the group's tensors). Groups with neither fall back to ``max`` (noted).
 Each change reports how far every moved quantizer's scale went.
 """
 
@@ -21,11 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..calibration import CalibrationData, observed_ranges
 from ..errors import InputError, RuleSetError
 from ..graph import Node, QGraph
 from ..report import Change
 from ..scale_groups import ScaleGroup, joining_inputs, paired_dqs, scale_groups
+from ..trt_patterns import residual_inputs
 from . import ActionContext, register_action
+from .residual import INSERTED_SKIP_QS
 
 POLICIES = ("max", "output", "calibrated")
 
@@ -65,15 +70,28 @@ def _target(
     return max(scales)
 
 
-def _fit_from_data(graph: QGraph, groups: list[list[Node]], data) -> dict[int, float]:
-    """MSE-optimal scales of the tensors each group quantizes, from the calibration samples."""
-    from ..calibration import group_scales
+def _holds_residual_skip(graph: QGraph, qs: list[Node]) -> bool:
+    """True when one of the group's quantizers feeds (through its DQ) the skip of a residual Add."""
+    for q in qs:
+        for dq in paired_dqs(graph, q):
+            for add in graph.consumers(dq.outputs[0]):
+                if add.op != "Add":
+                    continue
+                split = residual_inputs(graph, add)
+                if split is not None and add.inputs[split[1]] is dq.outputs[0]:
+                    return True
+    return False
 
-    names = [sorted({q.inputs[0].name for q in qs}) for qs in groups]
-    if not names:
+
+def _observed(
+    graph: QGraph, groups: list[tuple[int, list[Node]]], data: CalibrationData | None
+) -> dict[int, float]:
+    """Largest |x| on the calibration samples over the tensors each group quantizes."""
+    if not groups or data is None:
         return {}
-    scales = group_scales(graph.to_model(), names, data)
-    return {i: s for i, s in enumerate(scales) if s is not None}
+    names = [sorted({q.inputs[0].name for q in qs}) for _, qs in groups]
+    peaks = observed_ranges(graph.to_model(), names, data)
+    return {i: p for (i, _), p in zip(groups, peaks, strict=True) if p is not None}
 
 
 def _describe(g: ScaleGroup) -> str:
@@ -99,6 +117,7 @@ def unify_scale_groups(
         )
     ranges = _load_ranges(params.get("ranges") or ctx.settings.get("ranges"))
     data = ctx.settings.get("calibration") if policy == "calibrated" else None
+    inserted = ctx.run.get(INSERTED_SKIP_QS, set())
     todo = []
     for g in scale_groups(graph):
         qs = [q for q in g.quantizers if not graph.is_graph_output(q.outputs[0])]
@@ -106,19 +125,28 @@ def unify_scale_groups(
             continue
         scales = [float(graph.qparams(q).scale.reshape(-1)[0]) for q in qs]
         agree = len({np.float32(s).tobytes() for s in scales}) == 1
-        if agree and (policy != "calibrated" or data is not None):
+        skip = data is not None and _holds_residual_skip(graph, qs)
+        fresh = skip and any(q.name in inserted for q in qs)
+        if agree and not fresh and (policy != "calibrated" or data is not None):
             continue
-        todo.append((g, qs, scales))
-    fitted = _fit_from_data(graph, [qs for _, qs, _ in todo], data) if data else {}
+        todo.append((g, qs, scales, skip))
+    observed = _observed(graph, [(i, t[1]) for i, t in enumerate(todo) if t[3]], data)
+    if inserted and data is None:
+        ctx.warn(
+            f"{len(inserted)} residual skip(s) were quantized with a scale borrowed from another "
+            "quantizer; --calibration-data SAMPLES.npz sizes them from data"
+        )
     changes: list[Change] = []
-    for i, (g, qs, scales) in enumerate(todo):
-        how = policy
-        if i in fitted:
-            target, how = fitted[i], f"calibrated: MSE over {data.runs} batch(es)"
-        else:
-            if data is not None:
+    for i, (g, qs, scales, skip) in enumerate(todo):
+        if i in observed:
+            target = max(max(scales), observed[i] / 127.0)
+            how = f"calibrated: residual skip, max |x| {observed[i]:.4g} in {data.runs} batch(es)"
+        elif data is not None:
+            if skip:
                 ctx.note(f"no calibration values reached the group of {qs[0].name}: used max")
-            target = _target(graph, g, scales, policy if data is None else "max", ranges, ctx)
+            target, how = max(scales), "max"
+        else:
+            target, how = _target(graph, g, scales, policy, ranges, ctx), policy
         target = float(np.float32(target))
         moved = [
             (q, s) for q, s in zip(qs, scales, strict=True) if np.float32(s) != np.float32(target)
