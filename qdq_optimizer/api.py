@@ -48,8 +48,8 @@ def optimize(
     The rule set and ``ignore`` regexes are validated before the model is read. In dry-run the
     returned model is the (unchanged) input and the report lists the changes rules would make.
     ``calibration_data`` (an ``.npz`` path, arrays keyed by input name, or ``CalibrationData``)
-    selects the ``calibrated`` scale-group policy: groups whose quantizers disagree get the
-    MSE-optimal scale of their values on those samples instead of the largest scale.
+    selects the ``calibrated`` scale-group policy: scale groups that hold a residual skip get a
+    scale covering the largest |x| seen on those samples (``qdq_optimizer.calibration``).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

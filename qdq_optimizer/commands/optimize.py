@@ -51,8 +51,8 @@ MAX_WARNINGS = 10  # the rest go to --report
     "--calibration-data",
     "calibration_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Samples (.npz keyed by input name, uint8 images scaled by 1/255): scale groups whose "
-    "quantizers disagree get the MSE-optimal scale of their values (policy: calibrated).",
+    help="Samples (.npz keyed by input name, uint8 images scaled by 1/255): residual-skip "
+    "scale groups get a scale covering the largest |x| seen (policy: calibrated).",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the random --verify inputs.")
 @click.option("--dry-run", is_flag=True, help="Report what would change; write no model.")
