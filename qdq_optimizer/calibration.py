@@ -74,17 +74,10 @@ def bypass_activation_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     for o in g.output:
         if o.name in alias:  # a graph output behind a Q/DQ pair: keep its name with an Identity
             g.node.append(onnx.helper.make_node("Identity", [alias[o.name]], [o.name]))
-    bypassed = [n for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] in alias]
-    read = {i for n in g.node for i in n.input} - {n.input[0] for n in bypassed}
-    read |= {o.name for o in g.output}
-    keep = [
-        n
-        for n in g.node
-        if not (n.op_type == "DequantizeLinear" and n.output[0] in alias)
-        and not (
-            n.op_type == "QuantizeLinear" and n.output[0] in q_input and n.output[0] not in read
-        )
-    ]
+    kept = [n for n in g.node if not (n.op_type == "DequantizeLinear" and n.output[0] in alias)]
+    read = {i for n in kept for i in n.input} | {o.name for o in g.output}
+    # the activation Qs that only the bypassed DQs read go too
+    keep = [n for n in kept if not (n.output[0] in q_input and n.output[0] not in read)]
     del g.node[:]
     g.node.extend(keep)
     return out
