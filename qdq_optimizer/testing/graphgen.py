@@ -80,8 +80,9 @@ class FloatBuilder:
                     y,
                     self.const(
                         f"{p}.weight",
-                        self.rng.uniform(0.5, 1.5, cout).astype(np.float32)
-                        * self.rng.choice([-1, 1], cout),
+                        (self.rng.uniform(0.5, 1.5, cout) * self.rng.choice([-1, 1], cout)).astype(
+                            np.float32
+                        ),  # float32: ONNX Runtime binds one type to X and scale
                     ),
                     self.const(f"{p}.bias", self.rng.normal(0, 0.2, cout).astype(np.float32)),
                     self.const(f"{p}.mean", self.rng.normal(0, 0.2, cout).astype(np.float32)),
