@@ -1,7 +1,9 @@
 """A canonical, deterministic, diff-friendly text form of an ONNX graph.
 
 Nodes appear in a canonical topological order (depth-first from the graph outputs, inputs in
-order), so it depends on the graph's structure, not on file order or names. Tensors and nodes
+order), so it depends on the graph's structure, not on file order or names. The inputs of
+commutative ops (Add, Mul, Max, ...) are visited and printed in the order of a structural key of
+the computation behind each, so ``Add(a, b)`` and ``Add(b, a)`` dump the same. Tensors and nodes
 are renumbered by that position (``n12``, ``t12``; graph inputs ``in0``; constants ``c3`` at first
 use), so a re-export with different names dumps the same text. Q/DQ nodes show their scale and
 zero point rounded to a stated number of significant digits; weights and other large constants
@@ -19,9 +21,13 @@ from onnx import TensorProto, numpy_helper
 
 from .validate import constant_node_payload
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: commutative inputs in structural order
 SMALL_CONST = 4  # constants with at most this many elements are printed by value
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+COMMUTATIVE_OPS = frozenset(
+    {"Add", "Mul", "Sum", "Max", "Min", "Mean", "And", "Or", "Xor", "Equal", "BitwiseAnd",
+     "BitwiseOr", "BitwiseXor"}
+)  # fmt: skip
 
 
 @dataclass
@@ -31,9 +37,79 @@ class _Index:
     producer: dict[str, int]
 
 
-def canonical_order(model: onnx.ModelProto) -> list[int]:
+def _is_commutative(node: onnx.NodeProto) -> bool:
+    return node.op_type in COMMUTATIVE_OPS and node.domain in ("", "ai.onnx")
+
+
+def _topological(nodes) -> list[int]:
+    """Node indices producers first (Kahn); nodes on a cycle (invalid graphs) last, in file order."""
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    users: list[list[int]] = [[] for _ in nodes]
+    waiting = [0] * len(nodes)
+    for i, n in enumerate(nodes):
+        for p in {producer[t] for t in n.input if t in producer}:
+            users[p].append(i)
+            waiting[i] += 1
+    ready = [i for i in range(len(nodes)) if waiting[i] == 0]
+    order: list[int] = []
+    while ready:
+        i = ready.pop()
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                ready.append(u)
+    placed = set(order)
+    return order + [i for i in range(len(nodes)) if i not in placed]
+
+
+def structural_keys(
+    model: onnx.ModelProto, params: dict[str, np.ndarray], precision: int = 6
+) -> dict[str, str]:
+    """Tensor name -> a digest of the computation that produces it: op types, attributes, Q/DQ
+    parameters, constants and graph-input positions, never names; the inputs of commutative ops
+    sorted, so ``Add(a, b)`` and ``Add(b, a)`` get one key. One pass in topological order."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    key: dict[str, str] = {}
+    for k, vi in enumerate(i for i in g.input if i.name not in inits):
+        key[vi.name] = f"in{k}"
+
+    def input_key(name: str) -> str:
+        if not name:
+            return "-"
+        if name in params:  # initializer or Constant node: one key either way, as dump shows
+            return "p:" + _qvalue(params[name], precision)
+        if name not in key and name in inits:
+            key[name] = "c:" + _const(numpy_helper.to_array(inits[name]), precision)
+        return key.get(name, "?")
+
+    for idx in _topological(g.node):
+        n = g.node[idx]
+        ins = [input_key(i) for i in n.input]
+        if _is_commutative(n):
+            ins.sort()
+        text = f"{n.domain}::{n.op_type}{_attrs(n, precision)}({'|'.join(ins)})"
+        digest = hashlib.sha1(text.encode()).hexdigest()[:16]
+        for j, o in enumerate(n.output):
+            if o:
+                key[o] = f"{digest}.{j}"
+    return key
+
+
+def input_order(node: onnx.NodeProto, keys: dict[str, str] | None) -> list[int]:
+    """The order in which a node's inputs are visited and printed: as written, except for
+    commutative ops, whose inputs go by structural key (ties keep their written order)."""
+    idx = list(range(len(node.input)))
+    if keys is not None and _is_commutative(node):
+        idx.sort(key=lambda i: (keys.get(node.input[i], "?"), i))
+    return idx
+
+
+def canonical_order(model: onnx.ModelProto, keys: dict[str, str] | None = None) -> list[int]:
     """Node indices: iterative DFS post-order from the graph outputs, then unreachable nodes in
-    file order. Independent of names and of the file's order of independent nodes."""
+    file order. Independent of names and of the file's order of independent nodes; with
+    ``keys`` (``structural_keys``) also of the written order of commutative inputs."""
     nodes = model.graph.node
     producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
     done: set[int] = set()
@@ -46,7 +122,7 @@ def canonical_order(model: onnx.ModelProto) -> list[int]:
         on_stack = {root}
         while stack:
             idx, k = stack[-1]
-            inputs = nodes[idx].input
+            inputs = [nodes[idx].input[j] for j in input_order(nodes[idx], keys)]
             while k < len(inputs):
                 p = producer.get(inputs[k]) if inputs[k] else None
                 k += 1
@@ -103,7 +179,8 @@ def dump_model(model: onnx.ModelProto, *, precision: int = 6, names: bool = Fals
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     params, hidden = qdq_param_values(model)
-    order = [i for i in canonical_order(model) if i not in hidden]
+    keys = structural_keys(model, params, precision)
+    order = [i for i in canonical_order(model, keys) if i not in hidden]
     tname: dict[str, str] = {}
     seen_const: set[str] = set()
     n_const = 0
@@ -147,7 +224,7 @@ def dump_model(model: onnx.ModelProto, *, precision: int = 6, names: bool = Fals
             extra = _qdq_params(node, params, precision, ref)
             attrs = _attrs(node, precision, skip=("axis",) if "axis=" in extra else ())
         else:
-            args = ", ".join(ref(i) for i in node.input)
+            args = ", ".join(ref(node.input[j]) for j in input_order(node, keys))
             extra = ""
             attrs = _attrs(node, precision)
         outs = ", ".join(tname.get(o, "-") for o in node.output)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -62,7 +63,7 @@ def _reordered(model: onnx.ModelProto) -> onnx.ModelProto:
 def test_dump_is_deterministic_and_states_precision(messy):
     a = dump_model(messy)
     assert a == dump_model(messy)
-    assert a.splitlines()[0].startswith("# qdqopt dump v1: scales rounded to 6 significant digits")
+    assert a.splitlines()[0].startswith("# qdqopt dump v2: scales rounded to 6 significant digits")
     assert "DequantizeLinear(c0=int8[8x3x3x3]#" in a  # weights by dtype, shape, hash
     assert "stem_in_Q" not in a  # renumbered
     assert "# stem_in_Q" in dump_model(messy, names=True)
@@ -76,6 +77,39 @@ def test_dump_ignores_names_and_file_order(messy):
     reordered = _reordered(messy)
     assert [n.name for n in reordered.graph.node] != [n.name for n in messy.graph.node]
     assert dump_model(reordered) == base
+
+
+def _swapped(model: onnx.ModelProto, ops: tuple[str, ...]) -> onnx.ModelProto:
+    """Every node of ``ops`` with its two inputs written the other way round."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    swapped = 0
+    for n in m.graph.node:
+        if n.op_type in ops and len(n.input) == 2:
+            n.input[:] = [n.input[1], n.input[0]]
+            swapped += 1
+    assert swapped
+    return m
+
+
+@pytest.mark.parametrize("model", ["yolov8ish-naive.onnx", "yolov7-tiny-naive.onnx"])
+def test_dump_ignores_the_order_of_commutative_inputs(model):
+    """SiLU's Mul(x, Sigmoid(x)), the residual Adds: written either way, one dump."""
+    path = Path(__file__).resolve().parents[1] / "fixtures" / "models" / model
+    m = onnx.load(path)
+    assert dump_model(_swapped(m, ("Add", "Mul"))) == dump_model(m)
+    out, _ = optimize(m, "yolov8" if "v8" in model else "yolov7-tiny")
+    assert dump_model(_swapped(out, ("Add", "Mul"))) == dump_model(out)
+
+
+def test_dump_keeps_the_order_of_non_commutative_inputs():
+    b = Builder()
+    x = b.input("x", [1, 4, 3, 3])
+    y = b.conv(x, 4, 4, in_scale=0.02, name="c")
+    b.nodes.append(onnx.helper.make_node("Sub", [x, y], ["d"], name="sub"))
+    b.output("d")
+    m = b.build()
+    assert dump_model(_swapped(m, ("Sub",))) != dump_model(m)
 
 
 def test_dump_precision_and_weight_hash():
