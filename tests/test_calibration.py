@@ -81,6 +81,22 @@ def test_bad_samples_are_input_errors(data, message) -> None:
     assert message in str(exc.value)
 
 
+def test_static_batch_of_two_and_integer_inputs() -> None:
+    sess = session(relu_model(2))
+    x = np.zeros((4, 3, 4, 4), np.float32)
+    assert [f["x"].shape[0] for f in feed_batches(sess, {"x": x})] == [2, 2]
+    with pytest.raises(InputError, match="3 sample"):
+        feed_batches(sess, {"x": x[:3]})
+    i = helper.make_tensor_value_info("i", TensorProto.INT64, [1, 2])
+    o = helper.make_tensor_value_info("o", TensorProto.INT64, [1, 2])
+    g = helper.make_graph([helper.make_node("Identity", ["i"], ["o"])], "g", [i], [o])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    with pytest.raises(InputError, match="are float32; the model takes tensor"):
+        feed_batches(session(m), {"i": np.zeros((1, 2), np.float32)})
+    (feed,) = feed_batches(session(m), {"i": np.ones((1, 2), np.int32)})
+    assert feed["i"].dtype == np.int64  # integers are widened, not scaled
+
+
 def test_run_joins_the_outputs_of_every_batch() -> None:
     x = np.random.default_rng(1).normal(size=(3, 3, 4, 4)).astype(np.float32)
     out = run(relu_model(), {"x": x})["y"]
