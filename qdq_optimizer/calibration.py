@@ -38,10 +38,10 @@ class CalibrationData:
 
     def check(self, model: onnx.ModelProto) -> int:
         """Raise InputError unless the samples fit the model's inputs; the number of runs."""
-        from .verify import feed_batches, session
+        from .verify import feed_batches, model_inputs
 
-        try:
-            return len(feed_batches(session(model), self.arrays, dynamic_batch=1))
+        try:  # from the graph's inputs: no ONNX Runtime session (a big model's weights) needed
+            return len(feed_batches(model_inputs(model), self.arrays, dynamic_batch=1))
         except InputError as exc:
             raise InputError(f"calibration data {self.source}: {exc}") from None
 

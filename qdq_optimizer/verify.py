@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,13 +70,34 @@ def session(model: ModelLike):
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
-    try:
-        return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own exception types
-        raise InputError(
-            f"ONNX Runtime cannot load the model: {' '.join(str(exc).split())[:300]}"
-        ) from None
+    # Weight DQs have no inputs to wait for: in ONNX Runtime's default order they all run first,
+    # holding every dequantized weight at once (11 GB for a 2.3 GB int8 model); priority order
+    # runs each next to its consumer. Without the arena a second run does not grow memory again.
+    opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    opts.enable_cpu_mem_arena = False
+
+    def open_session(src):
+        try:
+            return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types
+            raise InputError(
+                f"ONNX Runtime cannot load the model: {' '.join(str(exc).split())[:300]}"
+            ) from None
+
+    if not isinstance(model, onnx.ModelProto):
+        return open_session(os.fspath(model))
+    from . import engine
+
+    if engine.model_size(model) < engine.PROTO_LIMIT:
+        return open_session(model.SerializeToString())
+    # over protobuf's 2 GiB: ONNX Runtime reads it from a copy with external data (written by
+    # model_io without touching ``model``); the session holds the weights once created
+    from .model_io import save_model
+
+    with tempfile.TemporaryDirectory(prefix="qdqopt-ort-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        save_model(model, path, external_data=True)
+        return open_session(os.fspath(path))
 
 
 def random_inputs(sess, seed: int = 0, dynamic_dim: int = 32) -> dict[str, np.ndarray]:
@@ -114,17 +136,44 @@ def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise InputError(f"cannot read inputs file {p}: {exc}") from None
 
 
+@dataclass
+class InputSpec:
+    """A graph input as ONNX Runtime describes it (``NodeArg``: name, type string, shape)."""
+
+    name: str
+    type: str
+    shape: list
+
+
+def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The graph inputs (initializers excluded) of a model, without an ONNX Runtime session."""
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else None
+        type_name = next((k for k, v in _NP_TYPES.items() if v == dtype), "tensor(unknown)")
+        dims = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+        ]
+        specs.append(InputSpec(vi.name, type_name, dims))
+    return specs
+
+
 def feed_batches(
     sess, data: dict[str, np.ndarray], dynamic_batch: int | None = None
 ) -> list[dict[str, np.ndarray]]:
-    """Split sample arrays into one feed per run.
+    """Split sample arrays into one feed per run (``sess``: an ONNX Runtime session, or the
+    ``model_inputs`` of a model).
 
     Each graph input's array has the input's rank; its first axis holds samples. A static batch
     size ``b`` takes them ``b`` at a time (the count must be a multiple of ``b``); a dynamic one
     takes ``dynamic_batch`` at a time (all at once when None). Integer arrays for a float input are
     8-bit images: they are scaled by 1/255 (so a data set can be stored as uint8).
     """
-    inputs = sess.get_inputs()
+    inputs = sess.get_inputs() if hasattr(sess, "get_inputs") else sess
     missing = [i.name for i in inputs if i.name not in data]
     if missing:
         raise InputError(f"inputs file lacks graph input(s): {', '.join(missing)}")
@@ -187,7 +236,10 @@ def run(
 ) -> dict[str, np.ndarray]:
     """Outputs of ``model`` by name on ``feeds`` (seeded random inputs when None); feeds that
     hold several batches run batch by batch, outputs joined along the first axis."""
-    sess = session(model)
+    return _run(session(model), feeds, seed)
+
+
+def _run(sess, feeds: dict[str, np.ndarray] | None, seed: int) -> dict[str, np.ndarray]:
     batches = [random_inputs(sess, seed)] if feeds is None else feed_batches(sess, feeds)
     names = [o.name for o in sess.get_outputs()]
     outs = [sess.run(names, f) for f in batches]
@@ -206,9 +258,11 @@ def compare(
     seed: int = 0,
 ) -> list[OutputComparison]:
     """Run both models on the same inputs; per shared output: max |diff| and SQNR of test."""
+    ref_sess = session(reference)  # one session (a big model's weights once at a time)
     if feeds is None:
-        feeds = random_inputs(session(reference), seed)
-    ref_out = run(reference, feeds)
+        feeds = random_inputs(ref_sess, seed)
+    ref_out = _run(ref_sess, feeds, seed)
+    del ref_sess
     test_out = run(test, feeds)
     result = []
     for name, r in ref_out.items():
@@ -235,9 +289,11 @@ def against_reference(
     """SQNR (dB) of each model's outputs against a float reference model on the same inputs:
     ``[{"name": output, "sqnr_db": {label: value}}]``. Used by ``optimize --verify
     --reference FLOAT.onnx`` to show whether the rewrite lost fidelity against the float model."""
+    ref_sess = session(reference)
     if feeds is None:
-        feeds = random_inputs(session(reference), seed)
-    ref_out = run(reference, feeds)
+        feeds = random_inputs(ref_sess, seed)
+    ref_out = _run(ref_sess, feeds, seed)
+    del ref_sess
     outs = {label: run(m, feeds) for label, m in models.items()}
     rows = []
     for name, r in ref_out.items():

@@ -275,3 +275,42 @@ def test_cli_calibration_data(tmp_path, capsys) -> None:
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err and message in err
         assert not out.exists() and not rep.exists()
+
+
+def test_models_over_the_protobuf_limit_run_from_external_data(monkeypatch, tmp_path) -> None:
+    """ONNX Runtime gets a >2 GiB model from a copy with external data (the limit is lowered here
+    so a small model takes that path); the caller's model is not touched."""
+    from qdq_optimizer import engine
+
+    naive = onnx.load(TINY)
+    before = naive.SerializeToString()
+    x = {"images": np.load(MODELS / "photos-val-160.npz")["images"][:1]}
+    expected = run(naive, x)["outputs"]
+    from qdq_optimizer import model_io
+
+    saved = []
+    real_save = model_io.save_model
+
+    def recording_save(model, path, **kw):
+        saved.append(kw)
+        return real_save(model, path, **kw)
+
+    monkeypatch.setattr(model_io, "save_model", recording_save)
+    monkeypatch.setattr(engine, "PROTO_LIMIT", 1000)
+    np.testing.assert_array_equal(run(naive, x)["outputs"], expected)
+    assert saved == [{"external_data": True}]
+    data = CalibrationData({"images": x["images"]})
+    got = observed_ranges(naive, [["images"]], data)
+    assert got[0] == pytest.approx(float(x["images"].max()) / 255)
+    assert len(saved) == 2
+    assert naive.SerializeToString() == before
+
+
+@pytest.mark.parametrize("build", [lambda: onnx.load(TINY), lambda: relu_model("N")])
+def test_model_inputs_describe_the_graph_like_onnx_runtime(build) -> None:
+    from qdq_optimizer.verify import model_inputs
+
+    model = build()
+    ours = [(i.name, i.type, list(i.shape)) for i in model_inputs(model)]
+    theirs = [(i.name, i.type, list(i.shape)) for i in session(model).get_inputs()]
+    assert ours == theirs

@@ -125,13 +125,14 @@ def command(
         from ..api import load
         from ..verify import compare
 
-        original = load(input_path)
-        report.verify = [c.to_dict() for c in compare(original, model, feeds, seed)]
+        # ONNX Runtime reads the input from its file (already loaded and checked by optimize):
+        # no second in-memory copy of a big model
+        report.verify = [c.to_dict() for c in compare(input_path, model, feeds, seed)]
         if reference_path is not None:
             from ..verify import against_reference
 
             rows = against_reference(
-                load(reference_path), {"input": original, "output": model}, feeds, seed
+                load(reference_path), {"input": input_path, "output": model}, feeds, seed
             )
             by_name = {r["name"]: r["sqnr_db"] for r in rows}
             for entry in report.verify:

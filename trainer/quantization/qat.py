@@ -297,6 +297,9 @@ def _spawn_worker(rank, world, port, model, loader_fn, cfg, evaluate_fn, out_dir
         result.world_size, result.rank_checksums = world, [float(s) for s in sums]
         if rank == 0:
             (Path(out_dir) / "result.json").write_text(json.dumps(asdict(result)))
+        # Leave together: a rank tearing gloo down while its peer still holds the connection
+        # aborted the peer now and then ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
