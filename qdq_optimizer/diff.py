@@ -42,6 +42,7 @@ class GraphDiff:
     nodes_added: list[str] = field(default_factory=list)
     nodes_removed: list[str] = field(default_factory=list)
     nodes_changed: list[str] = field(default_factory=list)
+    note: str | None = None  # e.g. the two models share few node names (different exports)
 
     SECTIONS = (
         ("pairs_added", "Q/DQ added"),
@@ -67,7 +68,7 @@ class GraphDiff:
     def to_text(self) -> str:
         if not self.differ:
             return "no differences\n"
-        out = []
+        out = [f"note: {self.note}"] if self.note else []
         for key, title in self.SECTIONS:
             items = getattr(self, key)
             if items:
@@ -82,7 +83,7 @@ class GraphDiff:
 
 def diff_models(a: onnx.ModelProto, b: onnx.ModelProto, precision: int = 6) -> GraphDiff:
     va, vb = _view(a, precision), _view(b, precision)
-    d = GraphDiff()
+    d = GraphDiff(note=_name_overlap_note(va, vb))
     for key in sorted(vb.nodes.keys() - va.nodes.keys()):
         d.nodes_added.append(f"{key} ({vb.nodes[key][0]})")
     for key in sorted(va.nodes.keys() - vb.nodes.keys()):
@@ -131,6 +132,22 @@ def diff_models(a: onnx.ModelProto, b: onnx.ModelProto, precision: int = 6) -> G
     d.pairs_added.extend(f"{_edge(e)} (from {s}): {_chain(c)}" for e, s, c in added)
     d.pairs_removed.extend(f"{_edge(e)} (from {s}): {_chain(c)}" for e, s, c in removed)
     return d
+
+
+def _name_overlap_note(va: _View, vb: _View) -> str | None:
+    """Nodes are matched by name: say so when two models share few names (another exporter or a
+    renaming pass), since every node then shows up as removed and added."""
+    named_a = {k for k in va.nodes if not k.startswith("<")}
+    named_b = {k for k in vb.nodes if not k.startswith("<")}
+    smaller = min(len(named_a), len(named_b))
+    common = len(named_a & named_b)
+    if smaller < 5 or common * 2 >= smaller:
+        return None
+    return (
+        f"only {common} of {smaller} node names match, so A and B look like different exports; "
+        "nodes are matched by name here (`qdqopt dump`, which ignores names, compares them "
+        "structurally)"
+    )
 
 
 def _edge(edge: tuple[str, str]) -> str:

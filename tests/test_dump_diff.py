@@ -145,6 +145,21 @@ def test_diff_identical_and_renamed_scales(messy):
     assert not d.pairs_added and not d.pairs_removed and not d.nodes_added
 
 
+def test_diff_says_when_the_models_share_few_names(messy, capsys, tmp_path):
+    assert diff_models(messy, messy).note is None
+    assert diff_models(messy, optimize(messy, "cleanup")[0]).note is None
+    renamed = _renamed(messy)
+    d = diff_models(messy, renamed)
+    assert d.differ and d.nodes_added and d.nodes_removed
+    assert d.note is not None and d.note.startswith("only 0 of ")
+    assert d.to_text().startswith("note: only 0 of ")
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(messy, a)
+    onnx.save(renamed, b)
+    assert cli.main(["diff", str(a), str(b), "--format", "json"]) == 1
+    assert json.loads(capsys.readouterr().out)["note"] == d.note
+
+
 def test_diff_after_cleanup(messy):
     out, _ = optimize(messy, "cleanup")
     d = diff_models(messy, out)

@@ -31,7 +31,7 @@ def command(a_path: Path, b_path: Path, precision: int, fmt: str) -> None:
     d = diff_models(load_model(a_path), load_model(b_path), precision=precision)
     if fmt == "json":
         payload = {k: getattr(d, k) for k, _ in d.SECTIONS}
-        click.echo(json.dumps({"differ": d.differ, **payload}, indent=2))
+        click.echo(json.dumps({"differ": d.differ, "note": d.note, **payload}, indent=2))
     else:
         click.echo(d.to_text(), nl=False)
     if d.differ:
