@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from .validate import constant_node_payload
+from .validate import constant_node_payload, kahn_order
 
 FORMAT_VERSION = 2  # 2: commutative inputs in structural order
 SMALL_CONST = 4  # constants with at most this many elements are printed by value
@@ -42,23 +42,9 @@ def _is_commutative(node: onnx.NodeProto) -> bool:
 
 
 def _topological(nodes) -> list[int]:
-    """Node indices producers first (Kahn); nodes on a cycle (invalid graphs) last, in file order."""
+    """Node indices producers first; nodes on a cycle (invalid graphs) last, in file order."""
     producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    users: list[list[int]] = [[] for _ in nodes]
-    waiting = [0] * len(nodes)
-    for i, n in enumerate(nodes):
-        for p in {producer[t] for t in n.input if t in producer}:
-            users[p].append(i)
-            waiting[i] += 1
-    ready = [i for i in range(len(nodes)) if waiting[i] == 0]
-    order: list[int] = []
-    while ready:
-        i = ready.pop()
-        order.append(i)
-        for u in users[i]:
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                ready.append(u)
+    order, _ = kahn_order(nodes, producer)
     placed = set(order)
     return order + [i for i in range(len(nodes)) if i not in placed]
 

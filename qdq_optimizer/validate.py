@@ -117,7 +117,9 @@ def _check_opset(model: onnx.ModelProto) -> int:
     return opset
 
 
-def _check_acyclic(nodes: list[onnx.NodeProto], producer: dict[str, int]) -> None:
+def kahn_order(nodes, producer: dict[str, int]) -> tuple[list[int], list[int]]:
+    """Node indices producers first (Kahn's algorithm), and per node the number of its producers
+    never placed: non-zero only for nodes on or behind a cycle, which the order leaves out."""
     n = len(nodes)
     indeg = [0] * n
     succ: list[list[int]] = [[] for _ in range(n)]
@@ -127,15 +129,21 @@ def _check_acyclic(nodes: list[onnx.NodeProto], producer: dict[str, int]) -> Non
         for p in preds:
             succ[p].append(i)
     ready = deque(i for i in range(n) if indeg[i] == 0)
-    done = 0
+    order: list[int] = []
     while ready:
         i = ready.popleft()
-        done += 1
+        order.append(i)
         for s in succ[i]:
             indeg[s] -= 1
             if indeg[s] == 0:
                 ready.append(s)
-    if done == n:
+    return order, indeg
+
+
+def _check_acyclic(nodes: list[onnx.NodeProto], producer: dict[str, int]) -> None:
+    n = len(nodes)
+    order, indeg = kahn_order(nodes, producer)
+    if len(order) == n:
         return
     # Walk back along unfinished predecessors until a node repeats: that node is on a cycle.
     start = next(i for i in range(n) if indeg[i] > 0)

@@ -251,6 +251,18 @@ def _run(sess, feeds: dict[str, np.ndarray] | None, seed: int) -> dict[str, np.n
     }
 
 
+def _reference_run(
+    reference: ModelLike, feeds: dict[str, np.ndarray] | None, seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The feeds (seeded random ones made from the reference's inputs when None) and the
+    reference's outputs, from one session that is gone before the next model loads (a big
+    model's weights are held once at a time)."""
+    sess = session(reference)
+    if feeds is None:
+        feeds = random_inputs(sess, seed)
+    return feeds, _run(sess, feeds, seed)
+
+
 def compare(
     reference: ModelLike,
     test: ModelLike,
@@ -258,11 +270,7 @@ def compare(
     seed: int = 0,
 ) -> list[OutputComparison]:
     """Run both models on the same inputs; per shared output: max |diff| and SQNR of test."""
-    ref_sess = session(reference)  # one session (a big model's weights once at a time)
-    if feeds is None:
-        feeds = random_inputs(ref_sess, seed)
-    ref_out = _run(ref_sess, feeds, seed)
-    del ref_sess
+    feeds, ref_out = _reference_run(reference, feeds, seed)
     test_out = run(test, feeds)
     result = []
     for name, r in ref_out.items():
@@ -289,11 +297,7 @@ def against_reference(
     """SQNR (dB) of each model's outputs against a float reference model on the same inputs:
     ``[{"name": output, "sqnr_db": {label: value}}]``. Used by ``optimize --verify
     --reference FLOAT.onnx`` to show whether the rewrite lost fidelity against the float model."""
-    ref_sess = session(reference)
-    if feeds is None:
-        feeds = random_inputs(ref_sess, seed)
-    ref_out = _run(ref_sess, feeds, seed)
-    del ref_sess
+    feeds, ref_out = _reference_run(reference, feeds, seed)
     outs = {label: run(m, feeds) for label, m in models.items()}
     rows = []
     for name, r in ref_out.items():
