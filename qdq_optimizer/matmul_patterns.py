@@ -11,7 +11,7 @@ Pure predicates (no graph edits) over the export forms the producers write (fact
   INT8 only when both inputs arrive through DQ.
 
 Every walk is bounded (a few steps from one node), so a pass over all MatMuls stays linear. This
-module imports only ``graph`` and ``scale_groups`` so ``trt_patterns`` can build on it.
+module imports only ``graph`` so ``trt_patterns`` can build on it without a cycle.
 """
 
 from __future__ import annotations
