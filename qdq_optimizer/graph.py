@@ -55,9 +55,6 @@ COMMUTING_OPS = frozenset(
     }
 )
 
-# Ops with weights: TensorRT expects Q/DQ on every input and fuses the output activation.
-WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-
 
 @dataclass(frozen=True)
 class QParams:
@@ -704,7 +701,7 @@ def _rank(tensor: Tensor) -> int | None:
             fast = _small_raw_array(lazy.tensor)
             if fast is not None:
                 tensor.values = fast  # what graph-surgeon's own lazy load would store
-                return fast
+                return fast.ndim
         return np.asarray(tensor.values).ndim
     return len(tensor.shape) if tensor.shape is not None else None
 

@@ -178,14 +178,6 @@ def scale_groups(graph: QGraph, min_tensors: int = 2) -> list[ScaleGroup]:
     return groups
 
 
-def group_of(graph: QGraph, tensor: Tensor) -> ScaleGroup | None:
-    """The scale group holding ``tensor`` (None when it stands alone)."""
-    for g in scale_groups(graph):
-        if any(t is tensor for t in g.tensors):
-            return g
-    return None
-
-
 def paired_dqs(graph: QGraph, q: Node) -> list[Node]:
     """DQ nodes reading the output of ``q`` (they must carry the Q's scale)."""
     return [c for c in q.outputs[0].outputs if graph.is_dq(c)]

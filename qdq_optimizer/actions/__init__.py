@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,9 +126,6 @@ class ActionContext:
         if node is None or not self.ignore:
             return False
         return name_matches(node if isinstance(node, str) else node.name, self.ignore)
-
-    def any_ignored(self, nodes: Iterable[Node]) -> bool:
-        return any(self.is_ignored(n) for n in nodes)
 
     def note(self, text: str) -> None:
         """Record an observation for the report (not a change)."""
