@@ -7,21 +7,23 @@ import logging
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-import torch
 from onnx import numpy_helper
-from pytorch_quantization import nn as quant_nn
-from pytorch_quantization.calib import HistogramCalibrator
-from pytorch_quantization.calib import histogram as lib_hist
-from torch import nn
 
-from tests.trainer_quant_toys import toy, toy_batches
-from trainer.quantization import calibrate as cal
-from trainer.quantization.checkpoint import load_quantized, save_quantized
-from trainer.quantization.export import export_model
-from trainer.quantization.insert import fuse_model, insert_quantizers, iter_quantizers
-from trainer.quantization.scale_sharing import (
+torch = pytest.importorskip("torch")
+pytest.importorskip("pytorch_quantization")
+ort = pytest.importorskip("onnxruntime")
+from pytorch_quantization import nn as quant_nn  # noqa: E402
+from pytorch_quantization.calib import HistogramCalibrator  # noqa: E402
+from pytorch_quantization.calib import histogram as lib_hist  # noqa: E402
+from torch import nn  # noqa: E402
+
+from tests.trainer_quant_toys import toy, toy_batches  # noqa: E402
+from trainer.quantization import calibrate as cal  # noqa: E402
+from trainer.quantization.checkpoint import load_quantized, save_quantized  # noqa: E402
+from trainer.quantization.export import export_model  # noqa: E402
+from trainer.quantization.insert import fuse_model, insert_quantizers, iter_quantizers  # noqa: E402
+from trainer.quantization.scale_sharing import (  # noqa: E402
     q_node_owners,
     quantize_residuals,
     share_scales,
