@@ -10,8 +10,9 @@ from typing import Any
 import onnx
 
 from .calibration import CalibrationData
-from .engine import DEFAULT_MAX_ITERATIONS, apply_rules, finalize
+from .engine import DEFAULT_MAX_ITERATIONS, apply_rules
 from .graph import DEQUANTIZE, QUANTIZE, QGraph, name_matches
+from .model_io import finalize
 from .report import OptimizeReport, Problem
 from .ruleset import RuleSet, compile_ignore, load_ruleset
 from .trt_checks import check_graph

@@ -32,13 +32,13 @@ class CalibrationData:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CalibrationData:
-        from .verify import load_inputs
+        from .runtime import load_inputs
 
         return cls(load_inputs(path), os.fspath(path))
 
     def check(self, model: onnx.ModelProto) -> int:
         """Raise InputError unless the samples fit the model's inputs; the number of runs."""
-        from .verify import feed_batches, model_inputs
+        from .runtime import feed_batches, model_inputs
 
         try:  # from the graph's inputs: no ONNX Runtime session (a big model's weights) needed
             return len(feed_batches(model_inputs(model), self.arrays, dynamic_batch=1))
@@ -88,7 +88,7 @@ def observed_ranges(
 ) -> list[float | None]:
     """Per group of tensor names: the largest finite |x| any of them takes on the samples, with
     activation quantization off (None where no sample reached the group)."""
-    from .verify import feed_batches, session
+    from .runtime import feed_batches, session
 
     if not groups:
         return []

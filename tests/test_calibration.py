@@ -15,7 +15,8 @@ import cli
 from qdq_optimizer.api import optimize
 from qdq_optimizer.calibration import CalibrationData, bypass_activation_qdq, observed_ranges
 from qdq_optimizer.errors import InputError
-from qdq_optimizer.verify import feed_batches, run, session, sqnr
+from qdq_optimizer.runtime import feed_batches, run, session
+from qdq_optimizer.verify import sqnr
 
 MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 TINY = MODELS / "yolov7-tiny-naive.onnx"
@@ -280,8 +281,6 @@ def test_cli_calibration_data(tmp_path, capsys) -> None:
 def test_models_over_the_protobuf_limit_run_from_external_data(monkeypatch, tmp_path) -> None:
     """ONNX Runtime gets a >2 GiB model from a copy with external data (the limit is lowered here
     so a small model takes that path); the caller's model is not touched."""
-    from qdq_optimizer import engine
-
     naive = onnx.load(TINY)
     before = naive.SerializeToString()
     x = {"images": np.load(MODELS / "photos-val-160.npz")["images"][:1]}
@@ -296,7 +295,7 @@ def test_models_over_the_protobuf_limit_run_from_external_data(monkeypatch, tmp_
         return real_save(model, path, **kw)
 
     monkeypatch.setattr(model_io, "save_model", recording_save)
-    monkeypatch.setattr(engine, "PROTO_LIMIT", 1000)
+    monkeypatch.setattr(model_io, "PROTO_LIMIT", 1000)
     np.testing.assert_array_equal(run(naive, x)["outputs"], expected)
     assert saved == [{"external_data": True}]
     data = CalibrationData({"images": x["images"]})
@@ -308,7 +307,7 @@ def test_models_over_the_protobuf_limit_run_from_external_data(monkeypatch, tmp_
 
 @pytest.mark.parametrize("build", [lambda: onnx.load(TINY), lambda: relu_model("N")])
 def test_model_inputs_describe_the_graph_like_onnx_runtime(build) -> None:
-    from qdq_optimizer.verify import model_inputs
+    from qdq_optimizer.runtime import model_inputs
 
     model = build()
     ours = [(i.name, i.type, list(i.shape)) for i in model_inputs(model)]

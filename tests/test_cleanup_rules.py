@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qdq_builders import Builder, messy_model  # noqa: I001
 
 from qdq_optimizer import engine, lint, optimize
-from qdq_optimizer.verify import run, session
+from qdq_optimizer.runtime import run, session
 
 
 def _ops(model: onnx.ModelProto) -> list[str]:

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 from qdq_builders import Builder, messy_model  # noqa: I001  (tests/ is on sys.path)
 
 from qdq_optimizer.graph import QGraph, _toposort
-from qdq_optimizer.verify import run
+from qdq_optimizer.runtime import run
 
 
 @pytest.fixture(scope="module")

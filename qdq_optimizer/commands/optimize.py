@@ -101,7 +101,7 @@ def command(
     compile_ignore(ignore)
     feeds = None
     if inputs_path is not None:
-        from ..verify import load_inputs
+        from ..runtime import load_inputs
 
         feeds = load_inputs(inputs_path)
     calibration = None
