@@ -9,7 +9,7 @@ from typing import Any
 
 import onnx
 
-from .calibration import CalibrationData
+from .calibration import CalibrationData, measure_ranges
 from .engine import DEFAULT_MAX_ITERATIONS, apply_rules
 from .graph import DEQUANTIZE, QUANTIZE, QGraph, name_matches
 from .model_io import finalize
@@ -50,7 +50,8 @@ def optimize(
     returned model is the (unchanged) input and the report lists the changes rules would make.
     ``calibration_data`` (an ``.npz`` path, arrays keyed by input name, or ``CalibrationData``)
     selects the ``calibrated`` scale-group policy: scale groups that hold a residual skip get a
-    scale covering the largest |x| seen on those samples (``qdq_optimizer.calibration``).
+    scale covering the largest |x| seen on those samples. The ranges are measured once, before
+    the rules run (``qdq_optimizer.calibration.measure_ranges``), and handed to them in settings.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -67,7 +68,6 @@ def optimize(
                 if isinstance(calibration_data, dict)
                 else CalibrationData.load(calibration_data)
             )
-        run_settings["calibration"] = calibration_data
         run_settings["scale_policy"] = "calibrated"
 
     t = time.perf_counter()
@@ -83,6 +83,12 @@ def optimize(
     graph = QGraph.from_model(model)
     before = _stats(graph)
     timings["validate_import"] = _ms(t)
+
+    if calibration_data is not None:  # the pre-pass: the rules get ranges, never run a model
+        t = time.perf_counter()
+        run_settings["observed_ranges"] = measure_ranges(model, calibration_data)
+        run_settings["observed_runs"] = calibration_data.runs
+        timings["calibration"] = _ms(t)
 
     t = time.perf_counter()
     run = apply_rules(

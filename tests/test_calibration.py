@@ -13,7 +13,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 import cli
 from qdq_optimizer.api import optimize
-from qdq_optimizer.calibration import CalibrationData, bypass_activation_qdq, observed_ranges
+from qdq_optimizer.calibration import (
+    CalibrationData,
+    bypass_activation_qdq,
+    measure_ranges,
+    observed_ranges,
+)
 from qdq_optimizer.errors import InputError
 from qdq_optimizer.runtime import feed_batches, run, session
 from qdq_optimizer.verify import sqnr
@@ -231,6 +236,25 @@ def test_a_borrowed_skip_scale_is_sized_from_data() -> None:
     assert _skip_scale(out) == pytest.approx(float(np.abs(t).max()) / 127, rel=1e-5)
     again, rep2 = optimize(out, "tensorrt", calibration_data=data)
     assert rep2.total_changes == 0  # idempotent: the group agrees and gained no skip quantizer
+
+
+def test_the_pre_pass_hands_ranges_to_the_rules() -> None:
+    """measure_ranges runs once before the rules; the rules read its ranges from settings, so
+    the same ranges without samples give the same model (the rules run no model)."""
+    model = residual_block(skip_scale=0.01)
+    data = {"x": np.random.default_rng(1).random((4, 4, 8, 8), dtype=np.float32)}
+    calib = CalibrationData(dict(data))
+    ranges = measure_ranges(model, calib)
+    assert calib.runs == 4
+    assert ranges["mid_dq"] == ranges["conv1_r"] > 0.01 * 127  # a bypassed DQ: its Q input's range
+    assert ranges["x"] == pytest.approx(float(data["x"].max()))
+    from_samples, _ = optimize(model, "tensorrt", calibration_data=data)
+    settings = {"scale_policy": "calibrated", "observed_ranges": ranges, "observed_runs": 4}
+    from_ranges, rep = optimize(model, "tensorrt", settings=settings)
+    assert _skip_scale(from_ranges) == _skip_scale(from_samples)
+    assert from_ranges.SerializeToString() == from_samples.SerializeToString()
+    groups = next(r for r in rep.results if r.rule_id == "scale-groups")
+    assert any("in 4 batch(es)" in c.detail for c in groups.changes)
 
 
 # ----------------------------------------------------------------------------- API and CLI
