@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from qdq_builders import yolo_like  # noqa: E402
 
-from qdq_optimizer.engine import apply_rules  # noqa: E402
+from qdq_optimizer.fixpoint import apply_rules  # noqa: E402
 from qdq_optimizer.graph import QGraph  # noqa: E402
 from qdq_optimizer.model_io import (  # noqa: E402
     finalize,  # noqa: E402

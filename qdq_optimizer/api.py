@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from .calibration import CalibrationData, measure_ranges
-from .engine import DEFAULT_MAX_ITERATIONS, apply_rules
+from .fixpoint import DEFAULT_MAX_ITERATIONS, apply_rules
 from .graph import DEQUANTIZE, QUANTIZE, QGraph, name_matches
 from .model_io import finalize
 from .report import OptimizeReport, Problem

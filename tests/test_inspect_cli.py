@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from cli import main
-from qdq_optimizer import trt_build
+from qdq_optimizer.engines import tensorrt_api as trt_build
+from qdq_optimizer.engines.tensorrt_api import BuildResult, build_engine, default_report_path
 from qdq_optimizer.errors import InputError, MissingDependencyError, UsageError
-from qdq_optimizer.trt_build import BuildResult, build_engine, default_report_path
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "engines"
 R86 = str(FIX / "trt86-reformat-metadata.graph.json")

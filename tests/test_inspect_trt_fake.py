@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from cli import main
-from qdq_optimizer import trt_build
+from qdq_optimizer.engines import load_report
+from qdq_optimizer.engines import tensorrt_api as trt_build
 from qdq_optimizer.errors import InputError, UsageError
-from qdq_optimizer.inspect import load_report
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "engines"
 REPORT = (FIX / "trt11-io-tensors.graph.json").read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .. import trt_build
+from ..engines import tensorrt_api as trt_build
 
 
 @click.command(name="build")

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import InputError, MissingDependencyError, UsageError
-from .fileio import check_output_path, write_bytes_atomic, write_text_atomic
+from ..errors import InputError, MissingDependencyError, UsageError
+from ..fileio import check_output_path, write_bytes_atomic, write_text_atomic
 
 TRTEXEC_HINT = (
     "produce the layer report with trtexec instead: trtexec --onnx=model.onnx --int8 "
@@ -174,7 +174,7 @@ def build_engine(
 
     Both files are written atomically, and only after the report parses as a detailed one.
     """
-    from .inspect.report import parse_json_documents, report_from_documents
+    from .layer_report import parse_json_documents, report_from_documents
 
     onnx_p = Path(onnx_path)
     if not onnx_p.is_file():
