@@ -16,9 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .dump import format_attrs, format_const, qdq_param_values
-
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+from .dump import format_attrs, format_const
+from .protos import QDQ_OPS, qdq_param_values
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import numpy_helper
 
-from .validate import constant_node_payload, kahn_order
+from .protos import QDQ_OPS, qdq_param_values
+from .validate import kahn_order
 
 FORMAT_VERSION = 2  # 2: commutative inputs in structural order
 SMALL_CONST = 4  # constants with at most this many elements are printed by value
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 COMMUTATIVE_OPS = frozenset(
     {"Add", "Mul", "Sum", "Max", "Min", "Mean", "And", "Or", "Xor", "Equal", "BitwiseAnd",
      "BitwiseOr", "BitwiseXor"}
@@ -124,40 +124,6 @@ def canonical_order(model: onnx.ModelProto, keys: dict[str, str] | None = None) 
                 order.append(idx)
     order.extend(i for i in range(len(nodes)) if i not in done)
     return order
-
-
-def qdq_param_values(model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], set[int]]:
-    """Values of every Q/DQ scale and zero point that is a constant (initializer or Constant
-    node), and the indices of Constant nodes that feed nothing but such parameters: exporters
-    differ only in this, so dump and diff show the values inline and hide those nodes."""
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    param_uses: set[str] = set()
-    other_uses: set[str] = {o.name for o in g.output}
-    for n in g.node:
-        for i, t in enumerate(n.input):
-            if n.op_type in QDQ_OPS and i in (1, 2):
-                param_uses.add(t)
-            else:
-                other_uses.add(t)
-    values: dict[str, np.ndarray] = {}
-    hidden: set[int] = set()
-    for idx, n in enumerate(g.node):
-        if n.op_type == "Constant" and len(n.output) == 1 and n.output[0] in param_uses:
-            value = _constant_node_value(n)
-            if value is not None:
-                values[n.output[0]] = value
-                if n.output[0] not in other_uses:
-                    hidden.add(idx)
-    for name in param_uses:
-        if name in inits:
-            values[name] = numpy_helper.to_array(inits[name])
-    return values, hidden
-
-
-def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
-    payload = constant_node_payload(node)
-    return numpy_helper.to_array(payload) if isinstance(payload, TensorProto) else payload
 
 
 def dump_model(model: onnx.ModelProto, *, precision: int = 6, names: bool = False) -> str:

@@ -17,10 +17,9 @@ from onnx import TensorProto, checker, defs, numpy_helper
 
 from .errors import InputError
 from .model_io import check_tensor_data as _check_tensor_data
+from .protos import DEQUANTIZE, QUANTIZE, attr_int, constant_node_payload
 
 MIN_OPSET = 13
-QUANTIZE = "QuantizeLinear"
-DEQUANTIZE = "DequantizeLinear"
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _SCALE_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
@@ -218,23 +217,6 @@ def _const(
     return constant_node_payload(nodes[j])
 
 
-def constant_node_payload(node: onnx.NodeProto) -> TensorProto | np.ndarray | None:
-    """What a ``Constant`` node holds: its TensorProto (undecoded, so it can be checked first) or
-    the value of a scalar/list attribute; None for other forms."""
-    for a in node.attribute:
-        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
-            return a.t
-        if a.name == "value_float":
-            return np.asarray(a.f, dtype=np.float32)
-        if a.name == "value_floats":
-            return np.asarray(list(a.floats), dtype=np.float32)
-        if a.name == "value_int":
-            return np.asarray(a.i, dtype=np.int64)
-        if a.name == "value_ints":
-            return np.asarray(list(a.ints), dtype=np.int64)
-    return None
-
-
 def _to_array(value: TensorProto | np.ndarray, what: str) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
@@ -321,12 +303,12 @@ def _check_qdq(
             "(they handle int8); passed through untouched"
         )
 
-    block = next((a.i for a in node.attribute if a.name == "block_size"), 0)
+    block = attr_int(node, "block_size", 0)
     if block:
         warnings.append(f"{label}: blocked quantization is not handled; passed through untouched")
         return
     if scale.size > 1:
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        axis = attr_int(node, "axis", 1)
         shape = shapes.get(node.input[0])
         if shape is not None:
             rank = len(shape)
@@ -349,7 +331,7 @@ def _implicit_dtype(
 ) -> int | None:
     """The quantized type of a Q/DQ without a zero point (Q: uint8 unless output_dtype)."""
     if node.op_type == QUANTIZE:
-        out = next((a.i for a in node.attribute if a.name == "output_dtype"), 0)
+        out = attr_int(node, "output_dtype", 0)
         return out or TensorProto.UINT8
     src = node.input[0]
     if src in inits:
