@@ -15,6 +15,7 @@ from .graph import DEQUANTIZE, QUANTIZE, QGraph, name_matches
 from .model_io import finalize
 from .report import OptimizeReport, Problem
 from .ruleset import RuleSet, compile_ignore, load_ruleset
+from .scale_groups import scale_groups
 from .trt_checks import check_graph
 
 ModelLike = onnx.ModelProto | str | os.PathLike
@@ -183,6 +184,20 @@ def lint(
     return lint_report(
         model_or_path, rules, ignore=ignore, allow_asymmetric=allow_asymmetric, checks=checks
     ).problems
+
+
+def quantizer_groups(model: onnx.ModelProto, rules: str | None = None) -> list[list[str]]:
+    """Names of QuantizeLinear nodes that must share one scale, one list per group (groups of two
+    or more only; deterministic, topological order). Used by the trainer to tie quantizers.
+
+    With ``rules`` (a rule-set name or path), the groups are the ones that rule set will unify:
+    none when it has no ``unify_scale_groups`` rule (e.g. ``cleanup``, or one that disables it)."""
+    if rules is not None:
+        if not any(r.action == "unify_scale_groups" for r in load_ruleset(rules).rules):
+            return []
+    graph = QGraph.from_model(model)
+    groups = scale_groups(graph)
+    return [[q.name for q in g.quantizers] for g in groups if len(g.quantizers) >= 2]
 
 
 def _stats(graph: QGraph) -> dict[str, int]:

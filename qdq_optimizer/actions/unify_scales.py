@@ -30,7 +30,7 @@ from ..graph import Node, QGraph
 from ..report import Change
 from ..scale_groups import ScaleGroup, joining_inputs, paired_dqs, scale_groups
 from ..trt_patterns import residual_inputs
-from . import ActionContext, register_action
+from .registry import ActionContext, register_action
 from .residual import INSERTED_SKIP_QS
 
 POLICIES = ("max", "output", "calibrated")

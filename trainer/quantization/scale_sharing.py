@@ -2,7 +2,7 @@
 
 The model is exported once to a temporary ONNX in which every per-tensor quantizer carries a
 unique amax; each QuantizeLinear's scale therefore names the quantizer it came from (robust to
-exporter naming). ``qdq_optimizer.scale_groups.quantizer_groups`` returns the Q nodes that must
+exporter naming). ``qdq_optimizer.api.quantizer_groups`` returns the Q nodes that must
 share a scale; the matching quantizers are merged with union-find and each group is replaced by
 one ``TensorQuantizer`` object, so PTQ calibrates one histogram per group and QAT trains against
 exactly the scales TensorRT will use.
@@ -26,8 +26,8 @@ from networkx.utils import UnionFind
 from pytorch_quantization import nn as quant_nn
 from torch import nn
 
+from qdq_optimizer.api import quantizer_groups
 from qdq_optimizer.protos import qdq_param_values
-from qdq_optimizer.scale_groups import quantizer_groups
 
 from .insert import input_descriptor, iter_quantizers
 
