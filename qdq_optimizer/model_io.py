@@ -8,6 +8,10 @@ reading a byte of it, so a hostile model cannot make qdqopt read outside what it
 ``save_model`` writes atomically (temp file + rename, via :mod:`qdq_optimizer.fileio`). Models too
 big for one protobuf (2 GiB) are written with their weights in ``<out>.data`` next to the output,
 built tensor by tensor so the in-memory model is neither copied nor modified.
+
+The one home of model size: ``PROTO_LIMIT`` and ``model_size`` decide when a model is saved with
+external data, checked by path (``check_model``) or handed to ONNX Runtime as a file (``runtime``).
+``finalize`` turns the rewritten graph back into a checked model, ready to save.
 """
 
 from __future__ import annotations

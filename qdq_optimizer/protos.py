@@ -37,6 +37,22 @@ def constant_node_payload(node: onnx.NodeProto) -> TensorProto | np.ndarray | No
     return None
 
 
+def constant_payload(
+    name: str,
+    nodes: list[onnx.NodeProto],
+    producer: dict[str, int],
+    inits: dict[str, TensorProto],
+) -> TensorProto | np.ndarray | None:
+    """The TensorProto (or value) behind a constant tensor name (an initializer or a ``Constant``
+    node's output; ``producer``: output name -> node index), else None."""
+    if name in inits:
+        return inits[name]
+    j = producer.get(name)
+    if j is None or nodes[j].op_type != "Constant":
+        return None
+    return constant_node_payload(nodes[j])
+
+
 def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     """The value of a ``Constant`` node as an array (None for forms other than a value)."""
     payload = constant_node_payload(node)
@@ -99,3 +115,27 @@ def small_tensor_array(proto: onnx.TensorProto) -> np.ndarray | None:
     if arr.size != size:
         return None
     return arr.reshape(tuple(proto.dims))
+
+
+def implicit_quant_dtype(
+    node: onnx.NodeProto,
+    nodes: list[onnx.NodeProto],
+    producer: dict[str, int],
+    inits: dict[str, TensorProto],
+) -> int | None:
+    """The quantized type of a Q/DQ without a zero point (Q: uint8 unless output_dtype)."""
+    if node.op_type == QUANTIZE:
+        out = attr_int(node, "output_dtype", 0)
+        return out or TensorProto.UINT8
+    src = node.input[0]
+    if src in inits:
+        return inits[src].data_type
+    j = producer.get(src)
+    if j is not None and nodes[j].op_type == QUANTIZE:
+        q = nodes[j]
+        if len(q.input) > 2 and q.input[2]:
+            zp = constant_payload(q.input[2], nodes, producer, inits)
+            if isinstance(zp, TensorProto):
+                return zp.data_type
+        return implicit_quant_dtype(q, nodes, producer, inits)
+    return None
