@@ -126,14 +126,23 @@ def _peaks(bypassed: onnx.ModelProto, names: list[str], data: CalibrationData) -
         values = dict(zip(fetch, sess.run(fetch, feed), strict=True)) if fetch else {}
         values.update({n: feed[n] for n in names if n in graph_inputs})
         for n, v in values.items():
-            v = np.asarray(v)
-            if not (np.issubdtype(v.dtype, np.number) or v.dtype == np.bool_):
-                continue  # e.g. a string tensor: no range
-            a = np.abs(v.astype(np.float32))
-            a = a[np.isfinite(a)]  # an overflowing activation must not set the range
-            if a.size:
-                peak[n] = max(peak.get(n, 0.0), float(a.max()))
+            amax = _finite_amax(np.asarray(v))
+            if amax is not None:
+                peak[n] = max(peak.get(n, 0.0), amax)
     return peak
+
+
+def _finite_amax(v: np.ndarray) -> float | None:
+    """Largest finite |x| of an array (None when it has none, or holds no numbers)."""
+    if not (np.issubdtype(v.dtype, np.number) or v.dtype == np.bool_) or v.size == 0:
+        return None  # e.g. a string tensor: no range
+    v = v.astype(np.float32, copy=False)
+    amax = float(max(v.max(), -v.min()))  # no |x| temporary: the common, all-finite case
+    if np.isfinite(amax):
+        return amax
+    a = np.abs(v)
+    a = a[np.isfinite(a)]  # an overflowing activation must not set the range
+    return float(a.max()) if a.size else None
 
 
 def observed_ranges(
