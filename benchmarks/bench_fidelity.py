@@ -17,7 +17,8 @@ from pathlib import Path
 
 from qdq_optimizer.api import optimize
 from qdq_optimizer.calibration import CalibrationData
-from qdq_optimizer.verify import load_inputs, run, sqnr
+from qdq_optimizer.runtime import load_inputs, run
+from qdq_optimizer.verify import sqnr
 
 MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 RULES = {"yolov7-tiny": "yolov7-tiny", "yolov7": "yolov7", "yolov8ish": "yolov8"}

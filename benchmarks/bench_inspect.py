@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qdq_optimizer.inspect import check, load_report, summarize
+from qdq_optimizer.engines import check, load_report, summarize
 
 FORMATS = [
     "Thirty-two wide channel vectorized row major Int8 format",

@@ -24,9 +24,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from qdq_builders import yolo_like  # noqa: E402
 
-from qdq_optimizer.engine import apply_rules, finalize  # noqa: E402
+from qdq_optimizer.fixpoint import apply_rules  # noqa: E402
 from qdq_optimizer.graph import QGraph  # noqa: E402
-from qdq_optimizer.model_io import load_model, save_model  # noqa: E402
+from qdq_optimizer.model_io import (  # noqa: E402
+    finalize,  # noqa: E402
+    load_model,
+    save_model,
+)
 from qdq_optimizer.ruleset import available_rulesets, load_ruleset  # noqa: E402
 from qdq_optimizer.validate import validate_model  # noqa: E402
 

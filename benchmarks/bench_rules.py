@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from qdq_optimizer.engine import apply_rules
+from qdq_optimizer.fixpoint import apply_rules
 from qdq_optimizer.graph import QGraph
 from qdq_optimizer.ruleset import load_ruleset
 from qdq_optimizer.testing.graphgen import FloatBuilder, naive_qdq

@@ -9,11 +9,13 @@ from typing import Any
 
 import onnx
 
-from .calibration import CalibrationData
-from .engine import DEFAULT_MAX_ITERATIONS, apply_rules, finalize
+from .calibration import CalibrationData, measure_ranges
+from .fixpoint import DEFAULT_MAX_ITERATIONS, apply_rules
 from .graph import DEQUANTIZE, QUANTIZE, QGraph, name_matches
+from .model_io import finalize
 from .report import OptimizeReport, Problem
 from .ruleset import RuleSet, compile_ignore, load_ruleset
+from .scale_groups import scale_groups
 from .trt_checks import check_graph
 
 ModelLike = onnx.ModelProto | str | os.PathLike
@@ -49,7 +51,8 @@ def optimize(
     returned model is the (unchanged) input and the report lists the changes rules would make.
     ``calibration_data`` (an ``.npz`` path, arrays keyed by input name, or ``CalibrationData``)
     selects the ``calibrated`` scale-group policy: scale groups that hold a residual skip get a
-    scale covering the largest |x| seen on those samples (``qdq_optimizer.calibration``).
+    scale covering the largest |x| seen on those samples. The ranges are measured once, before
+    the rules run (``qdq_optimizer.calibration.measure_ranges``), and handed to them in settings.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -66,7 +69,6 @@ def optimize(
                 if isinstance(calibration_data, dict)
                 else CalibrationData.load(calibration_data)
             )
-        run_settings["calibration"] = calibration_data
         run_settings["scale_policy"] = "calibrated"
 
     t = time.perf_counter()
@@ -82,6 +84,12 @@ def optimize(
     graph = QGraph.from_model(model)
     before = _stats(graph)
     timings["validate_import"] = _ms(t)
+
+    if calibration_data is not None:  # the pre-pass: the rules get ranges, never run a model
+        t = time.perf_counter()
+        run_settings["observed_ranges"] = measure_ranges(model, calibration_data)
+        run_settings["observed_runs"] = calibration_data.runs
+        timings["calibration"] = _ms(t)
 
     t = time.perf_counter()
     run = apply_rules(
@@ -176,6 +184,20 @@ def lint(
     return lint_report(
         model_or_path, rules, ignore=ignore, allow_asymmetric=allow_asymmetric, checks=checks
     ).problems
+
+
+def quantizer_groups(model: onnx.ModelProto, rules: str | None = None) -> list[list[str]]:
+    """Names of QuantizeLinear nodes that must share one scale, one list per group (groups of two
+    or more only; deterministic, topological order). Used by the trainer to tie quantizers.
+
+    With ``rules`` (a rule-set name or path), the groups are the ones that rule set will unify:
+    none when it has no ``unify_scale_groups`` rule (e.g. ``cleanup``, or one that disables it)."""
+    if rules is not None:
+        if not any(r.action == "unify_scale_groups" for r in load_ruleset(rules).rules):
+            return []
+    graph = QGraph.from_model(model)
+    groups = scale_groups(graph)
+    return [[q.name for q in g.quantizers] for g in groups if len(g.quantizers) >= 2]
 
 
 def _stats(graph: QGraph) -> dict[str, int]:

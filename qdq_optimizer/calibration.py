@@ -8,6 +8,10 @@ output and every later block adds to it. With samples, a scale group that holds 
 gets a scale that covers the largest |x| seen on them, measured by running the graph under
 ONNX Runtime with its activation Q/DQ pairs bypassed (quantization off, weights still quantized:
 how pytorch-quantization calibrates).
+
+A pre-pass: ``measure_ranges`` runs once on the input model, before any rule, and the rules get the
+ranges as data (``settings: observed_ranges``), so rule actions stay graph rewrites that never run
+a model. With activation quantization off, the rules' Q/DQ moves do not change these values.
 """
 
 from __future__ import annotations
@@ -32,13 +36,13 @@ class CalibrationData:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CalibrationData:
-        from .verify import load_inputs
+        from .runtime import load_inputs
 
         return cls(load_inputs(path), os.fspath(path))
 
     def check(self, model: onnx.ModelProto) -> int:
         """Raise InputError unless the samples fit the model's inputs; the number of runs."""
-        from .verify import feed_batches, model_inputs
+        from .runtime import feed_batches, model_inputs
 
         try:  # from the graph's inputs: no ONNX Runtime session (a big model's weights) needed
             return len(feed_batches(model_inputs(model), self.arrays, dynamic_batch=1))
@@ -49,6 +53,11 @@ class CalibrationData:
 def bypass_activation_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` in which every Q -> DQ pair on an activation is skipped (weights keep
     their Q/DQ): what the model computes with activation quantization switched off."""
+    return _bypass(model)[0]
+
+
+def _bypass(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """``bypass_activation_qdq`` and its aliases: bypassed DQ output name -> the Q's input."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -66,7 +75,7 @@ def bypass_activation_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
         if n.op_type == "DequantizeLinear" and n.input[0] in q_input
     }
     if not alias:
-        return out
+        return out, alias
     for n in g.node:
         for i, name in enumerate(n.input):
             if name in alias:
@@ -80,22 +89,31 @@ def bypass_activation_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     keep = [n for n in kept if not (n.output[0] in q_input and n.output[0] not in read)]
     del g.node[:]
     g.node.extend(keep)
-    return out
+    return out, alias
 
 
-def observed_ranges(
-    model: onnx.ModelProto, groups: Sequence[Sequence[str]], data: CalibrationData
-) -> list[float | None]:
-    """Per group of tensor names: the largest finite |x| any of them takes on the samples, with
-    activation quantization off (None where no sample reached the group)."""
-    from .verify import feed_batches, session
+def measure_ranges(model: onnx.ModelProto, data: CalibrationData) -> dict[str, float]:
+    """The calibration pre-pass: the largest finite |x| every activation tensor of ``model``
+    takes on the samples with activation quantization off (tensor name -> amax; a bypassed DQ's
+    output has its Q input's range). Tensors no sample reached, or that stay 0, are left out."""
+    bypassed, alias = _bypass(model)
+    constants = {t.name for t in model.graph.initializer}
+    names = {i.name for i in model.graph.input if i.name not in constants}
+    names.update(o for n in bypassed.graph.node if n.op_type != "Constant" for o in n.output if o)
+    peak = _peaks(bypassed, sorted(names), data)
+    for dq_out, src in alias.items():
+        if src in peak:
+            peak[dq_out] = peak[src]
+    return {n: v for n, v in peak.items() if v > 0}
 
-    if not groups:
-        return []
-    graph_inputs = {i.name for i in model.graph.input}
-    names = sorted({n for g in groups for n in g})
+
+def _peaks(bypassed: onnx.ModelProto, names: list[str], data: CalibrationData) -> dict[str, float]:
+    """Largest finite |x| of each named tensor of an (activation-bypassed) model on the samples;
+    ``data.runs`` becomes the number of ONNX Runtime batches."""
+    from .runtime import feed_batches, session
+
+    graph_inputs = {i.name for i in bypassed.graph.input}
     fetch = [n for n in names if n not in graph_inputs]
-    bypassed = bypass_activation_qdq(model)
     present = {o.name for o in bypassed.graph.output}
     for name in fetch:
         if name not in present:
@@ -108,10 +126,33 @@ def observed_ranges(
         values = dict(zip(fetch, sess.run(fetch, feed), strict=True)) if fetch else {}
         values.update({n: feed[n] for n in names if n in graph_inputs})
         for n, v in values.items():
-            a = np.abs(np.asarray(v, dtype=np.float32))
-            a = a[np.isfinite(a)]  # an overflowing activation must not set the range
-            if a.size:
-                peak[n] = max(peak.get(n, 0.0), float(a.max()))
+            amax = _finite_amax(np.asarray(v))
+            if amax is not None:
+                peak[n] = max(peak.get(n, 0.0), amax)
+    return peak
+
+
+def _finite_amax(v: np.ndarray) -> float | None:
+    """Largest finite |x| of an array (None when it has none, or holds no numbers)."""
+    if not (np.issubdtype(v.dtype, np.number) or v.dtype == np.bool_) or v.size == 0:
+        return None  # e.g. a string tensor: no range
+    v = v.astype(np.float32, copy=False)
+    amax = float(max(v.max(), -v.min()))  # no |x| temporary: the common, all-finite case
+    if np.isfinite(amax):
+        return amax
+    a = np.abs(v)
+    a = a[np.isfinite(a)]  # an overflowing activation must not set the range
+    return float(a.max()) if a.size else None
+
+
+def observed_ranges(
+    model: onnx.ModelProto, groups: Sequence[Sequence[str]], data: CalibrationData
+) -> list[float | None]:
+    """Per group of tensor names: the largest finite |x| any of them takes on the samples, with
+    activation quantization off (None where no sample reached the group)."""
+    if not groups:
+        return []
+    peak = _peaks(bypass_activation_qdq(model), sorted({n for g in groups for n in g}), data)
     out: list[float | None] = []
     for g in groups:
         seen = [peak[n] for n in g if n in peak]

@@ -16,9 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .dump import _attrs, _const, qdq_param_values
-
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+from .dump import format_attrs, format_const
+from .protos import QDQ_OPS, qdq_param_values
 
 
 @dataclass(frozen=True)
@@ -177,7 +176,7 @@ def _view(model: onnx.ModelProto, precision: int) -> _View:
             unnamed[n.op_type] = unnamed.get(n.op_type, 0) + 1
             key = f"<{n.op_type} #{unnamed[n.op_type]}>"
         key_of[id(n)] = key
-        nodes[key] = (n.op_type, _attrs(n, precision))
+        nodes[key] = (n.op_type, format_attrs(n, precision))
 
     def trace(tensor: str) -> tuple[str, tuple[str, ...]]:
         chain: list[str] = []
@@ -193,7 +192,7 @@ def _view(model: onnx.ModelProto, precision: int) -> _View:
             k = list(p.output).index(tensor)
             src = key_of.get(id(p), p.op_type) + (f":{k}" if len(p.output) > 1 else "")
         elif tensor in inits:
-            src = "const " + _const(numpy_helper.to_array(inits[tensor]), precision)
+            src = "const " + format_const(numpy_helper.to_array(inits[tensor]), precision)
         else:
             src = f"input {tensor}" if tensor else "-"
         return src, tuple(chain)

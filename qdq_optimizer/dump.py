@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import numpy_helper
 
-from .validate import constant_node_payload, kahn_order
+from .protos import QDQ_OPS, qdq_param_values
+from .validate import kahn_order
 
 FORMAT_VERSION = 2  # 2: commutative inputs in structural order
 SMALL_CONST = 4  # constants with at most this many elements are printed by value
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 COMMUTATIVE_OPS = frozenset(
     {"Add", "Mul", "Sum", "Max", "Min", "Mean", "And", "Or", "Xor", "Equal", "BitwiseAnd",
      "BitwiseOr", "BitwiseXor"}
@@ -67,7 +67,7 @@ def structural_keys(
         if name in params:  # initializer or Constant node: one key either way, as dump shows
             return "p:" + _qvalue(params[name], precision)
         if name not in key and name in inits:
-            key[name] = "c:" + _const(numpy_helper.to_array(inits[name]), precision)
+            key[name] = "c:" + format_const(numpy_helper.to_array(inits[name]), precision)
         return key.get(name, "?")
 
     for idx in _topological(g.node):
@@ -75,7 +75,7 @@ def structural_keys(
         ins = [input_key(i) for i in n.input]
         if _is_commutative(n):
             ins.sort()
-        text = f"{n.domain}::{n.op_type}{_attrs(n, precision)}({'|'.join(ins)})"
+        text = f"{n.domain}::{n.op_type}{format_attrs(n, precision)}({'|'.join(ins)})"
         digest = hashlib.sha1(text.encode()).hexdigest()[:16]
         for j, o in enumerate(n.output):
             if o:
@@ -126,40 +126,6 @@ def canonical_order(model: onnx.ModelProto, keys: dict[str, str] | None = None) 
     return order
 
 
-def qdq_param_values(model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], set[int]]:
-    """Values of every Q/DQ scale and zero point that is a constant (initializer or Constant
-    node), and the indices of Constant nodes that feed nothing but such parameters: exporters
-    differ only in this, so dump and diff show the values inline and hide those nodes."""
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    param_uses: set[str] = set()
-    other_uses: set[str] = {o.name for o in g.output}
-    for n in g.node:
-        for i, t in enumerate(n.input):
-            if n.op_type in QDQ_OPS and i in (1, 2):
-                param_uses.add(t)
-            else:
-                other_uses.add(t)
-    values: dict[str, np.ndarray] = {}
-    hidden: set[int] = set()
-    for idx, n in enumerate(g.node):
-        if n.op_type == "Constant" and len(n.output) == 1 and n.output[0] in param_uses:
-            value = _constant_node_value(n)
-            if value is not None:
-                values[n.output[0]] = value
-                if n.output[0] not in other_uses:
-                    hidden.add(idx)
-    for name in param_uses:
-        if name in inits:
-            values[name] = numpy_helper.to_array(inits[name])
-    return values, hidden
-
-
-def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
-    payload = constant_node_payload(node)
-    return numpy_helper.to_array(payload) if isinstance(payload, TensorProto) else payload
-
-
 def dump_model(model: onnx.ModelProto, *, precision: int = 6, names: bool = False) -> str:
     """The canonical text. ``names=True`` appends each node's original name as a comment."""
     g = model.graph
@@ -196,7 +162,7 @@ def dump_model(model: onnx.ModelProto, *, precision: int = 6, names: bool = Fals
             n_const += 1
             tname[name] = label
             seen_const.add(name)
-            return f"{label}={_const(numpy_helper.to_array(inits[name]), precision)}"
+            return f"{label}={format_const(numpy_helper.to_array(inits[name]), precision)}"
         return f"?{name}"  # dangling reference (invalid model): keep it visible
 
     for pos, idx in enumerate(order):
@@ -208,11 +174,11 @@ def dump_model(model: onnx.ModelProto, *, precision: int = 6, names: bool = Fals
         if node.op_type in QDQ_OPS and node.domain in ("", "ai.onnx"):
             args = ref(node.input[0]) if node.input else "-"
             extra = _qdq_params(node, params, precision, ref)
-            attrs = _attrs(node, precision, skip=("axis",) if "axis=" in extra else ())
+            attrs = format_attrs(node, precision, skip=("axis",) if "axis=" in extra else ())
         else:
             args = ", ".join(ref(node.input[j]) for j in input_order(node, keys))
             extra = ""
-            attrs = _attrs(node, precision)
+            attrs = format_attrs(node, precision)
         outs = ", ".join(tname.get(o, "-") for o in node.output)
         text = f"n{pos} {op}({args}){extra}{attrs} -> {outs}"
         if names:
@@ -263,7 +229,8 @@ def _qvalue(value: np.ndarray, precision: int) -> str:
     return f"{dt}[{value.size}](min={_num(flat.min(), precision)},max={_num(flat.max(), precision)})#{digest}"
 
 
-def _const(value: np.ndarray, precision: int) -> str:
+def format_const(value: np.ndarray, precision: int) -> str:
+    """A constant as dump shows it: dtype, shape and the values (small) or a short digest."""
     shape = "x".join(str(d) for d in value.shape)
     if value.size <= SMALL_CONST:
         vals = ",".join(_num(v, precision) for v in value.reshape(-1))
@@ -282,7 +249,8 @@ def _num(v, precision: int) -> str:
     return str(v)
 
 
-def _attrs(node: onnx.NodeProto, precision: int, skip: tuple[str, ...] = ()) -> str:
+def format_attrs(node: onnx.NodeProto, precision: int, skip: tuple[str, ...] = ()) -> str:
+    """A node's attributes as dump shows them (sorted, `` {name=value ...}``; diff shows the same)."""
     items = []
     for a in sorted(node.attribute, key=lambda a: a.name):
         if a.name in skip:
@@ -306,7 +274,7 @@ def _attr_value(a: onnx.AttributeProto, precision: int) -> str:
     if a.type == T.STRINGS:
         return "[" + ",".join(repr(s.decode("utf-8", "replace")) for s in a.strings) + "]"
     if a.type == T.TENSOR:
-        return _const(numpy_helper.to_array(a.t), precision)
+        return format_const(numpy_helper.to_array(a.t), precision)
     if a.type == T.GRAPH:
         return f"<graph {len(a.g.node)} nodes>"
     if a.type == T.GRAPHS:

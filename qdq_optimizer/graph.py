@@ -28,12 +28,11 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from .gcutil import paused_gc
+from .protos import DEQUANTIZE, QUANTIZE, small_tensor_array
 
 Node = gs.Node
 Tensor = gs.Tensor
 
-QUANTIZE = "QuantizeLinear"
-DEQUANTIZE = "DequantizeLinear"
 
 # Ops that TensorRT lets Q/DQ commute through (it propagates Q backwards and DQ forwards).
 # MaxPool commutes only for a positive scale; Pad only with zero padding; Resize only for nearest.
@@ -54,9 +53,6 @@ COMMUTING_OPS = frozenset(
         "Concat",
     }
 )
-
-# Ops with weights: TensorRT expects Q/DQ on every input and fuses the output activation.
-WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
 @dataclass(frozen=True)
@@ -638,7 +634,7 @@ def constant_value(tensor: Tensor) -> np.ndarray | None:
     if isinstance(tensor, gs.Constant):
         lazy = tensor._values
         if isinstance(lazy, _LazyValues):
-            fast = _small_raw_array(lazy.tensor)
+            fast = small_tensor_array(lazy.tensor)
             if fast is not None:
                 tensor.values = fast  # what graph-surgeon's own lazy load would store
                 return fast
@@ -654,35 +650,6 @@ def constant_value(tensor: Tensor) -> np.ndarray | None:
             if key in producer.attrs:
                 return np.asarray(producer.attrs[key])
     return None
-
-
-_RAW_DTYPES = {
-    onnx.TensorProto.FLOAT: np.float32,
-    onnx.TensorProto.INT8: np.int8,
-    onnx.TensorProto.UINT8: np.uint8,
-    onnx.TensorProto.INT32: np.int32,
-    onnx.TensorProto.INT64: np.int64,
-}
-
-
-def _small_raw_array(proto: onnx.TensorProto) -> np.ndarray | None:
-    """Decode a small in-memory tensor (scales, zero points) without numpy_helper's overhead,
-    which dominates rules that read thousands of Q/DQ parameters."""
-    dtype = _RAW_DTYPES.get(proto.data_type)
-    if dtype is None or proto.data_location == onnx.TensorProto.EXTERNAL or len(proto.dims) > 1:
-        return None
-    if proto.HasField("raw_data"):
-        arr = np.frombuffer(proto.raw_data, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype)
-    elif proto.data_type == onnx.TensorProto.FLOAT:
-        arr = np.asarray(proto.float_data, dtype=np.float32)
-    elif proto.data_type == onnx.TensorProto.INT64:
-        arr = np.asarray(proto.int64_data, dtype=np.int64)
-    else:
-        return None  # int8/uint8/int32 in int32_data: leave it to numpy_helper
-    size = int(np.prod(proto.dims, dtype=np.int64)) if proto.dims else 1
-    if arr.size != size:
-        return None
-    return arr.reshape(tuple(proto.dims))
 
 
 def _dq_input_dtype(dq: Node) -> int:
@@ -701,10 +668,10 @@ def _rank(tensor: Tensor) -> int | None:
     if isinstance(tensor, gs.Constant):
         lazy = tensor._values
         if isinstance(lazy, gs.ir.tensor.LazyValues):
-            fast = _small_raw_array(lazy.tensor)
+            fast = small_tensor_array(lazy.tensor)
             if fast is not None:
                 tensor.values = fast  # what graph-surgeon's own lazy load would store
-                return fast
+                return fast.ndim
         return np.asarray(tensor.values).ndim
     return len(tensor.shape) if tensor.shape is not None else None
 

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import onnx_graphsurgeon as gs
 
 from .graph import Node, QGraph, Tensor, constant_value
 from .ruleset import ConsumerSpec, Match, NodeSpec
-
-
-def candidates(graph: QGraph, match: Match) -> Iterator[Node]:
-    """Nodes of the anchor op types in topological order (a snapshot: safe to edit meanwhile)."""
-    if match.ops is None:
-        return iter(())
-    return graph.nodes_of(*sorted(match.ops))
 
 
 def matches(graph: QGraph, node: Node, match: Match) -> bool:

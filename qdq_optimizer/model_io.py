@@ -8,6 +8,10 @@ reading a byte of it, so a hostile model cannot make qdqopt read outside what it
 ``save_model`` writes atomically (temp file + rename, via :mod:`qdq_optimizer.fileio`). Models too
 big for one protobuf (2 GiB) are written with their weights in ``<out>.data`` next to the output,
 built tensor by tensor so the in-memory model is neither copied nor modified.
+
+The one home of model size: ``PROTO_LIMIT`` and ``model_size`` decide when a model is saved with
+external data, checked by path (``check_model``) or handed to ONNX Runtime as a file (``runtime``).
+``finalize`` turns the rewritten graph back into a checked model, ready to save.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import math
 import os
 import signal
 import stat
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -28,10 +34,14 @@ from onnx import TensorProto, external_data_helper
 from .errors import InputError, UsageError
 from .fileio import atomic_path
 
+if TYPE_CHECKING:  # finalize takes a QGraph; model_io imports no graph code at run time
+    from .graph import QGraph
+
 # Protobuf cannot serialize or parse a message of 2 GiB or more.
 PROTOBUF_LIMIT = 2**31 - 1
-# Switch to external data a little below the hard limit: node/graph overhead is not counted.
-EXTERNAL_DATA_THRESHOLD = PROTOBUF_LIMIT - 64 * 2**20
+# Above this (estimated by ``model_size``) a model is saved with external data, checked by path and
+# handed to ONNX Runtime as a file: a little below the hard limit, as the estimate is not exact.
+PROTO_LIMIT = PROTOBUF_LIMIT - 64 * 2**20
 # Tensors smaller than this stay inline when a model is saved with external data.
 EXTERNAL_MIN_BYTES = 1024
 
@@ -399,6 +409,61 @@ def _load_external(
             f.close()  # type: ignore[attr-defined]
 
 
+# ----------------------------------------------------------------------------- finish, check
+# What onnx's checker and shape inference raise for an invalid model (ValueError: e.g. a tensor of
+# data type 0, which the C++ inference rejects before its own error types apply).
+CHECK_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError)
+
+
+def finalize(
+    graph: QGraph, reference: onnx.ModelProto | None = None
+) -> tuple[onnx.ModelProto, list[str]]:
+    """Cleanup, topological export, shape inference and ``onnx.checker`` full check.
+
+    A failing check is our bug (internal error) unless the input model fails it too, in which
+    case it becomes a warning: we do not reject models for problems we did not introduce."""
+    graph.cleanup()
+    model = graph.to_model()
+    warnings: list[str] = []
+    error = None
+    if model_size(model) < PROTO_LIMIT:
+        # Strict shape inference (what full_check adds to the checker) once, keeping its result.
+        try:
+            model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        except CHECK_ERRORS as exc:
+            error = " ".join(str(exc).split())[:400]
+        if error is None:
+            error = check_model(model, full=False)
+    else:
+        error = check_model(model)
+    if error is not None:
+        input_error = check_model(reference) if reference is not None else None
+        if input_error is None:
+            raise RuntimeError(f"optimized model fails onnx.checker: {error}")
+        warnings.append(
+            f"onnx.checker: the input model already fails the full check: {input_error}"
+        )
+        return model, warnings
+    return model, warnings
+
+
+def check_model(model: onnx.ModelProto, full: bool = True) -> str | None:
+    """None when ``onnx.checker`` (full check: incl. strict shape inference) accepts the model."""
+    try:
+        if model_size(model) < PROTO_LIMIT:
+            onnx.checker.check_model(model, full_check=full)
+        else:
+            # save_model writes a header copy and the weights beside it without touching
+            # ``model`` (onnx.save_model with external data would rewrite it in place).
+            with tempfile.TemporaryDirectory(prefix="qdqopt-check-") as tmp:
+                path = Path(tmp) / "model.onnx"
+                save_model(model, path, external_data=True)
+                onnx.checker.check_model(os.fspath(path), full_check=full)
+    except CHECK_ERRORS as exc:
+        return " ".join(str(exc).split())[:400]
+    return None
+
+
 # ---------------------------------------------------------------------------------------- save
 def save_model(
     model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None
@@ -422,7 +487,7 @@ def save_model(
                 "load the model with load_external_data=True before saving it elsewhere"
             )
     if external_data is None:
-        external_data = model_nbytes(model) > EXTERNAL_DATA_THRESHOLD
+        external_data = model_size(model) >= PROTO_LIMIT
     if not external_data:
         with atomic_path(out) as tmp:
             try:
@@ -444,15 +509,20 @@ def save_model(
     return data_path
 
 
-def model_nbytes(model: onnx.ModelProto) -> int:
-    """Approximate serialized size of a model without serializing it (works above 2 GiB)."""
+def model_size(model: onnx.ModelProto) -> int:
+    """Serialized size of a model, exact below the limit; above it an estimate that does not
+    serialize (protobuf cannot size a message over 2 GiB): tensor payloads plus everything else."""
     graph = model.graph
-    total = sum(t.ByteSize() for t in graph.initializer)
+    total = 0
+    for t in graph.initializer:
+        total += len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
+    if total < PROTO_LIMIT // 2:
+        return model.ByteSize()
     total += sum(n.ByteSize() for n in graph.node)
     for vi in (graph.input, graph.output, graph.value_info):
         total += sum(v.ByteSize() for v in vi)
     total += sum(f.ByteSize() for f in model.functions)
-    return total + 2**20  # names, opsets and metadata: small
+    return total
 
 
 def _write_external(model: onnx.ModelProto, data_file: Path, location: str) -> onnx.ModelProto:

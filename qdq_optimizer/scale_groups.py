@@ -178,29 +178,6 @@ def scale_groups(graph: QGraph, min_tensors: int = 2) -> list[ScaleGroup]:
     return groups
 
 
-def group_of(graph: QGraph, tensor: Tensor) -> ScaleGroup | None:
-    """The scale group holding ``tensor`` (None when it stands alone)."""
-    for g in scale_groups(graph):
-        if any(t is tensor for t in g.tensors):
-            return g
-    return None
-
-
 def paired_dqs(graph: QGraph, q: Node) -> list[Node]:
     """DQ nodes reading the output of ``q`` (they must carry the Q's scale)."""
     return [c for c in q.outputs[0].outputs if graph.is_dq(c)]
-
-
-def quantizer_groups(model: onnx.ModelProto, rules: str | None = None) -> list[list[str]]:
-    """Names of QuantizeLinear nodes that must share one scale, one list per group (groups of two
-    or more only; deterministic, topological order). Used by the trainer to tie quantizers.
-
-    With ``rules`` (a rule-set name or path), the groups are the ones that rule set will unify:
-    none when it has no ``unify_scale_groups`` rule (e.g. ``cleanup``, or one that disables it)."""
-    if rules is not None:
-        from .ruleset import load_ruleset
-
-        if not any(r.action == "unify_scale_groups" for r in load_ruleset(rules).rules):
-            return []
-    graph = QGraph.from_model(model)
-    return [[q.name for q in g.quantizers] for g in scale_groups(graph) if len(g.quantizers) >= 2]

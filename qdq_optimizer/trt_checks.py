@@ -29,7 +29,7 @@ from collections.abc import Iterable
 import numpy as np
 import onnx
 
-from .graph import Node, QGraph, Tensor
+from .graph import Node, QGraph
 from .report import Problem
 from .scale_groups import scale_groups
 from .trt_patterns import (
@@ -152,15 +152,6 @@ def _weighted_inputs(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:
                 )
             )
     return out
-
-
-def _pairs_into(graph: QGraph, t: Tensor) -> list[tuple[Node, Node, Node]]:
-    res = []
-    for q in graph.quantizers_of(t):
-        for dq in q.outputs[0].outputs:
-            if graph.is_dq(dq):
-                res.extend((q, dq, c) for c in dq.outputs[0].outputs)
-    return res
 
 
 def _epilogues(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:

@@ -18,8 +18,6 @@ from .scale_groups import is_int8_qdq, joining_inputs
 
 # Activations TensorRT fuses into the preceding conv/gemm (SiLU appears as Sigmoid + Mul).
 ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSwish", "HardSigmoid"})
-# What may sit between a weighted op and its activation and still fold/fuse.
-EPILOGUE_OPS = ACTIVATIONS | {"BatchNormalization", "Mul"}
 CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 
 
@@ -89,24 +87,6 @@ def is_quantized_weighted(graph: QGraph, node: Node) -> bool:
     return (
         is_weighted(graph, node) and input_quantized(graph, node) and weight_quantized(graph, node)
     )
-
-
-def silu_partner(graph: QGraph, sigmoid: Node, x: Tensor) -> list[Node]:
-    """Mul nodes computing ``x * sigmoid(x)`` (inputs possibly behind activation Q/DQ pairs)."""
-    out: list[Node] = []
-    s = sigmoid.outputs[0]
-    readers = list(s.outputs)
-    for q in graph.quantizers_of(s):
-        for dq in q.outputs[0].outputs:
-            if graph.is_dq(dq):
-                readers.extend(dq.outputs[0].outputs)
-    for m in readers:
-        if m.op != "Mul" or len(m.inputs) != 2:
-            continue
-        ins = [strip_qdq(graph, t) for t in m.inputs]
-        if any(t is s for t in ins) and any(t is x for t in ins):
-            out.append(m)
-    return out
 
 
 def epilogue_source(graph: QGraph, t: Tensor) -> Node | None:

@@ -17,10 +17,15 @@ from onnx import TensorProto, checker, defs, numpy_helper
 
 from .errors import InputError
 from .model_io import check_tensor_data as _check_tensor_data
+from .protos import (
+    DEQUANTIZE,
+    QUANTIZE,
+    attr_int,
+    constant_payload,
+    implicit_quant_dtype,
+)
 
 MIN_OPSET = 13
-QUANTIZE = "QuantizeLinear"
-DEQUANTIZE = "DequantizeLinear"
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _SCALE_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
@@ -203,38 +208,6 @@ def _known_shapes(graph: onnx.GraphProto, inits: dict[str, TensorProto]) -> dict
     return shapes
 
 
-def _const(
-    name: str,
-    nodes: list[onnx.NodeProto],
-    producer: dict[str, int],
-    inits: dict[str, TensorProto],
-) -> TensorProto | np.ndarray | None:
-    """The TensorProto (or value) behind a constant tensor name, else None."""
-    if name in inits:
-        return inits[name]
-    j = producer.get(name)
-    if j is None or nodes[j].op_type != "Constant":
-        return None
-    return constant_node_payload(nodes[j])
-
-
-def constant_node_payload(node: onnx.NodeProto) -> TensorProto | np.ndarray | None:
-    """What a ``Constant`` node holds: its TensorProto (undecoded, so it can be checked first) or
-    the value of a scalar/list attribute; None for other forms."""
-    for a in node.attribute:
-        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
-            return a.t
-        if a.name == "value_float":
-            return np.asarray(a.f, dtype=np.float32)
-        if a.name == "value_floats":
-            return np.asarray(list(a.floats), dtype=np.float32)
-        if a.name == "value_int":
-            return np.asarray(a.i, dtype=np.int64)
-        if a.name == "value_ints":
-            return np.asarray(list(a.ints), dtype=np.int64)
-    return None
-
-
 def _to_array(value: TensorProto | np.ndarray, what: str) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
@@ -265,7 +238,7 @@ def _check_qdq(
     label = _label(node, i)
     if len(node.input) < 2 or not node.input[1]:
         raise InputError(f"{label} has no scale input")
-    scale_src = _const(node.input[1], nodes, producer, inits)
+    scale_src = constant_payload(node.input[1], nodes, producer, inits)
     if scale_src is None:
         raise InputError(
             f"{label} has a non-constant scale '{node.input[1]}' (scales must be initializers "
@@ -292,7 +265,7 @@ def _check_qdq(
 
     zp = None
     if len(node.input) > 2 and node.input[2]:
-        zp_src = _const(node.input[2], nodes, producer, inits)
+        zp_src = constant_payload(node.input[2], nodes, producer, inits)
         if zp_src is None:
             raise InputError(f"{label} has a non-constant zero point '{node.input[2]}'")
         zp = _to_array(zp_src, f"{label} zero point")
@@ -307,7 +280,7 @@ def _check_qdq(
             else onnx.helper.np_dtype_to_tensor_dtype(zp.dtype)
         )
     else:
-        dtype = _implicit_dtype(node, nodes, producer, inits)
+        dtype = implicit_quant_dtype(node, nodes, producer, inits)
 
     if dtype == TensorProto.INT8:
         if zp is not None and np.any(zp.astype(np.int64) != 0):
@@ -321,12 +294,12 @@ def _check_qdq(
             "(they handle int8); passed through untouched"
         )
 
-    block = next((a.i for a in node.attribute if a.name == "block_size"), 0)
+    block = attr_int(node, "block_size", 0)
     if block:
         warnings.append(f"{label}: blocked quantization is not handled; passed through untouched")
         return
     if scale.size > 1:
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        axis = attr_int(node, "axis", 1)
         shape = shapes.get(node.input[0])
         if shape is not None:
             rank = len(shape)
@@ -339,27 +312,3 @@ def _check_qdq(
                 )
         elif axis < -8 or axis > 8:
             raise InputError(f"{label} has an implausible axis {axis}")
-
-
-def _implicit_dtype(
-    node: onnx.NodeProto,
-    nodes: list[onnx.NodeProto],
-    producer: dict[str, int],
-    inits: dict[str, TensorProto],
-) -> int | None:
-    """The quantized type of a Q/DQ without a zero point (Q: uint8 unless output_dtype)."""
-    if node.op_type == QUANTIZE:
-        out = next((a.i for a in node.attribute if a.name == "output_dtype"), 0)
-        return out or TensorProto.UINT8
-    src = node.input[0]
-    if src in inits:
-        return inits[src].data_type
-    j = producer.get(src)
-    if j is not None and nodes[j].op_type == QUANTIZE:
-        q = nodes[j]
-        if len(q.input) > 2 and q.input[2]:
-            zp = _const(q.input[2], nodes, producer, inits)
-            if isinstance(zp, TensorProto):
-                return zp.data_type
-        return _implicit_dtype(q, nodes, producer, inits)
-    return None

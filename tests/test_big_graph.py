@@ -56,7 +56,7 @@ def test_over_2gb_code_path_with_small_limits(tmp_path: Path, monkeypatch, capsy
     import onnx
     from onnx import numpy_helper
 
-    from qdq_optimizer import engine, model_io
+    from qdq_optimizer import model_io
 
     try:
         from hardening_util import qdq_conv_model
@@ -70,8 +70,7 @@ def test_over_2gb_code_path_with_small_limits(tmp_path: Path, monkeypatch, capsy
     onnx.save_model(  # note: moves m's weights out of m in place
         m, str(src_dir / "m.onnx"), save_as_external_data=True, location="m.data", size_threshold=64
     )
-    monkeypatch.setattr(engine, "PROTO_LIMIT", 2048)
-    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 2048)
+    monkeypatch.setattr(model_io, "PROTO_LIMIT", 2048)
     out = tmp_path / "out" / "o.onnx"
     out.parent.mkdir()
     rc = cli.main(["optimize", str(src_dir / "m.onnx"), str(out), "--rules", "cleanup"])

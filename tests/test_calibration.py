@@ -13,9 +13,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 import cli
 from qdq_optimizer.api import optimize
-from qdq_optimizer.calibration import CalibrationData, bypass_activation_qdq, observed_ranges
+from qdq_optimizer.calibration import (
+    CalibrationData,
+    bypass_activation_qdq,
+    measure_ranges,
+    observed_ranges,
+)
 from qdq_optimizer.errors import InputError
-from qdq_optimizer.verify import feed_batches, run, session, sqnr
+from qdq_optimizer.runtime import feed_batches, run, session
+from qdq_optimizer.verify import sqnr
 
 MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 TINY = MODELS / "yolov7-tiny-naive.onnx"
@@ -232,6 +238,25 @@ def test_a_borrowed_skip_scale_is_sized_from_data() -> None:
     assert rep2.total_changes == 0  # idempotent: the group agrees and gained no skip quantizer
 
 
+def test_the_pre_pass_hands_ranges_to_the_rules() -> None:
+    """measure_ranges runs once before the rules; the rules read its ranges from settings, so
+    the same ranges without samples give the same model (the rules run no model)."""
+    model = residual_block(skip_scale=0.01)
+    data = {"x": np.random.default_rng(1).random((4, 4, 8, 8), dtype=np.float32)}
+    calib = CalibrationData(dict(data))
+    ranges = measure_ranges(model, calib)
+    assert calib.runs == 4
+    assert ranges["mid_dq"] == ranges["conv1_r"] > 0.01 * 127  # a bypassed DQ: its Q input's range
+    assert ranges["x"] == pytest.approx(float(data["x"].max()))
+    from_samples, _ = optimize(model, "tensorrt", calibration_data=data)
+    settings = {"scale_policy": "calibrated", "observed_ranges": ranges, "observed_runs": 4}
+    from_ranges, rep = optimize(model, "tensorrt", settings=settings)
+    assert _skip_scale(from_ranges) == _skip_scale(from_samples)
+    assert from_ranges.SerializeToString() == from_samples.SerializeToString()
+    groups = next(r for r in rep.results if r.rule_id == "scale-groups")
+    assert any("in 4 batch(es)" in c.detail for c in groups.changes)
+
+
 # ----------------------------------------------------------------------------- API and CLI
 def test_api_takes_arrays_and_reports_calibrated_skip_groups() -> None:
     data = {"images": np.load(MODELS / "photos-calib-160.npz")["images"][:2]}
@@ -280,8 +305,6 @@ def test_cli_calibration_data(tmp_path, capsys) -> None:
 def test_models_over_the_protobuf_limit_run_from_external_data(monkeypatch, tmp_path) -> None:
     """ONNX Runtime gets a >2 GiB model from a copy with external data (the limit is lowered here
     so a small model takes that path); the caller's model is not touched."""
-    from qdq_optimizer import engine
-
     naive = onnx.load(TINY)
     before = naive.SerializeToString()
     x = {"images": np.load(MODELS / "photos-val-160.npz")["images"][:1]}
@@ -296,7 +319,7 @@ def test_models_over_the_protobuf_limit_run_from_external_data(monkeypatch, tmp_
         return real_save(model, path, **kw)
 
     monkeypatch.setattr(model_io, "save_model", recording_save)
-    monkeypatch.setattr(engine, "PROTO_LIMIT", 1000)
+    monkeypatch.setattr(model_io, "PROTO_LIMIT", 1000)
     np.testing.assert_array_equal(run(naive, x)["outputs"], expected)
     assert saved == [{"external_data": True}]
     data = CalibrationData({"images": x["images"]})
@@ -308,7 +331,7 @@ def test_models_over_the_protobuf_limit_run_from_external_data(monkeypatch, tmp_
 
 @pytest.mark.parametrize("build", [lambda: onnx.load(TINY), lambda: relu_model("N")])
 def test_model_inputs_describe_the_graph_like_onnx_runtime(build) -> None:
-    from qdq_optimizer.verify import model_inputs
+    from qdq_optimizer.runtime import model_inputs
 
     model = build()
     ours = [(i.name, i.type, list(i.shape)) for i in model_inputs(model)]

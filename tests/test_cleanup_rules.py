@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from qdq_builders import Builder, messy_model  # noqa: I001
 
-from qdq_optimizer import engine, lint, optimize
-from qdq_optimizer.verify import run, session
+from qdq_optimizer import fixpoint, lint, optimize
+from qdq_optimizer.runtime import run, session
 
 
 def _ops(model: onnx.ModelProto) -> list[str]:
@@ -230,7 +230,7 @@ def test_property_cleanup_is_exact_idempotent_and_lint_clean(model):
     assert again.SerializeToString() == out.SerializeToString()
     assert lint(out, "cleanup") == []
     # the neighbourhood-only revisits reach the same result as full passes
-    with mock.patch.object(engine, "_neighbourhood", lambda nodes: None):
+    with mock.patch.object(fixpoint, "_neighbourhood", lambda nodes: None):
         full, _ = optimize(model, "cleanup")
     assert full.SerializeToString() == out.SerializeToString()
     n_qdq = lambda m: sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node)  # noqa: E731

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 from qdq_builders import Builder, messy_model  # noqa: I001  (tests/ is on sys.path)
 
 from qdq_optimizer.graph import QGraph, _toposort
-from qdq_optimizer.verify import run
+from qdq_optimizer.runtime import run
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +191,21 @@ def test_qparams_cache_follows_edits(messy):
     assert float(g.qparams(q).scale) == 0.125
     q.attrs["axis"] = 0
     assert g.qparams(q) is not first
+
+
+def test_negative_axis_of_a_per_channel_dq_on_a_1d_initializer() -> None:
+    """A 1-D weight DQ with ``axis=-1``: the axis resolves against the rank (1), not the values."""
+    w = onnx.numpy_helper.from_array(np.array([1, 2, 3], np.int8), "w")
+    s = onnx.numpy_helper.from_array(np.array([0.1, 0.2, 0.3], np.float32), "s")
+    z = onnx.numpy_helper.from_array(np.zeros(3, np.int8), "z")
+    dq = helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wd"], axis=-1, name="dq")
+    add = helper.make_node("Add", ["x", "wd"], ["y"], name="add")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])
+    model = helper.make_model(
+        helper.make_graph([dq, add], "g", [x], [y], [w, s, z]),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
+    g = QGraph.from_model(model)
+    qp = g.qparams(_by_name(g, "dq"))
+    assert isinstance(qp.axis, int) and qp.axis == 0

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from cli import main
-from qdq_optimizer import trt_build
+from qdq_optimizer.engines import build as engine_build
+from qdq_optimizer.engines.build import build_engine, default_report_path
+from qdq_optimizer.engines.tensorrt_api import BuildResult, TensorRTBuilder
 from qdq_optimizer.errors import InputError, MissingDependencyError, UsageError
-from qdq_optimizer.trt_build import BuildResult, build_engine, default_report_path
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "engines"
 R86 = str(FIX / "trt86-reformat-metadata.graph.json")
@@ -181,15 +182,15 @@ def test_build_usage_errors(tmp_path: Path) -> None:
 
 def test_build_cli_with_fake_and_without_tensorrt(tmp_path: Path, monkeypatch, capsys) -> None:
     fake = FakeBuilder(Path(R10).read_text())
-    monkeypatch.setattr(trt_build, "default_builder", fake)
+    monkeypatch.setattr(engine_build, "default_builder", fake)
     plan = tmp_path / "e.plan"
     report = tmp_path / "r.json"
     args = ["build", str(FIX / "tiny-qdq.onnx"), "--engine", str(plan), "--report", str(report)]
     assert main(args) == 0
     assert "5 layers" in capsys.readouterr().out and report.exists()
-    monkeypatch.setattr(trt_build, "default_builder", trt_build.TensorRTBuilder())
+    monkeypatch.setattr(engine_build, "default_builder", TensorRTBuilder())
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(MissingDependencyError, match="tensorrt"):
-        trt_build.TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=False)
+        TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=False)
     assert main(args) == 2
     assert "needs the tensorrt Python package" in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qdq_optimizer.inspect.formats import is_unavailable, parse_dtype, parse_layout
+from qdq_optimizer.engines.formats import is_unavailable, parse_dtype, parse_layout
 
 
 @pytest.mark.parametrize(

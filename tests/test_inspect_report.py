@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qdq_optimizer.errors import CheckFailed, InputError, UsageError
-from qdq_optimizer.inspect import (
+from qdq_optimizer.engines import (
     attach_profile,
     check,
     enforce,
@@ -18,7 +17,8 @@ from qdq_optimizer.inspect import (
     load_report,
     summarize,
 )
-from qdq_optimizer.inspect.classify import metadata_nodes, name_nodes
+from qdq_optimizer.engines.classify import metadata_nodes, name_nodes
+from qdq_optimizer.errors import CheckFailed, InputError, UsageError
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "engines"
 

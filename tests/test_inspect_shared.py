@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from cli import main
+from qdq_optimizer.engines import attach_profile, check, load_profile, load_report, summarize
+from qdq_optimizer.engines.compare import compare
 from qdq_optimizer.errors import InputError
-from qdq_optimizer.inspect import attach_profile, check, load_profile, load_report, summarize
-from qdq_optimizer.inspect.compare import compare
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "trt-engines"
 pytestmark = [
@@ -224,7 +224,7 @@ def test_cli_expect_on_real_reports(capsys) -> None:
 
 @pytest.mark.parametrize("path", GRAPHS, ids=lambda p: str(p.relative_to(SHARED)))
 def test_every_report_renders(path: Path) -> None:
-    from qdq_optimizer.inspect.render import render_dot, render_json, render_markdown
+    from qdq_optimizer.engines.render import render_dot, render_json, render_markdown
 
     rep = load_report(path)
     s = summarize(rep)

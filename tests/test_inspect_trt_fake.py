@@ -1,6 +1,6 @@
-"""The TensorRT code paths of trt_build against a stand-in ``tensorrt`` module (no GPU here).
+"""The TensorRT code paths (``engines.tensorrt_api``) against a stand-in ``tensorrt`` module (no GPU here).
 
-The stand-in mimics the TensorRT 10 Python API surface that trt_build uses and records the calls,
+The stand-in mimics the TensorRT 10 Python API surface that qdqopt uses and records the calls,
 so these tests check the build recipe (detailed verbosity, INT8 flag, FP16 only when asked,
 dynamic dims fixed by a profile, shapes bound before reading the inspector) and .plan reading.
 """
@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from cli import main
-from qdq_optimizer import trt_build
+from qdq_optimizer.engines import load_report
+from qdq_optimizer.engines.build import build_engine
+from qdq_optimizer.engines.tensorrt_api import TensorRTBuilder
 from qdq_optimizer.errors import InputError, UsageError
-from qdq_optimizer.inspect import load_report
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "engines"
 REPORT = (FIX / "trt11-io-tensors.graph.json").read_text()
@@ -152,9 +153,7 @@ def make_fake_trt(version: str = "10.3.0", has_int8: bool = True, parse_ok: bool
 def test_builder_recipe(tmp_path: Path, monkeypatch) -> None:
     trt = make_fake_trt()
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    out = trt_build.build_engine(
-        FIX / "tiny-qdq.onnx", tmp_path / "m.plan", builder=trt_build.TensorRTBuilder()
-    )
+    out = build_engine(FIX / "tiny-qdq.onnx", tmp_path / "m.plan", builder=TensorRTBuilder())
     assert (tmp_path / "m.plan").read_bytes() == b"SERIALIZED"
     assert json.loads(out.report_path.read_text()) == json.loads(REPORT)
     assert ("network_flags", 0) in trt.calls  # TRT 10: explicit batch is the default
@@ -168,7 +167,7 @@ def test_builder_recipe(tmp_path: Path, monkeypatch) -> None:
 def test_builder_fp16(monkeypatch) -> None:
     trt = make_fake_trt()
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    trt_build.TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=True)
+    TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=True)
     assert ("flag", "FP16") in trt.calls and ("flag", "INT8") in trt.calls
 
 
@@ -176,24 +175,24 @@ def test_builder_trt11_strongly_typed_and_no_fp16(monkeypatch) -> None:
     trt = make_fake_trt("11.0.0", has_int8=False)
     trt.BuilderFlag = Enum("BuilderFlag", {"REFIT": 0})
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    trt_build.TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=False)
+    TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=False)
     assert ("network_flags", 1 << 1) in trt.calls
     assert not any(c[0] == "flag" for c in trt.calls)
     with pytest.raises(UsageError, match="no FP16 builder flag"):
-        trt_build.TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=True)
+        TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=True)
 
 
 def test_builder_trt8_explicit_batch(monkeypatch) -> None:
     trt = make_fake_trt("8.6.1")
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    trt_build.TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=False)
+    TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=False)
     assert ("network_flags", 1) in trt.calls
 
 
 def test_parser_error_is_input_error(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", make_fake_trt(parse_ok=False))
     with pytest.raises(InputError, match="unsupported"):
-        trt_build.TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=False)
+        TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=False)
 
 
 def test_plan_read_through_inspector(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -224,4 +223,4 @@ def test_no_gpu_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
     err = capsys.readouterr().err
     assert "TensorRT could not start" in err and "--exportLayerInfo" in err
     with pytest.raises(Exception, match="CUDA GPU"):
-        trt_build.TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=False)
+        TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=False)

@@ -247,7 +247,7 @@ def test_save_with_external_data_roundtrip(tmp_path: Path) -> None:
 
 
 def test_save_switches_to_external_data_when_big(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    monkeypatch.setattr(model_io, "PROTO_LIMIT", 1000)
     data = save_model(qdq_conv_model(channels=64), tmp_path / "o.onnx")
     assert data is not None and data.exists()
 

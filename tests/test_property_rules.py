@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from qdq_optimizer.api import lint, optimize
 from qdq_optimizer.dump import dump_model
 from qdq_optimizer.graph import QGraph
+from qdq_optimizer.runtime import run
 from qdq_optimizer.testing.graphgen import qdq_models
 from qdq_optimizer.trt_patterns import is_quantized_weighted
-from qdq_optimizer.verify import run
 
 EXAMPLES = int(os.environ.get("QDQOPT_FUZZ_EXAMPLES", "10"))
 

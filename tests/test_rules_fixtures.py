@@ -16,8 +16,9 @@ from qdq_optimizer.calibration import CalibrationData
 from qdq_optimizer.dump import dump_model
 from qdq_optimizer.graph import QGraph
 from qdq_optimizer.ruleset import load_ruleset
+from qdq_optimizer.runtime import load_inputs, run
 from qdq_optimizer.trt_patterns import is_ignored, is_quantized_weighted, is_weighted
-from qdq_optimizer.verify import load_inputs, run, sqnr
+from qdq_optimizer.verify import sqnr
 
 MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 RULES = {"yolov7-tiny": "yolov7-tiny", "yolov7": "yolov7", "yolov8ish": "yolov8"}

@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from qdq_optimizer.scale_groups import quantizer_groups, scale_groups
+from qdq_optimizer.api import quantizer_groups
+from qdq_optimizer.scale_groups import scale_groups
 from tests.rules_util import G, qgraph
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "models"

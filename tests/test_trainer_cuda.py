@@ -10,7 +10,9 @@ from pathlib import Path
 
 import onnx
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("pytorch_quantization")
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

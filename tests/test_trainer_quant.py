@@ -7,21 +7,23 @@ import logging
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-import torch
 from onnx import numpy_helper
-from pytorch_quantization import nn as quant_nn
-from pytorch_quantization.calib import HistogramCalibrator
-from pytorch_quantization.calib import histogram as lib_hist
-from torch import nn
 
-from tests.trainer_quant_toys import toy, toy_batches
-from trainer.quantization import calibrate as cal
-from trainer.quantization.checkpoint import load_quantized, save_quantized
-from trainer.quantization.export import export_model
-from trainer.quantization.insert import fuse_model, insert_quantizers, iter_quantizers
-from trainer.quantization.scale_sharing import (
+torch = pytest.importorskip("torch")
+pytest.importorskip("pytorch_quantization")
+ort = pytest.importorskip("onnxruntime")
+from pytorch_quantization import nn as quant_nn  # noqa: E402
+from pytorch_quantization.calib import HistogramCalibrator  # noqa: E402
+from pytorch_quantization.calib import histogram as lib_hist  # noqa: E402
+from torch import nn  # noqa: E402
+
+from tests.trainer_quant_toys import toy, toy_batches  # noqa: E402
+from trainer.quantization import calibrate as cal  # noqa: E402
+from trainer.quantization.export import export_model  # noqa: E402
+from trainer.quantization.insert import fuse_model, insert_quantizers, iter_quantizers  # noqa: E402
+from trainer.quantization.quant_checkpoint import load_quantized, save_quantized  # noqa: E402
+from trainer.quantization.scale_sharing import (  # noqa: E402
     q_node_owners,
     quantize_residuals,
     share_scales,
@@ -234,3 +236,13 @@ def test_bad_checkpoint_is_input_error(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a pickle")
     with pytest.raises(InputError, match="not a loadable checkpoint"):
         load_quantized(tmp_path / "junk.pt")
+
+
+def test_checkpoints_saved_before_the_module_rename_still_load() -> None:
+    """ptq.pt/qat.pt files record their loader by module name; the old name still resolves."""
+    from trainer.checkpoint import _custom_loader
+    from trainer.quantization import quant_checkpoint
+
+    assert quant_checkpoint.LOADER == "trainer.quantization.quant_checkpoint:rebuild"
+    old = _custom_loader("trainer.quantization.checkpoint:rebuild", "old.pt")
+    assert old is quant_checkpoint.rebuild

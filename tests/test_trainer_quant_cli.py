@@ -8,12 +8,13 @@ from pathlib import Path
 
 import onnx
 import pytest
-import torch
 
-import cli
-from trainer.checkpoint import save_checkpoint
-from trainer.data import synth_dataset
-from trainer.models import build_model
+torch = pytest.importorskip("torch")
+
+import cli  # noqa: E402
+from trainer.checkpoint import save_checkpoint  # noqa: E402
+from trainer.data import synth_dataset  # noqa: E402
+from trainer.models import build_model  # noqa: E402
 
 SIZE = 64
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints" / "yolov7-tiny-synth.pt"

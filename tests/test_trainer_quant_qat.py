@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import torch
-from pytorch_quantization import nn as quant_nn
+import pytest
 
-from tests.trainer_quant_toys import toy, toy_batches, toy_loader
-from trainer.quantization import calibrate as cal
-from trainer.quantization.insert import fuse_model, insert_quantizers
-from trainer.quantization.qat import (
+torch = pytest.importorskip("torch")
+pytest.importorskip("pytorch_quantization")
+from pytorch_quantization import nn as quant_nn  # noqa: E402
+
+from tests.trainer_quant_toys import toy, toy_batches, toy_loader  # noqa: E402
+from trainer.quantization import calibrate as cal  # noqa: E402
+from trainer.quantization.insert import fuse_model, insert_quantizers  # noqa: E402
+from trainer.quantization.qat import (  # noqa: E402
     QATConfig,
     lr_for_epoch,
     run_qat,
     supervision_indices,
     train_qat,
 )
-from trainer.quantization.scale_sharing import quantize_residuals, share_scales
-from trainer.quantization.sensitivity import layer_sensitivity
+from trainer.quantization.scale_sharing import quantize_residuals, share_scales  # noqa: E402
+from trainer.quantization.sensitivity import layer_sensitivity  # noqa: E402
 
 
 def _ptq_toy():

@@ -211,8 +211,14 @@ def _check_override(source: str, what: str, given: object, found: object) -> Non
         raise InputError(f"{source}: holds {what} {found!r}, not {given!r}")
 
 
+# Loaders recorded by earlier versions under a module name that has since changed.
+_RENAMED_LOADERS = {
+    "trainer.quantization.checkpoint:rebuild": "trainer.quantization.quant_checkpoint:rebuild",
+}
+
+
 def _custom_loader(spec: str, source: str) -> Callable[[dict], nn.Module]:
-    mod_name, _, func = str(spec).partition(":")
+    mod_name, _, func = _RENAMED_LOADERS.get(str(spec), str(spec)).partition(":")
     if not mod_name.startswith("trainer.") or not func:
         raise InputError(f"{source}: unsupported loader '{spec}'")
     try:

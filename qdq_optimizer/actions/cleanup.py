@@ -16,7 +16,7 @@ import numpy as np
 
 from ..graph import DEQUANTIZE, QUANTIZE, Node, QGraph, QParams
 from ..report import Change
-from . import ActionContext, register_action
+from .registry import ActionContext, register_action
 
 # Scales outside this range could overflow or lose precision in (x - z) * s / s.
 _MIN_SCALE = float(np.finfo(np.float32).tiny) * 2**10

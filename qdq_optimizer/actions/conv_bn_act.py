@@ -28,7 +28,7 @@ from ..trt_patterns import (
     is_weighted,
     strip_qdq,
 )
-from . import ActionContext, register_action
+from .registry import ActionContext, register_action
 from .weighted import dequantize_np, quantize_np
 
 

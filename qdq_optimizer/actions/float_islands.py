@@ -24,7 +24,7 @@ from ..trt_patterns import (
     is_weighted,
     weight_tensor,
 )
-from . import ActionContext, register_action
+from .registry import ActionContext, register_action
 from .weighted import dequantize_np
 
 
@@ -33,7 +33,7 @@ def dequantize_ignored(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
 ) -> list[Change]:
     """Keep a weighted op (the anchor) on the ignore list float: no input Q/DQ, float weights.
-    Its anchors are the ignored nodes themselves, so the engine does not skip them."""
+    Its anchors are the ignored nodes themselves, so the rule loop does not skip them."""
     w = node
     if not ctx.ignore or not is_weighted(graph, w) or not is_ignored(w, ctx.ignore):
         return []

@@ -22,7 +22,7 @@ from ..trt_patterns import (
     is_quantized_weighted,
     residual_inputs,
 )
-from . import ActionContext, register_action
+from .registry import ActionContext, register_action
 
 # ActionContext.run key: names of the skip quantizers this run inserted (scale-groups calibrates
 # them from data: their scale was only borrowed from another consumer's quantizer).

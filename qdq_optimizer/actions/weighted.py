@@ -22,7 +22,7 @@ import onnx_graphsurgeon as gs
 from ..graph import Node, QGraph, constant_value
 from ..report import Change
 from ..trt_patterns import activation_pair, feeds_int8, is_const, is_ignored, is_weighted
-from . import ActionContext, register_action
+from .registry import ActionContext, register_action
 
 INT8_RANGE = (-128, 127)
 

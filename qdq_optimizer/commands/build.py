@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .. import trt_build
+from ..engines.build import build_engine
 
 
 @click.command(name="build")
@@ -26,6 +26,6 @@ from .. import trt_build
 def command(onnx_model: str, engine: str, report: str | None, fp16: bool) -> None:
     """Build ONNX_MODEL with the TensorRT Python API at detailed profiling verbosity and write
     the layer report beside the engine, ready for `qdqopt inspect`."""
-    out = trt_build.build_engine(onnx_model, engine, report_path=report, fp16=fp16)
+    out = build_engine(onnx_model, engine, report_path=report, fp16=fp16)
     click.echo(f"wrote {out.engine_path} and {out.report_path} ({out.layers} layers)")
     click.echo(f"next: qdqopt inspect {out.report_path} --expect int8")

@@ -9,12 +9,10 @@ import sys
 import click
 from rich.console import Console
 
-from ..errors import CheckFailed, UsageError
-from ..fileio import check_output_path, write_text_atomic
-from ..inspect import attach_profile, check, load_profile, load_report, summarize
-from ..inspect.compare import compare
-from ..inspect.onnx_map import map_onnx
-from ..inspect.render import (
+from ..engines import attach_profile, check, load_profile, load_report, summarize
+from ..engines.compare import compare
+from ..engines.onnx_map import map_onnx
+from ..engines.render import (
     FORMATS,
     render_compare_markdown,
     render_compare_table,
@@ -24,6 +22,8 @@ from ..inspect.render import (
     render_svg,
     render_table,
 )
+from ..errors import CheckFailed, UsageError
+from ..fileio import check_output_path, write_text_atomic
 
 
 def _load(path: str, profile: str | None, fold: bool):

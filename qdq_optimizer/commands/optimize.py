@@ -13,9 +13,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..engine import DEFAULT_MAX_ITERATIONS
 from ..errors import UsageError
 from ..fileio import check_output_path, write_text_atomic
+from ..fixpoint import DEFAULT_MAX_ITERATIONS
 from ..report import OptimizeReport
 
 MAX_WARNINGS = 10  # the rest go to --report
@@ -101,7 +101,7 @@ def command(
     compile_ignore(ignore)
     feeds = None
     if inputs_path is not None:
-        from ..verify import load_inputs
+        from ..runtime import load_inputs
 
         feeds = load_inputs(inputs_path)
     calibration = None

@@ -21,9 +21,9 @@ from qdq_optimizer.errors import InputError, UsageError
 from qdq_optimizer.fileio import check_output_path
 
 from .calibrate import METHODS, calibrate
-from .checkpoint import is_quantized_checkpoint, rebuild, save_quantized
 from .insert import InsertReport, fuse_model, insert_quantizers
 from .qat import QATConfig, run_qat, top_layers, write_summary
+from .quant_checkpoint import is_quantized_checkpoint, rebuild, save_quantized
 from .scale_sharing import quantize_residuals, share_scales
 from .sensitivity import layer_sensitivity
 

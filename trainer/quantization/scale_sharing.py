@@ -2,7 +2,7 @@
 
 The model is exported once to a temporary ONNX in which every per-tensor quantizer carries a
 unique amax; each QuantizeLinear's scale therefore names the quantizer it came from (robust to
-exporter naming). ``qdq_optimizer.scale_groups.quantizer_groups`` returns the Q nodes that must
+exporter naming). ``qdq_optimizer.api.quantizer_groups`` returns the Q nodes that must
 share a scale; the matching quantizers are merged with union-find and each group is replaced by
 one ``TensorQuantizer`` object, so PTQ calibrates one histogram per group and QAT trains against
 exactly the scales TensorRT will use.
@@ -23,11 +23,11 @@ import numpy as np
 import onnx
 import torch
 from networkx.utils import UnionFind
-from onnx import numpy_helper
 from pytorch_quantization import nn as quant_nn
 from torch import nn
 
-from qdq_optimizer.scale_groups import quantizer_groups
+from qdq_optimizer.api import quantizer_groups
+from qdq_optimizer.protos import qdq_param_values
 
 from .insert import input_descriptor, iter_quantizers
 
@@ -126,20 +126,9 @@ def tagged_export(
     return onnx.load_from_string(buf.getvalue()), tags
 
 
-def _const_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    vals = {init.name: init for init in graph.initializer}
-    out = {k: numpy_helper.to_array(v) for k, v in vals.items()}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    out[node.output[0]] = numpy_helper.to_array(a.t)
-    return out
-
-
 def q_node_owners(onnx_model: onnx.ModelProto, tags: dict[float, str]) -> dict[str, str]:
     """QuantizeLinear node name -> quantizer path, read from each node's (scalar) scale."""
-    consts = _const_values(onnx_model.graph)
+    consts, _ = qdq_param_values(onnx_model)
     owners = {}
     for node in onnx_model.graph.node:
         if node.op_type != "QuantizeLinear":

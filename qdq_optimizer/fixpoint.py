@@ -1,4 +1,4 @@
-"""Apply a rule set to a fixpoint, then turn the graph back into a checked ONNX model.
+"""Apply a rule set to a fixpoint (``model_io.finalize`` turns the graph back into a checked model).
 
 Deterministic: rules run in rule-set order, each over its anchor nodes in topological order
 (ties keep file order), and generated names come from one counter. Each iteration costs
@@ -8,13 +8,8 @@ the first iteration in which no rule changes anything, or at ``max_iterations`` 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import onnx
 
 from .actions import ActionContext, get_action
 from .errors import QdqoptError
@@ -25,8 +20,6 @@ from .report import Change, RuleResult
 from .ruleset import Rule, RuleSet
 
 DEFAULT_MAX_ITERATIONS = 20
-# protobuf cannot serialize a message over 2 GiB; above this we check by path.
-PROTO_LIMIT = 2**31 - 2**26
 
 
 @dataclass
@@ -175,70 +168,3 @@ def _call(fn, graph, node, params, ctx, rule: Rule) -> list[Change]:
         where = f" on node '{node.name}'" if node is not None else ""
         raise RuntimeError(f"rule '{rule.id}' ({rule.action}) failed{where}: {exc}") from exc
     return list(changes or [])
-
-
-# ---------------------------------------------------------------------- finishing
-# What onnx's checker and shape inference raise for an invalid model (ValueError: e.g. a tensor of
-# data type 0, which the C++ inference rejects before its own error types apply).
-CHECK_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError)
-
-
-def finalize(
-    graph: QGraph, reference: onnx.ModelProto | None = None
-) -> tuple[onnx.ModelProto, list[str]]:
-    """Cleanup, topological export, shape inference and ``onnx.checker`` full check.
-
-    A failing check is our bug (internal error) unless the input model fails it too, in which
-    case it becomes a warning: we do not reject models for problems we did not introduce."""
-    graph.cleanup()
-    model = graph.to_model()
-    warnings: list[str] = []
-    error = None
-    if model_size(model) < PROTO_LIMIT:
-        # Strict shape inference (what full_check adds to the checker) once, keeping its result.
-        try:
-            model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-        except CHECK_ERRORS as exc:
-            error = " ".join(str(exc).split())[:400]
-        if error is None:
-            error = check_model(model, full=False)
-    else:
-        error = check_model(model)
-    if error is not None:
-        input_error = check_model(reference) if reference is not None else None
-        if input_error is None:
-            raise RuntimeError(f"optimized model fails onnx.checker: {error}")
-        warnings.append(
-            f"onnx.checker: the input model already fails the full check: {input_error}"
-        )
-        return model, warnings
-    return model, warnings
-
-
-def check_model(model: onnx.ModelProto, full: bool = True) -> str | None:
-    """None when ``onnx.checker`` (full check: incl. strict shape inference) accepts the model."""
-    try:
-        if model_size(model) < PROTO_LIMIT:
-            onnx.checker.check_model(model, full_check=full)
-        else:
-            # model_io writes a header copy and the weights beside it without touching
-            # ``model`` (onnx.save_model with external data would rewrite it in place).
-            from .model_io import save_model
-
-            with tempfile.TemporaryDirectory(prefix="qdqopt-check-") as tmp:
-                path = Path(tmp) / "model.onnx"
-                save_model(model, path, external_data=True)
-                onnx.checker.check_model(os.fspath(path), full_check=full)
-    except CHECK_ERRORS as exc:
-        return " ".join(str(exc).split())[:400]
-    return None
-
-
-def model_size(model: onnx.ModelProto) -> int:
-    """Serialized size estimate that works above 2 GiB (sums tensor payloads)."""
-    total = 0
-    for t in model.graph.initializer:
-        total += len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
-    if total < PROTO_LIMIT // 2:
-        return model.ByteSize()
-    return total + sum(n.ByteSize() for n in model.graph.node)

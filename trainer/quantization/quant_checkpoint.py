@@ -47,7 +47,7 @@ def quant_info(model: nn.Module) -> dict:
     return {"quantized": quantized, "residuals": residuals, "groups": groups, "disabled": disabled}
 
 
-LOADER = "trainer.quantization.checkpoint:rebuild"
+LOADER = "trainer.quantization.quant_checkpoint:rebuild"
 
 
 def save_quantized(

@@ -1,9 +1,10 @@
-"""Build a TensorRT engine from ONNX and read layer reports out of ``.plan`` files.
+"""The one module that imports TensorRT: build an engine from ONNX, read a ``.plan``'s layer report.
 
 TensorRT is optional (extra ``trt``) and needs a GPU, so everything that touches it sits
 behind the small ``EngineBuilder`` interface: tests inject a fake builder, and without
 TensorRT every entry point fails with a MissingDependencyError that says how to get the same
-JSON from trtexec instead.
+JSON from trtexec instead. ``engines.build`` writes the files; ``engines.layer_report`` reads
+``.plan`` files through ``read_plan_json``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import InputError, MissingDependencyError, UsageError
-from .fileio import check_output_path, write_bytes_atomic, write_text_atomic
+from ..errors import InputError, MissingDependencyError, UsageError
 
 TRTEXEC_HINT = (
     "produce the layer report with trtexec instead: trtexec --onnx=model.onnx --int8 "
@@ -143,55 +143,6 @@ class TensorRTBuilder:
         runtime = _start(trt.Runtime, logger)
         engine = runtime.deserialize_cuda_engine(engine_bytes)
         return BuildResult(engine=engine_bytes, layer_info=_inspector_json(trt, engine))
-
-
-#: The builder the CLI uses; tests replace it with a fake.
-default_builder: EngineBuilder = TensorRTBuilder()
-
-
-def default_report_path(engine_path: str | os.PathLike) -> Path:
-    """OUT.plan -> OUT.graph.json beside it (trtexec/TREx naming)."""
-    p = Path(engine_path)
-    return p.with_name(p.stem + ".graph.json")
-
-
-@dataclass
-class BuildOutcome:
-    engine_path: Path
-    report_path: Path
-    layers: int
-
-
-def build_engine(
-    onnx_path: str | os.PathLike,
-    engine_path: str | os.PathLike,
-    *,
-    report_path: str | os.PathLike | None = None,
-    fp16: bool = False,
-    builder: EngineBuilder | None = None,
-) -> BuildOutcome:
-    """Build ``onnx_path`` into ``engine_path`` and write its detailed layer report beside it.
-
-    Both files are written atomically, and only after the report parses as a detailed one.
-    """
-    from .inspect.report import parse_json_documents, report_from_documents
-
-    onnx_p = Path(onnx_path)
-    if not onnx_p.is_file():
-        raise InputError(f"ONNX model not found: {onnx_p}")
-    engine_p = check_output_path(engine_path, onnx_p)
-    report_p = check_output_path(
-        report_path if report_path is not None else default_report_path(engine_p), onnx_p
-    )
-    if report_p.resolve() == engine_p.resolve():
-        raise UsageError("--report must differ from --engine")
-    result = (builder or default_builder).build(onnx_p, fp16=fp16)
-    report = report_from_documents(
-        parse_json_documents(result.layer_info, str(report_p)), str(report_p)
-    )
-    write_bytes_atomic(engine_p, result.engine)
-    write_text_atomic(report_p, result.layer_info)
-    return BuildOutcome(engine_path=engine_p, report_path=report_p, layers=len(report.layers))
 
 
 def read_plan_json(path: str | os.PathLike) -> str:

@@ -2,7 +2,7 @@
 
 Library API::
 
-    from qdq_optimizer.inspect import load_report, summarize, check
+    from qdq_optimizer.engines import load_report, summarize, check
     report = load_report("model.graph.json")
     print(summarize(report).to_json())
 """
@@ -10,9 +10,9 @@ Library API::
 from __future__ import annotations
 
 from .gate import Violation, check, enforce
+from .layer_report import load_report
 from .model import EngineReport, Layer, TensorInfo
 from .profile import Profile, attach_profile, load_profile
-from .report import load_report
 from .summary import Summary, summarize
 
 __all__ = [

@@ -159,13 +159,13 @@ def test_rules_apply_in_order_with_inheritance(tmp_path, messy):
 def test_large_model_path_checks_by_file(monkeypatch, messy):
     """Above protobuf's 2 GiB limit the checker runs on a saved copy with external data;
     exercised here by lowering the limit."""
-    import qdq_optimizer.engine as engine
+    from qdq_optimizer import model_io
 
-    monkeypatch.setattr(engine, "PROTO_LIMIT", 1024)
+    monkeypatch.setattr(model_io, "PROTO_LIMIT", 1024)
     out, report = optimize(messy, "cleanup")
     assert report.total_changes == 4 and not report.warnings
     monkeypatch.undo()
-    assert engine.check_model(out) is None
+    assert model_io.check_model(out) is None
     # the checked model still holds its weights (nothing moved to a deleted temp file)
     assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in out.graph.initializer)
     reference, _ = optimize(messy, "cleanup")

@@ -5,10 +5,12 @@ Policies:
   is clipped (the smaller-scale quantizers lose resolution instead);
 - ``output``: the scale of the quantizers reading the group's sink tensors (the consumer side:
   a Concat's output Q), largest if several;
-- ``calibrated``: from data. With calibration samples (``settings: calibration``, set by
-  ``optimize --calibration-data``) a group that holds a residual skip, and either disagrees or
-  holds a skip quantizer residual-add inserted in this run, gets a scale covering the largest |x|
-  seen on the samples (at least its largest scale: ``qdq_optimizer.calibration`` says why); other
+- ``calibrated``: from data. With ranges measured on calibration samples (``settings:
+  observed_ranges``, tensor name -> largest |x|, and ``observed_runs``; measured before the rules
+  run by ``qdq_optimizer.calibration.measure_ranges`` for ``optimize --calibration-data``) a group
+  that holds a residual skip, and either disagrees or holds a skip quantizer residual-add inserted
+  in this run, gets a scale covering the largest |x| seen on the samples (at least its largest
+  scale: ``qdq_optimizer.calibration`` says why); other
   groups that disagree take ``max``. Groups that already agree and gained no skip quantizer keep
   their scale, so right graphs and second runs are unchanged. Without samples, ``amax / 127`` from
   stored activation ranges (``ranges``: a JSON file or a dict of tensor name -> amax; the largest
@@ -23,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calibration import CalibrationData, observed_ranges
 from ..errors import InputError, RuleSetError
 from ..graph import Node, QGraph
 from ..report import Change
 from ..scale_groups import ScaleGroup, joining_inputs, paired_dqs, scale_groups
 from ..trt_patterns import residual_inputs
-from . import ActionContext, register_action
+from .registry import ActionContext, register_action
 from .residual import INSERTED_SKIP_QS
 
 POLICIES = ("max", "output", "calibrated")
@@ -84,14 +85,17 @@ def _holds_residual_skip(graph: QGraph, qs: list[Node]) -> bool:
 
 
 def _observed(
-    graph: QGraph, groups: list[tuple[int, list[Node]]], data: CalibrationData | None
+    groups: list[tuple[int, list[Node]]], measured: dict[str, float] | None
 ) -> dict[int, float]:
     """Largest |x| on the calibration samples over the tensors each group quantizes."""
-    if not groups or data is None:
+    if not groups or measured is None:
         return {}
-    names = [sorted({q.inputs[0].name for q in qs}) for _, qs in groups]
-    peaks = observed_ranges(graph.to_model(), names, data)
-    return {i: p for (i, _), p in zip(groups, peaks, strict=True) if p is not None}
+    found: dict[int, float] = {}
+    for i, qs in groups:
+        seen = [measured[n] for n in {q.inputs[0].name for q in qs} if n in measured]
+        if seen and max(seen) > 0:
+            found[i] = max(seen)
+    return found
 
 
 def _describe(g: ScaleGroup) -> str:
@@ -116,7 +120,8 @@ def unify_scale_groups(
             f"unify_scale_groups: unknown policy '{policy}' (choose {', '.join(POLICIES)})"
         )
     ranges = _load_ranges(params.get("ranges") or ctx.settings.get("ranges"))
-    data = ctx.settings.get("calibration") if policy == "calibrated" else None
+    data = ctx.settings.get("observed_ranges") if policy == "calibrated" else None
+    runs = ctx.settings.get("observed_runs", 0)
     inserted = ctx.run.get(INSERTED_SKIP_QS, set())
     todo = []
     for g in scale_groups(graph):
@@ -130,7 +135,7 @@ def unify_scale_groups(
         if agree and not fresh and (policy != "calibrated" or data is not None):
             continue
         todo.append((g, qs, scales, skip))
-    observed = _observed(graph, [(i, t[1]) for i, t in enumerate(todo) if t[3]], data)
+    observed = _observed([(i, t[1]) for i, t in enumerate(todo) if t[3]], data)
     if inserted and data is None:
         ctx.warn(
             f"{len(inserted)} residual skip(s) were quantized with a scale borrowed from another "
@@ -140,7 +145,7 @@ def unify_scale_groups(
     for i, (g, qs, scales, skip) in enumerate(todo):
         if i in observed:
             target = max(max(scales), observed[i] / 127.0)
-            how = f"calibrated: residual skip, max |x| {observed[i]:.4g} in {data.runs} batch(es)"
+            how = f"calibrated: residual skip, max |x| {observed[i]:.4g} in {runs} batch(es)"
         elif data is not None:
             if skip:
                 ctx.note(f"no calibration values reached the group of {qs[0].name}: used max")

@@ -418,7 +418,7 @@ def _load_report(
         path = Path(source)
         label = name or str(path)
         if path.suffix.lower() in PLAN_SUFFIXES:
-            from ..trt_build import read_plan_json
+            from .tensorrt_api import read_plan_json
 
             text = read_plan_json(path)
         else:

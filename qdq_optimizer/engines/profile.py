@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 
 from ..errors import InputError
+from .layer_report import max_bytes_from_env, parse_json_documents, read_text_capped
 from .model import EngineReport
-from .report import max_bytes_from_env, parse_json_documents, read_text_capped
 
 
 @dataclass
