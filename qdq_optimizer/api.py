@@ -7,10 +7,12 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import onnx
 
 from .calibration import CalibrationData
 from .engine import DEFAULT_MAX_ITERATIONS, apply_rules, finalize
+from .errors import UsageError
 from .graph import DEQUANTIZE, QUANTIZE, QGraph, name_matches
 from .report import OptimizeReport, Problem
 from .ruleset import RuleSet, compile_ignore, load_ruleset
@@ -42,6 +44,9 @@ def optimize(
     keep_weight_q: bool = False,
     settings: dict[str, Any] | None = None,
     calibration_data: CalibrationData | str | os.PathLike | dict | None = None,
+    samples: dict[str, np.ndarray] | str | os.PathLike | None = None,
+    reference: ModelLike | None = None,
+    max_loss_db: float | None = None,
 ) -> tuple[onnx.ModelProto, OptimizeReport]:
     """Apply a rule set to a Q/DQ model; returns the rewritten model and what each rule did.
 
@@ -50,6 +55,13 @@ def optimize(
     ``calibration_data`` (an ``.npz`` path, arrays keyed by input name, or ``CalibrationData``)
     selects the ``calibrated`` scale-group policy: scale groups that hold a residual skip get a
     scale covering the largest |x| seen on those samples (``qdq_optimizer.calibration``).
+
+    ``samples`` (arrays keyed by input name, or an ``.npz`` path) switch on the accuracy guard
+    (``qdq_optimizer.guard``): each non-exact rule's leave-one-out effect on the output SQNR
+    against ``reference`` (a float model; default: the input with quantization off) goes in
+    ``report.guard``; with ``max_loss_db`` the costliest rules are backed out while the result
+    loses more than that against the input, and ``guard.GuardFailed`` (exit 1) is raised when no
+    single rule is to blame.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -69,10 +81,76 @@ def optimize(
         run_settings["calibration"] = calibration_data
         run_settings["scale_policy"] = "calibrated"
 
+    if max_loss_db is not None and dry_run:
+        raise UsageError("--max-loss-db needs a rewrite: drop --dry-run")
+    if max_loss_db is not None and samples is None:
+        raise UsageError("--max-loss-db needs samples (--inputs or --calibration-data)")
+    if samples is not None and not isinstance(samples, dict):
+        from .verify import load_inputs
+
+        samples = load_inputs(samples)
+
     t = time.perf_counter()
     model = load(model_or_path)
     timings["load"] = _ms(t)
 
+    def once(rs: RuleSet) -> tuple[onnx.ModelProto, OptimizeReport]:
+        return _optimize_loaded(
+            model,
+            rs,
+            patterns,
+            run_settings,
+            dry_run,
+            max_iterations,
+            allow_asymmetric,
+            calibration_data,
+            dict(timings),
+            t0,
+        )
+
+    if samples is not None and not dry_run:  # bad samples fail before any rule runs
+        from .verify import feed_batches, model_inputs
+
+        feed_batches(model_inputs(model), samples)
+    out, report = once(ruleset)
+    if samples is None or dry_run:
+        return out, report
+    from .guard import run_guard
+
+    ref = None if reference is None else load(reference)
+    label = os.fspath(reference) if isinstance(reference, str | os.PathLike) else None
+    t = time.perf_counter()
+    out, report = run_guard(
+        model,
+        ruleset,
+        (out, report),
+        once,
+        samples,
+        reference=ref,
+        reference_label=label or ("reference model" if ref is not None else None),
+        max_loss_db=max_loss_db,
+        lint=lambda m: [
+            str(p) for p in lint(m, ruleset, ignore=ignore, allow_asymmetric=allow_asymmetric)
+        ],
+    )
+    report.timings_ms["guard"] = _ms(t)
+    report.timings_ms["total"] = _ms(t0)
+    return out, report
+
+
+def _optimize_loaded(
+    model: onnx.ModelProto,
+    ruleset: RuleSet,
+    patterns: list,
+    run_settings: dict[str, Any],
+    dry_run: bool,
+    max_iterations: int,
+    allow_asymmetric: bool,
+    calibration_data: CalibrationData | None,
+    timings: dict[str, float],
+    t0: float,
+) -> tuple[onnx.ModelProto, OptimizeReport]:
+    """One run of a rule set over a loaded model (left unmodified: the graph is a copy)."""
     from .validate import validate_model
 
     t = time.perf_counter()

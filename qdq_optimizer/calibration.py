@@ -67,6 +67,11 @@ def bypass_activation_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     }
     if not alias:
         return out
+    for name in alias:  # a Q/DQ chain (Q -> DQ -> Q -> DQ) bypasses to the first Q's input
+        seen = alias[name]
+        while seen in alias:
+            seen = alias[seen]
+        alias[name] = seen
     for n in g.node:
         for i, name in enumerate(n.input):
             if name in alias:
