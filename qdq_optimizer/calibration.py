@@ -13,7 +13,7 @@ how pytorch-quantization calibrates).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,17 +88,13 @@ def bypass_activation_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def observed_ranges(
-    model: onnx.ModelProto, groups: Sequence[Sequence[str]], data: CalibrationData
-) -> list[float | None]:
-    """Per group of tensor names: the largest finite |x| any of them takes on the samples, with
-    activation quantization off (None where no sample reached the group)."""
+def _activations(
+    model: onnx.ModelProto, names: Sequence[str], data: CalibrationData
+) -> Iterator[dict[str, np.ndarray]]:
+    """Per batch of samples: the values of the named tensors with activation quantization off."""
     from .verify import feed_batches, session
 
-    if not groups:
-        return []
     graph_inputs = {i.name for i in model.graph.input}
-    names = sorted({n for g in groups for n in g})
     fetch = [n for n in names if n not in graph_inputs]
     bypassed = bypass_activation_qdq(model)
     present = {o.name for o in bypassed.graph.output}
@@ -108,10 +104,22 @@ def observed_ranges(
     sess = session(bypassed)
     batches = feed_batches(sess, data.arrays, dynamic_batch=1)
     data.runs = len(batches)
-    peak: dict[str, float] = {}
     for feed in batches:
         values = dict(zip(fetch, sess.run(fetch, feed), strict=True)) if fetch else {}
         values.update({n: feed[n] for n in names if n in graph_inputs})
+        yield values
+
+
+def observed_ranges(
+    model: onnx.ModelProto, groups: Sequence[Sequence[str]], data: CalibrationData
+) -> list[float | None]:
+    """Per group of tensor names: the largest finite |x| any of them takes on the samples, with
+    activation quantization off (None where no sample reached the group)."""
+    if not groups:
+        return []
+    names = sorted({n for g in groups for n in g})
+    peak: dict[str, float] = {}
+    for values in _activations(model, names, data):
         for n, v in values.items():
             a = np.abs(np.asarray(v, dtype=np.float32))
             a = a[np.isfinite(a)]  # an overflowing activation must not set the range
@@ -122,3 +130,25 @@ def observed_ranges(
         seen = [peak[n] for n in g if n in peak]
         out.append(max(seen) if seen and max(seen) > 0 else None)
     return out
+
+
+def quantization_errors(
+    model: onnx.ModelProto, scales: dict[str, Sequence[float]], data: CalibrationData
+) -> dict[str, list[float]]:
+    """Per tensor, per candidate scale: the mean squared error of symmetric int8 quantization
+    (round half to even, saturate at [-128, 127]) of its values on the samples, with activation
+    quantization off. Tells a clipping scale that pays (fine steps for the bulk) from one that
+    clips too much."""
+    names = sorted(scales)
+    total = {n: np.zeros(len(scales[n])) for n in names}
+    count = dict.fromkeys(names, 0)
+    for values in _activations(model, names, data):
+        for n in names:
+            x = np.asarray(values[n], dtype=np.float32).reshape(-1)
+            x = x[np.isfinite(x)]
+            count[n] += x.size
+            for k, s in enumerate(scales[n]):
+                s32 = np.float32(s)
+                err = np.clip(np.rint(x / s32), -128, 127) * s32 - x
+                total[n][k] += float(np.dot(err.astype(np.float64), err.astype(np.float64)))
+    return {n: [float(v / max(count[n], 1)) for v in total[n]] for n in names}
