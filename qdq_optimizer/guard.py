@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .errors import CheckFailed
+from .errors import CheckFailed, InputError
 from .report import OptimizeReport
 from .ruleset import Rule, RuleSet
 
@@ -134,9 +134,17 @@ def pooled_sqnr(reference: Outputs, test: Outputs) -> float:
 class _Scorer:
     """SQNR of models against one reference on one set of samples (reference run once)."""
 
-    def __init__(self, reference: onnx.ModelProto, samples: dict[str, np.ndarray]) -> None:
+    def __init__(
+        self, reference: onnx.ModelProto, model: onnx.ModelProto, samples: dict[str, np.ndarray]
+    ) -> None:
         self.samples = samples
         self.reference = self._outputs(reference)
+        names = {o.name for o in model.graph.output}
+        if not names & set(self.reference):
+            raise InputError(
+                "the reference model shares no output name with the input "
+                f"({', '.join(sorted(self.reference))} vs {', '.join(sorted(names))})"
+            )
 
     @staticmethod
     def _run(model: onnx.ModelProto, samples: dict[str, np.ndarray]) -> Outputs:
@@ -184,7 +192,7 @@ def run_guard(
     set still finds (asked only when rules were backed out). Raises GuardFailed."""
     if reference is None:
         reference, reference_label = quantization_off(model), "input, quantization off"
-    scorer = _Scorer(reference, samples)
+    scorer = _Scorer(reference, model, samples)
     s_in = scorer.sqnr(model)
     out, report = optimized
     s_all = s_out = scorer.sqnr(out)

@@ -12,7 +12,7 @@ import cli
 from qdq_optimizer import guard
 from qdq_optimizer.api import optimize
 from qdq_optimizer.calibration import bypass_activation_qdq
-from qdq_optimizer.errors import UsageError
+from qdq_optimizer.errors import InputError, UsageError
 from qdq_optimizer.guard import GuardFailed, pooled_sqnr
 from tests.rules_util import G, scales_of
 
@@ -90,6 +90,13 @@ def test_float_reference_is_used_when_given(tmp_path) -> None:
     _, rep_off = optimize(m, "tensorrt", samples=samples())
     assert rep.guard["reference"] == str(ref)
     assert rep.guard["sqnr_input_db"] == pytest.approx(rep_off.guard["sqnr_input_db"])
+    other = bypass_activation_qdq(m)
+    for o in other.graph.output:
+        o.name = "renamed_" + o.name
+    for n in other.graph.node:
+        n.output[:] = ["renamed_" + o if o in ("y0", "y1") else o for o in n.output]
+    with pytest.raises(InputError, match="shares no output name"):
+        optimize(m, "tensorrt", samples=samples(), reference=other)
 
 
 def redundant_rules(tmp_path):
