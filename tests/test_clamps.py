@@ -89,3 +89,31 @@ def test_no_clip_when_the_producer_range_is_inside() -> None:
     clips = [n for n in out.graph.node if n.op_type == "Clip"]
     # only the pair after Clip(0, 8) (wider than 127 * 0.05 = 6.35) keeps a clamp
     assert len(clips) == 3 and sum(n.input[0] == "clip8_out" for n in clips) == 1
+
+
+def test_clip_keeps_the_graph_float_type() -> None:
+    """An fp16 graph (opset 19 Q/DQ with fp16 scales) gets fp16 Clip bounds."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [
+        numpy_helper.from_array(np.array(0.01, np.float16), "s"),
+        numpy_helper.from_array(np.array(0, np.int8), "z"),
+    ]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("QuantizeLinear", ["r", "s", "z"], ["q"], name="Q"),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"], name="DQ"),
+        helper.make_node("Softmax", ["d"], ["y"], name="soft"),
+    ]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT16, [1, 4]) for n in ("x", "y")]
+    g = helper.make_graph(nodes, "fp16", io[:1], io[1:], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+    out, rep = optimize(m, "tensorrt")
+    assert rep.result("float-islands").count == 1
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    clip = next(n for n in out.graph.node if n.op_type == "Clip")
+    assert {inits[i].dtype for i in clip.input[1:]} == {np.dtype(np.float16)}
+    x = np.array([[0.5, 3, -1, 0.001]], np.float16)
+    y = outputs(out, {"x": x})[0]
+    expected = np.exp(np.clip(x.astype(np.float32), 0, np.float16(0.01) * 127))  # Relu, Clip
+    assert np.allclose(y, expected / expected.sum(), atol=2e-3)

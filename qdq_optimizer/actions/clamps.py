@@ -105,6 +105,7 @@ def bypass_keeping_saturation(
         graph.bypass_qdq(q, dq, consumers)
         return None
     lo, hi, ftype = r
+    ftype = _float_dtype(src) or ftype  # Clip's bounds have its input's type
     base = f"{q.name}_saturation"
     out = gs.Variable(graph.unique_name(f"{base}_out"), dtype=src.dtype, shape=src.shape)
     clip = graph.add_node(
@@ -121,3 +122,12 @@ def bypass_keeping_saturation(
     graph.drop_if_unused(dq)
     graph.drop_if_unused(q)
     return clip
+
+
+def _float_dtype(t: Tensor) -> np.dtype | None:
+    """The numpy float type of a tensor when graph-surgeon knows it."""
+    try:
+        dt = np.dtype(t.dtype) if t.dtype is not None else None
+    except TypeError:
+        return None
+    return dt if dt is not None and np.issubdtype(dt, np.floating) else None
