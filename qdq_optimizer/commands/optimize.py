@@ -38,14 +38,15 @@ MAX_WARNINGS = 10  # the rest go to --report
     "--inputs",
     "inputs_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Inputs for --verify (.npz keyed by input name, first axis samples, uint8 images "
-    "scaled by 1/255); default: seeded random.",
+    help="Inputs for --verify and the accuracy guard (.npz keyed by input name, first axis "
+    "samples, uint8 images scaled by 1/255); default: seeded random.",
 )
 @click.option(
     "--reference",
     "reference_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Float model: --verify also prints SQNR of input and output against it.",
+    help="Float model: --verify also prints SQNR of input and output against it, and the "
+    "accuracy guard measures against it.",
 )
 @click.option(
     "--calibration-data",
