@@ -7,9 +7,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import onnx
 
-from .calibration import CalibrationData, measure_ranges
+from .calibration import CalibrationData, measure_histograms, measure_ranges
+from .errors import UsageError
 from .fixpoint import DEFAULT_MAX_ITERATIONS, apply_rules
 from .graph import DEQUANTIZE, QUANTIZE, QGraph, name_matches
 from .model_io import finalize
@@ -44,6 +46,9 @@ def optimize(
     keep_weight_q: bool = False,
     settings: dict[str, Any] | None = None,
     calibration_data: CalibrationData | str | os.PathLike | dict | None = None,
+    samples: dict[str, np.ndarray] | str | os.PathLike | None = None,
+    reference: ModelLike | None = None,
+    max_loss_db: float | None = None,
 ) -> tuple[onnx.ModelProto, OptimizeReport]:
     """Apply a rule set to a Q/DQ model; returns the rewritten model and what each rule did.
 
@@ -53,6 +58,13 @@ def optimize(
     selects the ``calibrated`` scale-group policy: scale groups that hold a residual skip get a
     scale covering the largest |x| seen on those samples. The ranges are measured once, before
     the rules run (``qdq_optimizer.calibration.measure_ranges``), and handed to them in settings.
+
+    ``samples`` (arrays keyed by input name, or an ``.npz`` path) switch on the accuracy guard
+    (``qdq_optimizer.guard``): each non-exact rule's leave-one-out effect on the output SQNR
+    against ``reference`` (a float model; default: the input with quantization off) goes in
+    ``report.guard``; with ``max_loss_db`` the costliest rules are backed out while the result
+    loses more than that against the input, and ``guard.GuardFailed`` (exit 1) is raised when no
+    single rule is to blame.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -71,25 +83,113 @@ def optimize(
             )
         run_settings["scale_policy"] = "calibrated"
 
+    if max_loss_db is not None and dry_run:
+        raise UsageError("--max-loss-db needs a rewrite: drop --dry-run")
+    if max_loss_db is not None and samples is None:
+        raise UsageError("--max-loss-db needs samples (--inputs or --calibration-data)")
+    if samples is not None and not isinstance(samples, dict):
+        from .runtime import load_inputs
+
+        samples = load_inputs(samples)
+
     t = time.perf_counter()
     model = load(model_or_path)
     timings["load"] = _ms(t)
 
+    if calibration_data is not None:  # the pre-pass: the rules get ranges, never run a model
+        calibration_data.check(model)  # bad samples fail here, before any rule runs
+        t = time.perf_counter()
+        run_settings.update(calibration_pre_pass(model, calibration_data))
+        timings["calibration"] = _ms(t)
+
+    def once(rs: RuleSet) -> tuple[onnx.ModelProto, OptimizeReport]:
+        return _optimize_loaded(
+            model,
+            rs,
+            patterns,
+            run_settings,
+            dry_run,
+            max_iterations,
+            allow_asymmetric,
+            dict(timings),
+            t0,
+        )
+
+    if samples is not None and not dry_run:  # bad samples fail before any rule runs
+        from .runtime import feed_batches, model_inputs
+
+        feed_batches(model_inputs(model), samples)
+    out, report = once(ruleset)
+    if samples is None or dry_run:
+        return out, report
+    from .guard import run_guard
+
+    ref = None if reference is None else load(reference)
+    label = os.fspath(reference) if isinstance(reference, str | os.PathLike) else None
+    t = time.perf_counter()
+    out, report = run_guard(
+        model,
+        ruleset,
+        (out, report),
+        once,
+        samples,
+        reference=ref,
+        reference_label=label or ("reference model" if ref is not None else None),
+        max_loss_db=max_loss_db,
+        lint=lambda m: [
+            str(p) for p in lint(m, ruleset, ignore=ignore, allow_asymmetric=allow_asymmetric)
+        ],
+    )
+    report.timings_ms["guard"] = _ms(t)
+    report.timings_ms["total"] = _ms(t0)
+    return out, report
+
+
+def calibration_pre_pass(model: onnx.ModelProto, data: CalibrationData) -> dict[str, Any]:
+    """What the rules get from calibration samples, measured once before they run: the largest
+    |x| of every activation tensor (``observed_ranges``), the number of ONNX Runtime batches
+    (``observed_runs``) and a histogram of |x| for every tensor an activation Q reads
+    (``observed_histograms``), so scale choices compare errors without running a model."""
+    ranges = measure_ranges(model, data)
+    runs = data.runs
+    constants = {t.name for t in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output
+    }
+    quantized = sorted(
+        {
+            n.input[0]
+            for n in model.graph.node
+            if n.op_type == QUANTIZE and n.input and n.input[0] not in constants
+        }
+    )
+    histograms = measure_histograms(model, data, ranges, quantized)
+    data.runs = runs
+    return {
+        "observed_ranges": ranges,
+        "observed_runs": runs,
+        "observed_histograms": histograms,
+    }
+
+
+def _optimize_loaded(
+    model: onnx.ModelProto,
+    ruleset: RuleSet,
+    patterns: list,
+    run_settings: dict[str, Any],
+    dry_run: bool,
+    max_iterations: int,
+    allow_asymmetric: bool,
+    timings: dict[str, float],
+    t0: float,
+) -> tuple[onnx.ModelProto, OptimizeReport]:
+    """One run of a rule set over a loaded model (left unmodified: the graph is a copy)."""
     from .validate import validate_model
 
     t = time.perf_counter()
     warnings = list(validate_model(model, allow_asymmetric=allow_asymmetric))
-    if calibration_data is not None:  # bad samples fail here, before any rule runs
-        calibration_data.check(model)
     graph = QGraph.from_model(model)
     before = _stats(graph)
     timings["validate_import"] = _ms(t)
-
-    if calibration_data is not None:  # the pre-pass: the rules get ranges, never run a model
-        t = time.perf_counter()
-        run_settings["observed_ranges"] = measure_ranges(model, calibration_data)
-        run_settings["observed_runs"] = calibration_data.runs
-        timings["calibration"] = _ms(t)
 
     t = time.perf_counter()
     run = apply_rules(

@@ -76,6 +76,11 @@ def _bypass(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
     }
     if not alias:
         return out, alias
+    for name in alias:  # a Q/DQ chain (Q -> DQ -> Q -> DQ) bypasses to the first Q's input
+        seen = alias[name]
+        while seen in alias:
+            seen = alias[seen]
+        alias[name] = seen
     for n in g.node:
         for i, name in enumerate(n.input):
             if name in alias:
@@ -158,3 +163,38 @@ def observed_ranges(
         seen = [peak[n] for n in g if n in peak]
         out.append(max(seen) if seen and max(seen) > 0 else None)
     return out
+
+
+HISTOGRAM_BINS = 2048
+
+
+def measure_histograms(
+    model: onnx.ModelProto, data: CalibrationData, ranges: dict[str, float], names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Part of the pre-pass: a histogram of |x| (``HISTOGRAM_BINS`` bins over ``[0, amax]``,
+    amax from ``ranges``) of each named activation tensor on the samples, quantization off. The
+    rules compare candidate scales on it (``histogram.quantization_error``) without running
+    anything themselves."""
+    from .runtime import feed_batches, session
+
+    bypassed, alias = _bypass(model)
+    source = {n: alias.get(n, n) for n in names if ranges.get(n, 0.0) > 0}
+    if not source:
+        return {}
+    graph_inputs = {i.name for i in bypassed.graph.input}
+    fetch = sorted({s for s in source.values() if s not in graph_inputs})
+    present = {o.name for o in bypassed.graph.output}
+    for name in fetch:
+        if name not in present:
+            bypassed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    sess = session(bypassed)
+    counts = {n: np.zeros(HISTOGRAM_BINS, dtype=np.int64) for n in source}
+    for feed in feed_batches(sess, data.arrays, dynamic_batch=1):
+        values = dict(zip(fetch, sess.run(fetch, feed), strict=True)) if fetch else {}
+        values.update({n: feed[n] for n in graph_inputs if n in feed})
+        for n, src in source.items():
+            a = np.abs(np.asarray(values[src], dtype=np.float32).reshape(-1))
+            a = a[np.isfinite(a)]
+            h, _ = np.histogram(a, bins=HISTOGRAM_BINS, range=(0.0, ranges[n]))
+            counts[n] += h
+    return counts

@@ -88,6 +88,7 @@ class OptimizeReport:
     stats: dict[str, int] = field(default_factory=dict)  # nodes/qdq before and after
     timings_ms: dict[str, float] = field(default_factory=dict)
     verify: list[dict[str, Any]] | None = None
+    guard: dict[str, Any] | None = None  # the accuracy guard's measurements (guard.GuardReport)
 
     @property
     def total_changes(self) -> int:
@@ -111,6 +112,7 @@ class OptimizeReport:
             "warnings": list(self.warnings),
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "verify": self.verify,
+            "guard": self.guard,
         }
 
     def to_json(self) -> str:

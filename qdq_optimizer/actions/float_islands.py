@@ -24,6 +24,7 @@ from ..trt_patterns import (
     is_weighted,
     weight_tensor,
 )
+from .clamps import bypass_keeping_saturation
 from .registry import ActionContext, register_action
 from .weighted import dequantize_np
 
@@ -91,5 +92,5 @@ def remove_float_islands(
         readers = ", ".join(c.name for c in out.outputs) or "a graph output"
         changes.append(Change("remove", [q.name, dq.name], f"DQ feeds only float ops ({readers})"))
         if not ctx.dry_run:
-            graph.bypass_qdq(q, dq)
+            bypass_keeping_saturation(graph, q, dq)  # the pair's clip stays (clamps.py)
     return changes

@@ -23,6 +23,7 @@ from ..trt_patterns import (
     residual_inputs,
 )
 from .registry import ActionContext, register_action
+from .skip_scales import scale_from_samples
 
 # ActionContext.run key: names of the skip quantizers this run inserted (scale-groups calibrates
 # them from data: their scale was only borrowed from another consumer's quantizer).
@@ -93,6 +94,7 @@ def residual_add(
     if graph.is_int8_tensor(skip):
         return changes
     scale = _skip_scale(graph, skip, _groups(graph, ctx))
+    scale = scale_from_samples(graph, skip, ctx) if scale is None else scale  # skip_scales.py
     if scale is None:
         ctx.note(f"skip input '{skip.name}' of '{add.name}' has no quantizer to take a scale from")
         return changes

@@ -10,7 +10,9 @@ Policies:
   run by ``qdq_optimizer.calibration.measure_ranges`` for ``optimize --calibration-data``) a group
   that holds a residual skip, and either disagrees or holds a skip quantizer residual-add inserted
   in this run, gets a scale covering the largest |x| seen on the samples (at least its largest
-  scale: ``qdq_optimizer.calibration`` says why); other
+  scale: ``qdq_optimizer.calibration`` says why),
+  unless its skip quantizer came with the input: that (producer-calibrated) scale is kept while
+  it clips no worse than ``max|x| / 127`` (quantization error on the pre-pass histograms); other
   groups that disagree take ``max``. Groups that already agree and gained no skip quantizer keep
   their scale, so right graphs and second runs are unchanged. Without samples, ``amax / 127`` from
   stored activation ranges (``ranges``: a JSON file or a dict of tensor name -> amax; the largest
@@ -27,6 +29,7 @@ import numpy as np
 
 from ..errors import InputError, RuleSetError
 from ..graph import Node, QGraph
+from ..histogram import quantization_error
 from ..report import Change
 from ..scale_groups import ScaleGroup, joining_inputs, paired_dqs, scale_groups
 from ..trt_patterns import residual_inputs
@@ -71,17 +74,56 @@ def _target(
     return max(scales)
 
 
+def _feeds_residual_skip(graph: QGraph, q: Node) -> bool:
+    """True when the quantizer feeds (through its DQ) the skip of a residual Add."""
+    for dq in paired_dqs(graph, q):
+        for add in graph.consumers(dq.outputs[0]):
+            if add.op != "Add":
+                continue
+            split = residual_inputs(graph, add)
+            if split is not None and add.inputs[split[1]] is dq.outputs[0]:
+                return True
+    return False
+
+
 def _holds_residual_skip(graph: QGraph, qs: list[Node]) -> bool:
     """True when one of the group's quantizers feeds (through its DQ) the skip of a residual Add."""
-    for q in qs:
-        for dq in paired_dqs(graph, q):
-            for add in graph.consumers(dq.outputs[0]):
-                if add.op != "Add":
-                    continue
-                split = residual_inputs(graph, add)
-                if split is not None and add.inputs[split[1]] is dq.outputs[0]:
-                    return True
-    return False
+    return any(_feeds_residual_skip(graph, q) for q in qs)
+
+
+def _producer_skip_scales(
+    graph: QGraph,
+    todo: list,
+    observed: dict[int, float],
+    inserted: set[str],
+    histograms: dict[str, np.ndarray],
+    ranges: dict[str, float],
+) -> dict[int, float]:
+    """Groups whose skip quantizer came with the input (a producer calibrated it, e.g. by MSE)
+    keep that scale unless it clips worse than ``max|x| / 127``: smaller quantization error on
+    the samples (read off the pre-pass histograms: ``histogram.quantization_error``). A scale that
+    covers the peak clips nothing and is kept without measuring."""
+    candidates: dict[int, tuple[float, str]] = {}
+    for i, (_, qs, scales, _) in enumerate(todo):
+        if i not in observed:
+            continue
+        own = [
+            (s, q.inputs[0].name)
+            for q, s in zip(qs, scales, strict=True)
+            if q.name not in inserted and _feeds_residual_skip(graph, q)
+        ]
+        if own:
+            candidates[i] = max(own)
+    kept = {i: s for i, (s, _) in candidates.items() if s >= observed[i] / 127.0}
+    measure = {i: c for i, c in candidates.items() if i not in kept}
+    for i, (s, name) in measure.items():
+        counts = histograms.get(name)
+        if counts is None:
+            continue  # not measured (a tensor the input did not quantize): take the peak
+        own_err = quantization_error(counts, ranges[name], s)
+        if own_err <= quantization_error(counts, ranges[name], observed[i] / 127.0):
+            kept[i] = s
+    return kept
 
 
 def _observed(
@@ -141,9 +183,19 @@ def unify_scale_groups(
             f"{len(inserted)} residual skip(s) were quantized with a scale borrowed from another "
             "quantizer; --calibration-data SAMPLES.npz sizes them from data"
         )
+    histograms = ctx.settings.get("observed_histograms") or {}
+    producer = (
+        _producer_skip_scales(graph, todo, observed, inserted, histograms, data) if observed else {}
+    )
     changes: list[Change] = []
     for i, (g, qs, scales, skip) in enumerate(todo):
-        if i in observed:
+        if i in producer:
+            target = producer[i]
+            how = (
+                "calibrated: residual skip, the input's skip scale kept (it clips no worse than "
+                f"max |x| {observed[i]:.4g} / 127 in {runs} batch(es))"
+            )
+        elif i in observed:
             target = max(max(scales), observed[i] / 127.0)
             how = f"calibrated: residual skip, max |x| {observed[i]:.4g} in {runs} batch(es)"
         elif data is not None:

@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 from ..graph import Node, QGraph, constant_value
 from ..report import Change
 from ..trt_patterns import activation_pair, feeds_int8, is_const, is_ignored, is_weighted
+from .clamps import bypass_keeping_saturation
 from .registry import ActionContext, register_action
 
 INT8_RANGE = (-128, 127)
@@ -165,5 +166,5 @@ def remove_weighted_output_qdq(
                 )
             )
             if not ctx.dry_run:
-                graph.bypass_qdq(q, dq)
+                bypass_keeping_saturation(graph, q, dq)  # the pair's clip stays (clamps.py)
     return changes

@@ -38,14 +38,15 @@ MAX_WARNINGS = 10  # the rest go to --report
     "--inputs",
     "inputs_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Inputs for --verify (.npz keyed by input name, first axis samples, uint8 images "
-    "scaled by 1/255); default: seeded random.",
+    help="Inputs for --verify and the accuracy guard (.npz keyed by input name, first axis "
+    "samples, uint8 images scaled by 1/255); default: seeded random.",
 )
 @click.option(
     "--reference",
     "reference_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Float model: --verify also prints SQNR of input and output against it.",
+    help="Float model: --verify also prints SQNR of input and output against it, and the "
+    "accuracy guard measures against it.",
 )
 @click.option(
     "--calibration-data",
@@ -53,6 +54,15 @@ MAX_WARNINGS = 10  # the rest go to --report
     type=click.Path(dir_okay=False, path_type=Path),
     help="Samples (.npz keyed by input name, uint8 images scaled by 1/255): residual-skip "
     "scale groups get a scale covering the largest |x| seen (policy: calibrated).",
+)
+@click.option(
+    "--max-loss-db",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="DB",
+    help="Accuracy guard limit: back out the costliest rule while OUT loses more than DB "
+    "(output SQNR against --reference, else the input with quantization off) than IN; exit 1 "
+    "and write nothing when no single rule is to blame. Needs --inputs or --calibration-data.",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the random --verify inputs.")
 @click.option("--dry-run", is_flag=True, help="Report what would change; write no model.")
@@ -76,6 +86,7 @@ def command(
     inputs_path: Path | None,
     reference_path: Path | None,
     calibration_path: Path | None,
+    max_loss_db: float | None,
     seed: int,
     dry_run: bool,
     verbose: bool,
@@ -119,6 +130,10 @@ def command(
         allow_asymmetric=allow_asymmetric,
         keep_weight_q=keep_weight_q,
         calibration_data=calibration,
+        # the accuracy guard measures on --inputs, else on the calibration samples
+        samples=feeds if feeds is not None else (calibration.arrays if calibration else None),
+        reference=reference_path,
+        max_loss_db=max_loss_db,
     )
     verify = verify or inputs_path is not None or reference_path is not None
     if verify and not dry_run:
@@ -196,6 +211,8 @@ def print_report(report: OptimizeReport, *, verbose: bool, target: Path | None) 
                 row += [_db(ref.get("input", "-")), _db(ref.get("output", "-"))]
             vt.add_row(*row)
         console.print(vt)
+    if report.guard is not None:
+        print_guard(console, report.guard)
     shown = report.warnings[:MAX_WARNINGS]
     for w in shown:
         err.print(f"warning: {w}", markup=False, soft_wrap=True)
@@ -208,3 +225,36 @@ def print_report(report: OptimizeReport, *, verbose: bool, target: Path | None) 
                 console.print(f"note [{r.rule_id}]: {n}", markup=False)
     if target is not None:
         console.print(f"wrote {target}", markup=False)
+
+
+def print_guard(console: Console, guard: dict) -> None:
+    """The accuracy guard's table: each measured rule's leave-one-out effect, then the outcome."""
+    title = (
+        f"accuracy guard (output SQNR vs {guard['reference']}, {guard['samples']} sample(s); "
+        "effect = with the rule - without it)"
+    )
+    gt = Table(title=title, title_justify="left")
+    for col in ("rule", "changes", "SQNR without dB", "effect dB"):
+        gt.add_column(col, justify="left" if col == "rule" else "right")
+    for e in guard["effects"]:
+        rule = e["rule_id"] + (" (required)" if e["required"] else "")
+        gt.add_row(rule, str(e["changes"]), _db(e["sqnr_without_db"]), _db(e["effect_db"]))
+    if guard["effects"]:
+        console.print(gt)
+    else:
+        console.print(f"{title}: no non-exact rule changed anything", markup=False)
+    line = (
+        f"guard: input {_db(guard['sqnr_input_db'])} dB -> output {_db(guard['sqnr_output_db'])} dB"
+    )
+    if guard["max_loss_db"] is not None:
+        line += f" (limit: lose at most {guard['max_loss_db']:g} dB)"
+    console.print(line, markup=False, soft_wrap=True)
+    for b in guard["backed_out"]:
+        console.print(
+            f"guard: backed out {b['rule_id']} -> {_db(b['sqnr_after_db'])} dB",
+            markup=False,
+            soft_wrap=True,
+        )
+    if guard["problems_after"] is not None:
+        n = len(guard["problems_after"])
+        console.print(f"guard: lint then finds {n} problem(s) (all in --report)", markup=False)
