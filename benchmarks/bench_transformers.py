@@ -15,7 +15,8 @@ run ``qdq_optimizer.api.optimize`` with the entry's rule set and print
   together), and the delta;
 - ``idem``: whether a second run changes nothing; ``ms``: optimize's time.
 
-    python benchmarks/bench_transformers.py [--manifest PATH] [--json OUT.json] [NAME_REGEX]
+    python benchmarks/bench_transformers.py [--manifest PATH] [--json OUT.json]
+        [--allow-asymmetric] [NAME_REGEX]
 """
 
 from __future__ import annotations
@@ -116,20 +117,22 @@ def _arrow(before: int, after: int | None, total: int) -> str:
     return f"{before}->{'-' if after is None else after}/{total}"
 
 
-def measure(entry: dict, root: Path = ROOT) -> Row:
+def measure(entry: dict, root: Path = ROOT, allow_asymmetric: bool = False) -> Row:
     quantized, float_path = root / entry["quantized"], root / entry["float"]
     feeds = load_inputs(root / entry["inputs"])
     model = onnx.load(str(quantized))
     before = matmul_counts(model)
     try:
-        lint_before: int | None = len(lint(model, entry["rules"]))
+        lint_before: int | None = len(
+            lint(model, entry["rules"], allow_asymmetric=allow_asymmetric)
+        )
     except QdqoptError:  # the same error optimize reports below
         lint_before = None
     reference = run(float_path, feeds)
     sqnr_in = output_sqnr(reference, run(model, feeds))
     t = time.perf_counter()
     try:
-        out, report = optimize(model, entry["rules"])
+        out, report = optimize(model, entry["rules"], allow_asymmetric=allow_asymmetric)
     except QdqoptError as exc:
         code, error, out = exc.exit_code, f"{type(exc).__name__}: {exc}", None
     except Exception as exc:  # noqa: BLE001  (the CLI's exit 3: an internal error)
@@ -147,11 +150,11 @@ def measure(entry: dict, root: Path = ROOT) -> Row:
                    _arrow(before.conv_int8, None, before.conv), lint_before, None, sqnr_in, None,
                    None, ms, {}, {})  # fmt: skip
     after = matmul_counts(out)
-    problems = lint(out, entry["rules"])
+    problems = lint(out, entry["rules"], allow_asymmetric=allow_asymmetric)
     by_rule: dict[str, int] = {}
     for p in problems:
         by_rule[p.rule_id] = by_rule.get(p.rule_id, 0) + 1
-    again, report2 = optimize(out, entry["rules"])
+    again, report2 = optimize(out, entry["rules"], allow_asymmetric=allow_asymmetric)
     idempotent = report2.total_changes == 0 and same_graph(again, out)
     return Row(
         entry["name"], 0, "",
@@ -183,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("pattern", nargs="?", default="", help="only entries whose name matches")
     ap.add_argument("--manifest", type=Path, default=MANIFEST)
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    ap.add_argument(
+        "--allow-asymmetric", action="store_true", help="as optimize's: asymmetric int8 accepted"
+    )
     args = ap.parse_args(argv)
     if not args.manifest.is_file():
         print(f"bench_transformers: no manifest {args.manifest} (make corpus-transformers)",
@@ -194,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(header(), flush=True)
     for e in entries:
-        rows.append(measure(e))
+        rows.append(measure(e, allow_asymmetric=args.allow_asymmetric))
         print(line(rows[-1]), flush=True)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
