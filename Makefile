@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test golden bench fuzz lint format clean system-deps
+.PHONY: install demo test golden bench fuzz lint format clean system-deps corpus-transformers
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,25 @@ golden: install
 
 bench: install
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Transformer corpus (issue 11): one venv per producer under .venv-corpus/ (git-ignored), then
+# every stage of fixtures/corpus/make_transformers.py; rewrites fixtures/corpus/transformers/.
+CORPUS_VENVS := .venv-corpus
+XF := fixtures/corpus/make_transformers.py
+XF_REQ := fixtures/corpus/transformers/requirements
+
+$(CORPUS_VENVS)/xf-%/.installed: $(XF_REQ)-%.txt
+	$(PY) -m venv $(CORPUS_VENVS)/xf-$*
+	$(CORPUS_VENVS)/xf-$*/bin/pip install -q -r $<
+	touch $@
+
+corpus-transformers: $(foreach p,torch ultralytics modelopt nncf,$(CORPUS_VENVS)/xf-$(p)/.installed)
+	OMP_NUM_THREADS=1 $(CORPUS_VENVS)/xf-torch/bin/python $(XF) torch
+	OMP_NUM_THREADS=1 $(CORPUS_VENVS)/xf-ultralytics/bin/python $(XF) c2psa
+	OMP_NUM_THREADS=1 $(CORPUS_VENVS)/xf-torch/bin/python $(XF) ort
+	OMP_NUM_THREADS=1 $(CORPUS_VENVS)/xf-modelopt/bin/python $(XF) modelopt
+	OMP_NUM_THREADS=1 $(CORPUS_VENVS)/xf-nncf/bin/python $(XF) nncf
+	$(CORPUS_VENVS)/xf-torch/bin/python $(XF) manifest
 
 fuzz: install
 	QDQOPT_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests -k fuzz
