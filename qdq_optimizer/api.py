@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -14,7 +15,7 @@ from .engine import DEFAULT_MAX_ITERATIONS, apply_rules, finalize
 from .graph import DEQUANTIZE, QUANTIZE, QGraph, name_matches
 from .report import OptimizeReport, Problem
 from .ruleset import RuleSet, compile_ignore, load_ruleset
-from .trt_checks import check_graph
+from .trt_checks import check_graph, unowned_checks
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 
@@ -42,6 +43,7 @@ def optimize(
     keep_weight_q: bool = False,
     settings: dict[str, Any] | None = None,
     calibration_data: CalibrationData | str | os.PathLike | dict | None = None,
+    lint_result: bool = True,
 ) -> tuple[onnx.ModelProto, OptimizeReport]:
     """Apply a rule set to a Q/DQ model; returns the rewritten model and what each rule did.
 
@@ -50,6 +52,8 @@ def optimize(
     ``calibration_data`` (an ``.npz`` path, arrays keyed by input name, or ``CalibrationData``)
     selects the ``calibrated`` scale-group policy: scale groups that hold a residual skip get a
     scale covering the largest |x| seen on those samples (``qdq_optimizer.calibration``).
+    With ``lint_result`` (default) the result is linted with the same rule set and ignore list
+    (one dry-run pass plus the checks no rule owns): ``report.remaining_problems``.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -97,15 +101,25 @@ def optimize(
 
     t = time.perf_counter()
     dead = 0
+    remaining = None
     if dry_run:
         out = model
         after = before
     else:
         dead = graph.cleanup()  # finalize would do it too; counted here for the report
         out, check_warnings = finalize(graph, reference=model)
+        warnings = _still_present(warnings, out)
         warnings.extend(check_warnings)
         after = _stats(graph)
     timings["finalize"] = _ms(t)
+    if lint_result and not dry_run:
+        # State honestly what is left: lint the result with the same rule set and ignore list.
+        t = time.perf_counter()
+        lint_settings = {k: v for k, v in run_settings.items() if k != "calibration"}
+        if calibration_data is not None:
+            lint_settings["scale_policy"] = ruleset.settings.get("scale_policy", "max")
+        remaining = _lint_problems(out, ruleset, patterns, lint_settings, None, max_iterations)[0]
+        timings["self_lint"] = _ms(t)
     timings["total"] = _ms(t0)
 
     report = OptimizeReport(
@@ -123,8 +137,65 @@ def optimize(
             **{f"{k}_after": v for k, v in after.items()},
         },
         timings_ms=timings,
+        remaining_problems=remaining,
     )
     return out, report
+
+
+# validate's label for a node it warns about ("node 'NAME' (OpType)...")
+_NODE_LABEL = re.compile(r"^node '(?P<name>.+?)' \(")
+
+
+def _still_present(warnings: list[str], model: onnx.ModelProto) -> list[str]:
+    """Drop "passed through untouched" warnings about nodes the rules removed (e.g. int32 bias
+    DQs that float-bias converted): the warning must be true of the written model."""
+    names = {n.name for n in model.graph.node}
+    kept = []
+    for w in warnings:
+        m = _NODE_LABEL.match(w)
+        if m and "passed through untouched" in w and m.group("name") not in names:
+            continue
+        kept.append(w)
+    return kept
+
+
+def _lint_problems(
+    model: onnx.ModelProto,
+    ruleset: RuleSet,
+    patterns: list,
+    settings: dict[str, Any],
+    checks: bool | None,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    results: list | None = None,
+) -> tuple[list[Problem], list]:
+    """Lint of ``model``: each rule's finds (what it would change, and what it found but cannot
+    fix) under its id, plus the TensorRT checks no rule of the set owns. Each problem once."""
+    if results is None:
+        run = apply_rules(
+            QGraph.from_model(model),
+            ruleset,
+            dry_run=True,
+            ignore=patterns,
+            settings=settings,
+            max_iterations=max_iterations,
+        )
+        results = run.results
+    problems: list[Problem] = []
+    for result in results:
+        why = result.why.rstrip(".")
+        for change in result.changes:
+            message = f"{why} ({change.detail})" if change.detail else why
+            problems.append(Problem(result.rule_id, list(change.nodes), message))
+        problems.extend(result.unfixable)
+    if checks is None:
+        checks = "tensorrt" in ruleset.chain or bool(ruleset.settings.get("trt_checks", False))
+    if checks:
+        only = unowned_checks(r.action for r in ruleset.rules)
+        for p in check_graph(QGraph.from_model(model), ignore=patterns, only=only):
+            if p.node_names and all(name_matches(n, patterns) for n in p.node_names):
+                continue  # every node it names is on the ignore list
+            problems.append(p)
+    return problems, results
 
 
 def lint_report(
@@ -135,9 +206,11 @@ def lint_report(
     allow_asymmetric: bool = False,
     checks: bool | None = None,
 ) -> OptimizeReport:
-    """Dry-run the rule set, plus TensorRT's placement checks (``trt_checks.check_graph``);
-    problems go in ``report.problems``. ``checks=None`` runs the TensorRT checks when the rule
-    set is (or extends) ``tensorrt`` or sets ``settings: {trt_checks: true}``."""
+    """Dry-run the rule set: each rule reports what it would change and what it found but
+    cannot fix, under its id; plus TensorRT's placement checks that no rule of the set owns
+    (``trt_checks.FIXED_BY``), so each problem is reported once. Problems go in
+    ``report.problems``. ``checks=None`` runs the TensorRT checks when the rule set is (or
+    extends) ``tensorrt`` or sets ``settings: {trt_checks: true}``."""
     ruleset = rules if isinstance(rules, RuleSet) else load_ruleset(rules)
     model, report = optimize(
         model_or_path,
@@ -146,21 +219,10 @@ def lint_report(
         dry_run=True,
         allow_asymmetric=allow_asymmetric,
     )
-    problems: list[Problem] = []
-    for result in report.results:
-        for change in result.changes:
-            why = result.why.rstrip(".")
-            message = f"{why} ({change.detail})" if change.detail else why
-            problems.append(Problem(result.rule_id, list(change.nodes), message))
-    if checks is None:
-        checks = "tensorrt" in ruleset.chain or bool(ruleset.settings.get("trt_checks", False))
-    if checks:
-        patterns = [*ruleset.ignore, *compile_ignore(tuple(ignore))]
-        for p in check_graph(QGraph.from_model(model), ignore=patterns):
-            if p.node_names and all(name_matches(n, patterns) for n in p.node_names):
-                continue  # every node it names is on the ignore list
-            problems.append(p)
-    report.problems = problems
+    patterns = [*ruleset.ignore, *compile_ignore(tuple(ignore))]
+    report.problems = _lint_problems(model, ruleset, patterns, {}, checks, results=report.results)[
+        0
+    ]
     return report
 
 

@@ -48,6 +48,7 @@ class RuleResult:
     why: str = ""
     changes: list[Change] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unfixable: list[Problem] = field(default_factory=list)  # found, but the rule cannot fix it
 
     @property
     def count(self) -> int:
@@ -69,6 +70,7 @@ class RuleResult:
             "count": self.count,
             "changes": [c.to_dict() for c in self.changes],
             "notes": list(self.notes),
+            "unfixable": [p.to_dict() for p in self.unfixable],
         }
 
 
@@ -88,6 +90,8 @@ class OptimizeReport:
     stats: dict[str, int] = field(default_factory=dict)  # nodes/qdq before and after
     timings_ms: dict[str, float] = field(default_factory=dict)
     verify: list[dict[str, Any]] | None = None
+    # optimize: what lint still finds in the result (None in dry-run, where nothing was written)
+    remaining_problems: list[Problem] | None = None
 
     @property
     def total_changes(self) -> int:
@@ -111,6 +115,9 @@ class OptimizeReport:
             "warnings": list(self.warnings),
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "verify": self.verify,
+            "remaining_problems": None
+            if self.remaining_problems is None
+            else [p.to_dict() for p in self.remaining_problems],
         }
 
     def to_json(self) -> str:
