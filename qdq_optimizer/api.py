@@ -105,10 +105,13 @@ def optimize(
     if dry_run:
         out = model
         after = before
+        touched = {n for r in run.results for c in r.changes for n in c.nodes}
+        warnings = _untouched_only(warnings, lambda name: name not in touched)
     else:
         dead = graph.cleanup()  # finalize would do it too; counted here for the report
         out, check_warnings = finalize(graph, reference=model)
-        warnings = _still_present(warnings, out)
+        present = {n.name for n in out.graph.node}
+        warnings = _untouched_only(warnings, present.__contains__)
         warnings.extend(check_warnings)
         after = _stats(graph)
     timings["finalize"] = _ms(t)
@@ -118,7 +121,7 @@ def optimize(
         lint_settings = {k: v for k, v in run_settings.items() if k != "calibration"}
         if calibration_data is not None:
             lint_settings["scale_policy"] = ruleset.settings.get("scale_policy", "max")
-        remaining = _lint_problems(out, ruleset, patterns, lint_settings, None, max_iterations)[0]
+        remaining = _lint_problems(graph, ruleset, patterns, lint_settings, None, max_iterations)[0]
         timings["self_lint"] = _ms(t)
     timings["total"] = _ms(t0)
 
@@ -146,21 +149,20 @@ def optimize(
 _NODE_LABEL = re.compile(r"^node '(?P<name>.+?)' \(")
 
 
-def _still_present(warnings: list[str], model: onnx.ModelProto) -> list[str]:
-    """Drop "passed through untouched" warnings about nodes the rules removed (e.g. int32 bias
-    DQs that float-bias converted): the warning must be true of the written model."""
-    names = {n.name for n in model.graph.node}
+def _untouched_only(warnings: list[str], untouched) -> list[str]:
+    """Drop "passed through untouched" warnings about nodes a rule removed or would change (e.g.
+    int32 bias DQs that float-bias converts): the warning must be true of the result."""
     kept = []
     for w in warnings:
         m = _NODE_LABEL.match(w)
-        if m and "passed through untouched" in w and m.group("name") not in names:
+        if m and "passed through untouched" in w and not untouched(m.group("name")):
             continue
         kept.append(w)
     return kept
 
 
 def _lint_problems(
-    model: onnx.ModelProto,
+    graph: QGraph,
     ruleset: RuleSet,
     patterns: list,
     settings: dict[str, Any],
@@ -168,11 +170,11 @@ def _lint_problems(
     max_iterations: int = DEFAULT_MAX_ITERATIONS,
     results: list | None = None,
 ) -> tuple[list[Problem], list]:
-    """Lint of ``model``: each rule's finds (what it would change, and what it found but cannot
+    """Lint of ``graph`` (not modified): each rule's finds (what it would change, and what it found but cannot
     fix) under its id, plus the TensorRT checks no rule of the set owns. Each problem once."""
     if results is None:
         run = apply_rules(
-            QGraph.from_model(model),
+            graph,
             ruleset,
             dry_run=True,
             ignore=patterns,
@@ -191,7 +193,7 @@ def _lint_problems(
         checks = "tensorrt" in ruleset.chain or bool(ruleset.settings.get("trt_checks", False))
     if checks:
         only = unowned_checks(r.action for r in ruleset.rules)
-        for p in check_graph(QGraph.from_model(model), ignore=patterns, only=only):
+        for p in check_graph(graph, ignore=patterns, only=only):
             if p.node_names and all(name_matches(n, patterns) for n in p.node_names):
                 continue  # every node it names is on the ignore list
             problems.append(p)
@@ -220,7 +222,8 @@ def lint_report(
         allow_asymmetric=allow_asymmetric,
     )
     patterns = [*ruleset.ignore, *compile_ignore(tuple(ignore))]
-    report.problems = _lint_problems(model, ruleset, patterns, {}, checks, results=report.results)[
+    graph = QGraph.from_model(model)
+    report.problems = _lint_problems(graph, ruleset, patterns, {}, checks, results=report.results)[
         0
     ]
     return report
