@@ -197,7 +197,22 @@ def _lint_problems(
             if p.node_names and all(name_matches(n, patterns) for n in p.node_names):
                 continue  # every node it names is on the ignore list
             problems.append(p)
-    return problems, results
+    return _once(problems), results
+
+
+def _once(problems: list[Problem]) -> list[Problem]:
+    """One report per problem: a Q/DQ pair two rules would both remove (e.g. the pair between
+    a conv and its activation is also an output pair nothing INT8 reads) is reported by the
+    first rule only, as the fixpoint would apply only that one."""
+    seen: set[frozenset[str]] = set()
+    out = []
+    for p in problems:
+        key = frozenset(p.node_names)
+        if len(key) >= 2 and key in seen:
+            continue
+        seen.add(key)
+        out.append(p)
+    return out
 
 
 def lint_report(

@@ -206,7 +206,8 @@ def _epilogues(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:
             continue
         for f in epilogue_pairs(graph, w):
             readers = ", ".join(c.name for c in f.consumers or [])
-            out.append(Problem("trt-epilogue-qdq", [f.q.name, readers], f.why.split(" (")[0]))
+            msg = f"{f.why.split(' (')[0]} (read by {readers})"
+            out.append(Problem("trt-epilogue-qdq", [f.q.name, f.dq.name], msg))
     return out
 
 
@@ -220,12 +221,14 @@ def _residuals(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:
         conv = fusion_target(graph, add, bi)
         if conv is None or not is_quantized_weighted(graph, conv):
             continue
-        if activation_pair(graph, add.inputs[bi]) is not None:
+        pair = activation_pair(graph, add.inputs[bi])
+        if pair is not None:
             out.append(
                 Problem(
                     "trt-residual-add",
-                    [add.name],
-                    f"conv-branch input (from '{conv.name}') has Q/DQ: blocks the INT8 Add fusion",
+                    [pair[0].name, pair[1].name],
+                    f"conv-branch input of '{add.name}' (from '{conv.name}') has Q/DQ: blocks "
+                    "the INT8 Add fusion",
                 )
             )
         if not is_int8_tensor(graph, add.inputs[si]):
@@ -248,7 +251,7 @@ def _islands(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:
                 continue  # as weighted-output-qdq: the output pair defines the graph output
             if src is not None:
                 msg = f"output of '{src.name}' is quantized but nothing reads it in INT8"
-                out.append(Problem("trt-weighted-output", [q.name, src.name], msg))
+                out.append(Problem("trt-weighted-output", [q.name, f.dq.name], msg))
             else:
                 out.append(
                     Problem(
