@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..ops import WEIGHTED_OPS
 from .formats import INT8
 from .model import EngineReport, Layer
 from .summary import Summary, summarize
 
-WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
