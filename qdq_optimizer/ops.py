@@ -1,7 +1,8 @@
 """The op vocabulary of TensorRT's Q/DQ handling: which ONNX ops play which part in its fusions.
 
-One home for these facts: the rule actions, the lint checks and the scale groups read them from
-here (the predicates built on them are in ``trt_patterns``). Sources: TensorRT's developer guide,
+One home for these facts: the rule actions, the lint checks, the scale groups and ``inspect``
+read them from here. It imports nothing (``inspect`` stays free of onnx); the one commute
+predicate over it is ``commute.joining_inputs`` and the fusion patterns are in ``trt_patterns``. Sources: TensorRT's developer guide,
 "Working with Quantized Types" (Q/DQ placement, propagation, fusions), as summarised with quotes
 in ``docs/rules.md`` and ``../shared/docs/tensorrt-qdq-facts.md``; the pooling fact is from a
 real engine report (see ``INT8_POOLING_OPS``).
@@ -27,7 +28,7 @@ EPILOGUE_OPS = FUSED_ACTIVATIONS | {"BatchNormalization", "Mul"}
 DATA_MOVEMENT_OPS = frozenset(
     {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Identity"}
 )
-# Ops Q/DQ commute through only under a condition ``trt_patterns.joining_inputs`` checks:
+# Ops Q/DQ commute through only under a condition ``commute.joining_inputs`` checks:
 # MaxPool (positive scale; not its indices output), Pad (constant mode, zero padding),
 # Resize/Upsample (nearest mode), Concat (all data inputs join its output's scale).
 CONDITIONAL_COMMUTING_OPS = frozenset({"MaxPool", "Pad", "Resize", "Upsample", "Concat"})

@@ -14,7 +14,7 @@ Joined tensors:
   nearest-mode Resize/Upsample;
 - the input of a Q and the output of the DQ that reads it (the same value on both sides of a pair).
 A group's quantizers are the per-tensor Q nodes that read any of its tensors. Which ops join is
-the one commute predicate, ``trt_patterns.joining_inputs`` (vocabulary in ``ops``).
+the one commute predicate, ``commute.joining_inputs`` (vocabulary in ``ops``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from networkx.utils import UnionFind
 
+from .commute import is_const, is_int8_qdq, joining_inputs, value_outputs
 from .graph import Node, QGraph, Tensor
-from .trt_patterns import is_const, is_int8_qdq, joining_inputs, value_outputs
 
 __all__ = [
     "ScaleGroup",

@@ -1,7 +1,7 @@
 """Graph patterns TensorRT's fusions are defined over (shared by the rule actions and the lint).
 
 Each predicate states a fact of TensorRT's builder (see ``docs/rules.md``; the op vocabulary is
-in ``ops``): which ops Q/DQ commute through, which ops it fuses into a conv as an epilogue, which
+in ``ops``, the commute predicate in ``commute``): which ops it fuses into a conv as an epilogue, which
 Add input a residual Add fuses into. The ``*_findings``/selector functions here are the "find"
 half of each rule: the rule action fixes what they return, and lint reports the same finding, so
 a problem is found by one piece of code. They are walks of a few steps from one node (bounded by
@@ -15,104 +15,17 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
-import onnx
-import onnx_graphsurgeon as gs
-
-from .graph import Node, QGraph, Tensor, constant_value, name_matches
-from .ops import (
-    CONV_OPS,
-    DATA_MOVEMENT_OPS,
-    FUSED_ACTIVATIONS,
-    GATES,
-    INT8_POOLING_OPS,
-)
+from .commute import is_const, is_int8_qdq, is_int8_tensor, joining_inputs, value_outputs
+from .graph import Node, QGraph, Tensor, name_matches
+from .ops import CONV_OPS, FUSED_ACTIVATIONS, GATES, INT8_POOLING_OPS
 
 # Longest conv epilogue walked back from an Add input: BatchNormalization, activation(s), SiLU.
 MAX_EPILOGUE_STEPS = 8
 
 
-def is_const(t: Tensor) -> bool:
-    return isinstance(t, gs.Constant) or constant_value(t) is not None
-
-
 def is_ignored(node: Node | None, patterns: Iterable[re.Pattern]) -> bool:
     """A node whose name (or module path) matches an ignore regex."""
     return node is not None and name_matches(node.name, patterns)
-
-
-def is_int8_qdq(graph: QGraph, node: Node) -> bool:
-    """A plain int8 Q or DQ (the only kind TensorRT's INT8 rules are about); uint8, int4, fp8 and
-    blocked quantization pass through every rule untouched."""
-    if node.attrs.get("block_size") or not set(node.attrs) <= {"axis", "output_dtype"}:
-        return False
-    try:
-        return graph.qparams(node).dtype == onnx.TensorProto.INT8
-    except ValueError:
-        return False
-
-
-# ---------------------------------------------------------------------- commuting (one predicate)
-def _attr_str(node: Node, key: str, default: str) -> str:
-    value = node.attrs.get(key, default)
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def joining_inputs(graph: QGraph, node: Node) -> list[Tensor]:
-    """Data inputs that ``node`` joins to its outputs' value, scale-wise: the inputs a Q/DQ
-    commutes through ``node`` from ([] when it does not commute). The one commute predicate:
-    scale groups, INT8-ness of a tensor and the search for INT8 consumers all use it."""
-    op = node.op
-    if op == "Concat":
-        return [t for t in node.inputs if t.name and not is_const(t)]
-    if not node.inputs or is_const(node.inputs[0]):
-        return []
-    if op in DATA_MOVEMENT_OPS:
-        return [node.inputs[0]]
-    if op == "MaxPool":
-        if len(node.outputs) > 1 and node.outputs[1].outputs:  # indices output is not a value
-            return []
-        return [node.inputs[0]]
-    if op == "Pad":
-        if _attr_str(node, "mode", "constant") != "constant":
-            return []
-        if len(node.inputs) > 2 and node.inputs[2].name:
-            value = constant_value(node.inputs[2])
-            if value is None or np.any(np.asarray(value) != 0):
-                return []
-        return [node.inputs[0]]
-    if op in ("Resize", "Upsample"):
-        return [node.inputs[0]] if _attr_str(node, "mode", "nearest") == "nearest" else []
-    return []
-
-
-def value_outputs(node: Node) -> list[Tensor]:
-    """The outputs a commuting op carries its input's value to (not MaxPool's indices)."""
-    if node.op == "MaxPool":
-        return node.outputs[:1]
-    return [t for t in node.outputs if t.name]
-
-
-def is_int8_tensor(graph: QGraph, tensor: Tensor) -> bool:
-    """True when TensorRT sees ``tensor`` as INT8: produced by DQ, directly or through ops that
-    commute with quantization (TensorRT propagates DQ forward through them)."""
-    seen: set[int] = set()
-    todo = deque([tensor])
-    while todo:
-        t = todo.popleft()
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        p = graph.producer(t)
-        if p is None:
-            return False
-        if graph.is_dq(p):
-            continue
-        ins = joining_inputs(graph, p)
-        if not ins:
-            return False
-        todo.extend(ins)
-    return True
 
 
 # ---------------------------------------------------------------------- Q/DQ pairs and weights

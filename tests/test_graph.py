@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto, helper
 from qdq_builders import Builder, messy_model  # noqa: I001  (tests/ is on sys.path)
 
+from qdq_optimizer.commute import is_int8_tensor
 from qdq_optimizer.graph import QGraph, _toposort
-from qdq_optimizer.trt_patterns import is_int8_tensor
 from qdq_optimizer.verify import run
 
 

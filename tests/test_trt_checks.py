@@ -140,8 +140,8 @@ def test_ignore_list_silences_nodes_by_module_path() -> None:
 def test_one_commute_predicate_for_int8_tensors_and_scale_groups(op, attrs, commutes) -> None:
     """is_int8_tensor walks the commute predicate scale groups use (they once disagreed: a
     linear Resize counted as INT8 for one and not for the other)."""
+    from qdq_optimizer.commute import is_int8_tensor, joining_inputs
     from qdq_optimizer.scale_groups import scale_groups
-    from qdq_optimizer.trt_patterns import is_int8_tensor, joining_inputs
 
     g = G()
     x = g.q(g.op("Relu", ["x"]), 0.1, "in")
