@@ -1,10 +1,10 @@
 """Graph patterns TensorRT's fusions are defined over (shared by the rule actions and the lint).
 
 Each predicate states a fact of TensorRT's builder (see ``docs/rules.md``; the op vocabulary is
-in ``ops``, the commute predicate in ``commute``): which ops it fuses into a conv as an epilogue, which
-Add input a residual Add fuses into. The ``*_findings``/selector functions here are the "find"
-half of each rule: the rule action fixes what they return, and lint reports the same finding, so
-a problem is found by one piece of code. They are walks of a few steps from one node (bounded by
+in ``ops``, the commute predicate in ``commute``): which ops it fuses into a conv as an epilogue,
+which Add input a residual Add fuses into. The selectors (``epilogue_pairs``, ``residual_inputs``,
+``island_pairs``) are the "find" half of each rule: the rule action fixes what they return and
+lint reports the same finding, so a problem is found by one piece of code. They are walks of a few steps from one node (bounded by
 the shape of the pattern, not by a search budget), so whole-graph passes stay linear.
 """
 
