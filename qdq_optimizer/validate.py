@@ -274,7 +274,7 @@ def _check_qdq(
     if isinstance(scale_src, TensorProto) and scale_src.data_type not in _SCALE_TYPES:
         raise InputError(f"{label} scale has type {_dtype_name(scale_src.data_type)}, not float")
     scale = _to_array(scale_src, f"{label} scale")
-    if scale.dtype.kind != "f":
+    if scale.dtype.kind != "f" and scale.dtype.name != "bfloat16":
         raise InputError(f"{label} scale has dtype {scale.dtype}, not float")
     if scale.size == 0:
         raise InputError(f"{label} has an empty scale")
