@@ -50,6 +50,8 @@ def optimize(
     ``calibration_data`` (an ``.npz`` path, arrays keyed by input name, or ``CalibrationData``)
     selects the ``calibrated`` scale-group policy: scale groups that hold a residual skip get a
     scale covering the largest |x| seen on those samples (``qdq_optimizer.calibration``).
+    ``allow_asymmetric`` is deprecated and ignored: uint8 and asymmetric int8 are always accepted
+    (the ``symmetric-int8`` rule converts them).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -76,7 +78,7 @@ def optimize(
     from .validate import validate_model
 
     t = time.perf_counter()
-    warnings = list(validate_model(model, allow_asymmetric=allow_asymmetric))
+    warnings = list(validate_model(model))
     if calibration_data is not None:  # bad samples fail here, before any rule runs
         calibration_data.check(model)
     graph = QGraph.from_model(model)

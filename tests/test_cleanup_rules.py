@@ -239,7 +239,7 @@ def test_property_cleanup_is_exact_idempotent_and_lint_clean(model):
 
 @pytest.mark.parametrize("scale", [0.05])
 def test_uint8_asymmetric_chain_collapses_exactly(scale):
-    """With --allow-asymmetric, uint8 with a zero point collapses exactly too."""
+    """uint8 with a zero point collapses exactly too."""
     b = Builder()
     x = b.input("x", [1, 4, 3, 3])
     s, z = b.const(np.float32(scale)), b.const(np.uint8(128))
@@ -249,7 +249,7 @@ def test_uint8_asymmetric_chain_collapses_exactly(scale):
     d2 = b.node("DequantizeLinear", [q2, s, z], name="d2")
     b.output(b.node("Relu", [d2], name="r"))
     m = b.build()
-    out, report = optimize(m, "cleanup", allow_asymmetric=True)
+    out, report = optimize(m, "cleanup")
     assert report.result("collapse-dq-q").count == 1
     _assert_exact(m, out)
 
