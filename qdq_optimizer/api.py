@@ -75,10 +75,13 @@ def optimize(
     model = load(model_or_path)
     timings["load"] = _ms(t)
 
+    from .opset_upgrade import upgrade_opset
     from .validate import validate_model
 
     t = time.perf_counter()
-    warnings = list(validate_model(model))
+    model, upgraded = upgrade_opset(model)
+    warnings = [upgraded] if upgraded else []
+    warnings.extend(validate_model(model))
     if calibration_data is not None:  # bad samples fail here, before any rule runs
         calibration_data.check(model)
     graph = QGraph.from_model(model)
