@@ -152,3 +152,19 @@ def test_bf16_graph_new_constants_are_bf16():
     out, _ = optimize(m, "tensorrt")
     onnx.checker.check_model(out, full_check=True)
     assert not _float_inits(out)
+
+
+@pytest.mark.parametrize("mode", ["uint8", "int8-asym"])
+def test_fp16_asymmetric_graph_converts_in_fp16(mode):
+    """symmetric-int8's scales and re-inserted Clip bounds are fp16 in an fp16 graph too."""
+    from ort_quant import float_cnn, ort_quantize, photos
+
+    q16 = convert_float_type(ort_quantize(float_cnn("relu"), mode, photos("calib", 4)))
+    out, report = optimize(q16, "tensorrt")
+    onnx.checker.check_model(out, full_check=True)
+    assert not _float_inits(out)
+    assert sum(n.op_type == "Clip" for n in out.graph.node) == 3  # the three deleted Relus
+    x = photos("val", 1).astype(np.float16)
+    sess = _session(out)
+    y = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    assert np.all(np.isfinite(y.astype(np.float32)))

@@ -36,6 +36,12 @@ def _params(graph: QGraph, node: Node) -> QParams | None:
         return None
 
 
+def _is_constant(graph: QGraph, t: gs.Tensor) -> bool:
+    """An initializer or a Constant node's output, without loading its values."""
+    p = graph.producer(t)
+    return isinstance(t, gs.Constant) or (p is not None and p.op == "Constant")
+
+
 def _needs_conversion(p: QParams) -> bool:
     return asym.convertible(p.dtype) and not asym.is_symmetric_int8(p.scale, p.zero_point, p.dtype)
 
@@ -155,17 +161,19 @@ def _convert_weight(graph: QGraph, dq: Node, ctx: ActionContext, stats: dict) ->
     asymmetric parameters: re-quantized symmetric int8 from its float values."""
     src = dq.inputs[0]
     q = graph.producer(src)
-    pair = graph.is_q(q) and constant_value(q.inputs[0]) is not None
-    raw = constant_value(q.inputs[0] if pair else src)
-    if raw is None or not _plain(dq) or (pair and not _plain(q)):
+    pair = graph.is_q(q) and _is_constant(graph, q.inputs[0])
+    if not (pair or _is_constant(graph, src)) or not _plain(dq) or (pair and not _plain(q)):
         return None
-    p = _params(graph, q if pair else dq)
+    p = _params(graph, q if pair else dq)  # parameters first: weights load only when converted
     if p is None or not asym.convertible(p.dtype):
         return None
     zp_zero = p.zero_point is None or not np.any(p.zero_point != 0)
     if p.dtype == onnx.TensorProto.INT8 and zp_zero:
         return None  # symmetric already (per-tensor or per-channel: both are TensorRT weights)
     if pair and len(src.outputs) != 1:
+        return None
+    raw = constant_value(q.inputs[0] if pair else src)
+    if raw is None:
         return None
     w = np.asarray(raw, np.float32) if pair else dequantize_np(raw, p.scale, p.zero_point, p.axis)
     axis = weight_axis(graph, dq.outputs[0])
@@ -202,7 +210,7 @@ def symmetric_int8(
     for q in graph.nodes_of(QUANTIZE):
         if not graph.contains(q) or ctx.is_ignored(q):
             continue
-        if constant_value(q.inputs[0]) is not None:
+        if _is_constant(graph, q.inputs[0]):
             continue  # weights: handled from their DQ below
         change = _convert_activation(graph, q, ctx, stats)
         if change is not None:

@@ -65,17 +65,17 @@ def zero_scale_channels(
     dq = node
     if dq is None or dq.op != DEQUANTIZE:
         return []
-    found = _weight_pair(graph, dq)
-    if found is None:
-        return []
-    q, raw = found
     try:
         p = graph.qparams(dq)
     except ValueError:
         return []
     zero = p.scale == 0
     if not p.per_axis or not zero.any() or p.axis is None:
+        return []  # the common case: decided without loading the weight
+    found = _weight_pair(graph, dq)
+    if found is None:
         return []
+    q, raw = found
     if q is not None and not np.array_equal(graph.qparams(q).scale, p.scale):
         return []
     channels = np.moveaxis(raw, p.axis, 0).reshape(p.scale.size, -1)
