@@ -9,6 +9,7 @@ symmetric int8 quantization of the same model."""
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -158,3 +159,85 @@ def test_per_channel_activation_becomes_per_tensor_max():
     assert not any(
         a.name == "axis" for n, s, _ in _qparams(out) if s.size == 1 for a in n.attribute
     )
+
+
+def _chain(head: str) -> onnx.ModelProto:
+    """x -> Conv -> [Sigmoid -> Mul(2)] -> Q/DQ(uint8, zp 0) -> y: the zero range edge is a
+    deleted Relu after a Conv, but no clamp at all after a non-negative head."""
+    w = np.random.default_rng(0).standard_normal((2, 2, 1, 1)).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.float32(2), "two"),
+        numpy_helper.from_array(np.float32(0.02), "s"),
+        numpy_helper.from_array(np.uint8(0), "z"),
+    ]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv")]
+    t = "c"
+    if head == "sigmoid":
+        nodes += [
+            helper.make_node("Sigmoid", ["c"], ["sg"], name="sig"),
+            helper.make_node("Mul", ["sg", "two"], ["m"], name="mul"),
+        ]
+        t = "m"
+    nodes += [
+        helper.make_node("QuantizeLinear", [t, "s", "z"], ["q"], name="q"),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"], name="dq"),
+        helper.make_node("Conv", ["d", "w"], ["y"], name="conv2"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])],
+        inits,
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("head,clips", [("conv", 1), ("sigmoid", 0)])
+def test_clamp_only_where_the_tensor_could_be_negative(head, clips):
+    out, report = optimize(_chain(head), "tensorrt")
+    assert sum(n.op_type == "Clip" for n in out.graph.node) == clips
+    assert report.result("symmetric-int8").count == 1
+
+
+def test_ort_uint8_yolo_fixture_converts_lint_clean_and_keeps_fidelity():
+    """ORT uint8 / symmetric int8 of the YOLOv8-style fixture, on real photographs."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
+
+    from qdq_optimizer.verify import sqnr as _sqnr
+
+    path = str(Path(__file__).resolve().parents[1] / "fixtures/models/yolov8ish-float.onnx")
+    cal, x = calib()[:6], photos("val", 4)
+
+    def quantize(**kw) -> onnx.ModelProto:
+        import tempfile
+
+        from onnxruntime.quantization import quantize_static
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.it = iter([{"images": cal[i : i + 1]} for i in range(len(cal))])
+
+            def get_next(self):
+                return next(self.it, None)
+
+        with tempfile.TemporaryDirectory() as d:
+            quantize_static(path, f"{d}/q.onnx", Reader(), quant_format=QuantFormat.QDQ, **kw)
+            return onnx.load(f"{d}/q.onnx")
+
+    def run(m) -> np.ndarray:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        src = m if isinstance(m, str) else m.SerializeToString()
+        s = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        return np.concatenate([s.run(None, {"images": x[i : i + 1]})[0] for i in range(len(x))])
+
+    ref = run(path)
+    u8 = quantize(activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8)
+    sym = quantize(per_channel=True, extra_options={"ActivationSymmetric": True})
+    out, _ = optimize(u8, "yolov8")
+    assert not lint(out, "yolov8")
+    got, before, ort_sym = _sqnr(ref, run(out)), _sqnr(ref, run(u8)), _sqnr(ref, run(sym))
+    assert got > min(before, ort_sym) - 0.5, (got, before, ort_sym)

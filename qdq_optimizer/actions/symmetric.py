@@ -42,6 +42,101 @@ def _is_constant(graph: QGraph, t: gs.Tensor) -> bool:
     return isinstance(t, gs.Constant) or (p is not None and p.op == "Constant")
 
 
+# Ops whose output is >= 0 whatever their input, and ops whose output is >= 0 when every data
+# input is (pure data movement, or arithmetic closed over non-negative numbers).
+_ALWAYS_NON_NEGATIVE = frozenset(
+    {"Relu", "Sigmoid", "Softmax", "Abs", "Exp", "Softplus", "HardSigmoid", "Sqrt"}
+)
+_KEEPS_NON_NEGATIVE = frozenset(
+    {
+        "Add",
+        "Mul",
+        "Div",
+        "Max",
+        "Min",
+        "Pow",
+        "Concat",
+        "Slice",
+        "Reshape",
+        "Transpose",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "Resize",
+        "Upsample",
+        "Cast",
+        "Split",
+        "Gather",
+        "Expand",
+        "Identity",
+        "Tile",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "ReduceMax",
+        "ReduceMean",
+        "ReduceSum",
+    }
+)
+_DATA_INPUTS = {
+    "Pow": 1,
+    "Slice": 1,
+    "Reshape": 1,
+    "Gather": 1,
+    "Expand": 1,
+    "Tile": 1,
+    "Resize": 1,
+    "Upsample": 1,
+    "Squeeze": 1,
+    "Unsqueeze": 1,
+    "QuantizeLinear": 1,
+    "DequantizeLinear": 1,
+    "ReduceMax": 1,
+    "ReduceMean": 1,
+    "ReduceSum": 1,
+}
+
+
+def non_negative(graph: QGraph, tensor: gs.Tensor, memo: dict[int, bool]) -> bool:
+    """Is ``tensor`` >= 0 by construction (whatever the graph inputs)? Then a zero range edge
+    on it is no deleted Relu and needs no Clip. Iterative with a memo: linear over the graph."""
+    stack = [tensor]
+    while stack:
+        t = stack[-1]
+        if id(t) in memo:
+            stack.pop()
+            continue
+        value = constant_value(t) if _is_constant(graph, t) else None
+        p = graph.producer(t)
+        if value is not None:
+            memo[id(t)] = bool(np.all(np.asarray(value, np.float64) >= 0))
+        elif p is None:
+            memo[id(t)] = False  # a graph input: unknown
+        elif p.op in _ALWAYS_NON_NEGATIVE or (
+            p.op == "Clip" and len(p.inputs) > 1 and _at_least_zero(p.inputs[1])
+        ):
+            memo[id(t)] = True
+        elif p.op not in _KEEPS_NON_NEGATIVE:
+            memo[id(t)] = False
+        else:
+            n = _DATA_INPUTS.get(p.op, len(p.inputs))
+            pending = [i for i in p.inputs[:n] if i.name and id(i) not in memo]
+            if pending:
+                stack.extend(pending)
+                continue
+            memo[id(t)] = all(memo[id(i)] for i in p.inputs[:n] if i.name)
+        stack.pop()
+    return memo[id(tensor)]
+
+
+def _at_least_zero(t: gs.Tensor) -> bool:
+    v = constant_value(t) if t.name else None
+    return v is not None and bool(np.all(np.asarray(v, np.float64) >= 0))
+
+
 def _needs_conversion(p: QParams) -> bool:
     return asym.convertible(p.dtype) and not asym.is_symmetric_int8(p.scale, p.zero_point, p.dtype)
 
@@ -113,7 +208,9 @@ def _insert_clamp(graph: QGraph, q: Node, clamp: tuple[float | None, float | Non
     graph.set_input(q, 0, out)
 
 
-def _convert_activation(graph: QGraph, q: Node, ctx: ActionContext, stats: dict) -> Change | None:
+def _convert_activation(
+    graph: QGraph, q: Node, ctx: ActionContext, stats: dict, memo: dict[int, bool]
+) -> Change | None:
     p = _params(graph, q)
     if p is None or not _needs_conversion(p) or not _plain(q):
         return None
@@ -128,8 +225,13 @@ def _convert_activation(graph: QGraph, q: Node, ctx: ActionContext, stats: dict)
     scale = asym.target_scale(p.scale, p.zero_point, p.dtype)
     clamp = asym.implied_clamp(r)
     producer = graph.producer(q.inputs[0])
-    # ORT deletes activations, never graph inputs: a graph input's range edge clamps nothing
-    add_clamp = producer is not None and asym.clamp_needed(clamp, producer.op)
+    # ORT deletes activations, never graph inputs: a graph input's range edge clamps nothing;
+    # nor does a zero edge on a tensor that is non-negative by construction (a decode head)
+    add_clamp = (
+        producer is not None
+        and asym.clamp_needed(clamp, producer.op)
+        and not (clamp[0] == 0.0 and non_negative(graph, q.inputs[0], memo))
+    )
     ratio = asym.step_ratio(scale, p.scale)
     kind = (
         "uint8"
@@ -206,13 +308,14 @@ def symmetric_int8(
     """Convert uint8/asymmetric/per-channel activation Q/DQ to symmetric per-tensor int8 (the
     clamp a zero range edge implied re-inserted first) and re-quantize asymmetric weights."""
     stats = {"pairs": 0, "clamps": 0, "weights": 0, "ratio": 0.0}
+    memo: dict[int, bool] = {}
     changes: list[Change] = []
     for q in graph.nodes_of(QUANTIZE):
         if not graph.contains(q) or ctx.is_ignored(q):
             continue
         if _is_constant(graph, q.inputs[0]):
             continue  # weights: handled from their DQ below
-        change = _convert_activation(graph, q, ctx, stats)
+        change = _convert_activation(graph, q, ctx, stats, memo)
         if change is not None:
             changes.append(change)
     for dq in graph.nodes_of(DEQUANTIZE):
