@@ -105,6 +105,67 @@ def clamp_needed(clamp: tuple[float | None, float | None], producer_op: str | No
     return not (lo == 0.0 and producer_op in NON_NEGATIVE_OPS)
 
 
+# Ops whose output is >= 0 whatever their input, and ops whose output is >= 0 when every data
+# input is (data movement, or arithmetic closed over non-negative numbers).
+ALWAYS_NON_NEGATIVE = frozenset(
+    {"Relu", "Sigmoid", "Softmax", "Abs", "Exp", "Softplus", "HardSigmoid", "Sqrt"}
+)
+KEEPS_NON_NEGATIVE = frozenset(
+    {
+        "Add", "Mul", "Div", "Max", "Min", "Pow", "Concat", "Slice", "Reshape", "Transpose",
+        "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "AveragePool", "GlobalAveragePool",
+        "GlobalMaxPool", "Resize", "Upsample", "Cast", "Split", "Gather", "Expand", "Identity",
+        "Tile", "QuantizeLinear", "DequantizeLinear", "ReduceMax", "ReduceMean", "ReduceSum",
+    }
+)  # fmt: skip
+# How many leading inputs are data (the rest are shapes, indices, scales): default all.
+_DATA_INPUTS = {
+    "Pow": 1, "Slice": 1, "Reshape": 1, "Gather": 1, "Expand": 1, "Tile": 1, "Resize": 1,
+    "Upsample": 1, "Squeeze": 1, "Unsqueeze": 1, "QuantizeLinear": 1, "DequantizeLinear": 1,
+    "ReduceMax": 1, "ReduceMean": 1, "ReduceSum": 1,
+}  # fmt: skip
+
+
+def non_negative(tensor, producer, constant, memo: dict, key=lambda t: t) -> bool:
+    """Is ``tensor`` >= 0 by construction, whatever the graph inputs? Then a zero range edge on
+    it is no deleted Relu and needs no Clip (a YOLO decode head: Sigmoid * 2, grids, powers).
+    ``producer(t)`` gives (op, inputs with None for absent ones) or None for a graph input or
+    initializer; ``constant(t)`` its value or None. Iterative with a memo: linear in the graph."""
+    stack = [tensor]
+    while stack:
+        t = stack[-1]
+        k = key(t)
+        if k in memo:
+            stack.pop()
+            continue
+        value = constant(t)
+        prod = producer(t) if value is None else None
+        if value is not None:
+            memo[k] = bool(np.all(np.asarray(value, np.float64) >= 0))
+        elif prod is None:
+            memo[k] = False  # a graph input: unknown
+        else:
+            op, inputs = prod
+            clip_min = (
+                constant(inputs[1]) if op == "Clip" and len(inputs) > 1 and inputs[1] else None
+            )
+            if op in ALWAYS_NON_NEGATIVE or (
+                clip_min is not None and np.all(np.asarray(clip_min, np.float64) >= 0)
+            ):
+                memo[k] = True
+            elif op not in KEEPS_NON_NEGATIVE:
+                memo[k] = False
+            else:
+                data = [i for i in inputs[: _DATA_INPUTS.get(op, len(inputs))] if i is not None]
+                pending = [i for i in data if key(i) not in memo]
+                if pending:
+                    stack.extend(pending)
+                    continue
+                memo[k] = all(memo[key(i)] for i in data)
+        stack.pop()
+    return memo[key(tensor)]
+
+
 def step_ratio(new_scale: float, old_scale: np.ndarray) -> float:
     """How much coarser the symmetric grid is than the original one (>= 1 means coarser); for
     per-channel scales, against the finest channel."""
@@ -135,7 +196,17 @@ def materialize_implied_clamps(model: onnx.ModelProto) -> int:
     is switched off, so the float evaluation still applies the activations ORT deleted."""
     g = model.graph
     consts = _const_values(model)
-    producer_op = {o: n.op_type for n in g.node for o in n.output}
+    produced_by = {o: n for n in g.node for o in n.output}
+    producer_op = {o: n.op_type for o, n in produced_by.items()}
+    memo: dict = {}
+
+    def constant(name: str):
+        return numpy_helper.to_array(consts[name]) if name in consts else None
+
+    def producer(name: str):
+        n = produced_by.get(name)
+        return None if n is None else (n.op_type, [i or None for i in n.input])
+
     float_type = _float_type_of(model, consts)
     new_nodes: list[tuple[int, onnx.NodeProto]] = []
     for i, q in enumerate(g.node):
@@ -148,6 +219,8 @@ def materialize_implied_clamps(model: onnx.ModelProto) -> int:
         zp = numpy_helper.to_array(consts[q.input[2]]) if len(q.input) > 2 and q.input[2] else None
         clamp = implied_clamp(represented_range(scale, zp, dtype))
         if q.input[0] not in producer_op or not clamp_needed(clamp, producer_op[q.input[0]]):
+            continue
+        if clamp[0] == 0.0 and non_negative(q.input[0], producer, constant, memo):
             continue
         name = f"{q.name or q.output[0]}_implied_clamp"
         inputs = [q.input[0]]

@@ -241,3 +241,10 @@ def test_ort_uint8_yolo_fixture_converts_lint_clean_and_keeps_fidelity():
     assert not lint(out, "yolov8")
     got, before, ort_sym = _sqnr(ref, run(out)), _sqnr(ref, run(u8)), _sqnr(ref, run(sym))
     assert got > min(before, ort_sym) - 0.5, (got, before, ort_sym)
+
+
+@pytest.mark.parametrize("head,clips", [("conv", 1), ("sigmoid", 0)])
+def test_quantization_off_clamps_follow_the_same_rule(head, clips):
+    m = _chain(head)
+    assert asym.materialize_implied_clamps(m) == clips
+    onnx.checker.check_model(m, full_check=True)

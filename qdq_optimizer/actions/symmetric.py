@@ -42,99 +42,17 @@ def _is_constant(graph: QGraph, t: gs.Tensor) -> bool:
     return isinstance(t, gs.Constant) or (p is not None and p.op == "Constant")
 
 
-# Ops whose output is >= 0 whatever their input, and ops whose output is >= 0 when every data
-# input is (pure data movement, or arithmetic closed over non-negative numbers).
-_ALWAYS_NON_NEGATIVE = frozenset(
-    {"Relu", "Sigmoid", "Softmax", "Abs", "Exp", "Softplus", "HardSigmoid", "Sqrt"}
-)
-_KEEPS_NON_NEGATIVE = frozenset(
-    {
-        "Add",
-        "Mul",
-        "Div",
-        "Max",
-        "Min",
-        "Pow",
-        "Concat",
-        "Slice",
-        "Reshape",
-        "Transpose",
-        "Flatten",
-        "Squeeze",
-        "Unsqueeze",
-        "MaxPool",
-        "AveragePool",
-        "GlobalAveragePool",
-        "GlobalMaxPool",
-        "Resize",
-        "Upsample",
-        "Cast",
-        "Split",
-        "Gather",
-        "Expand",
-        "Identity",
-        "Tile",
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "ReduceMax",
-        "ReduceMean",
-        "ReduceSum",
-    }
-)
-_DATA_INPUTS = {
-    "Pow": 1,
-    "Slice": 1,
-    "Reshape": 1,
-    "Gather": 1,
-    "Expand": 1,
-    "Tile": 1,
-    "Resize": 1,
-    "Upsample": 1,
-    "Squeeze": 1,
-    "Unsqueeze": 1,
-    "QuantizeLinear": 1,
-    "DequantizeLinear": 1,
-    "ReduceMax": 1,
-    "ReduceMean": 1,
-    "ReduceSum": 1,
-}
+def non_negative(graph: QGraph, tensor: gs.Tensor, memo: dict) -> bool:
+    """Is ``tensor`` >= 0 by construction? (``asymmetric.non_negative`` over this graph.)"""
 
+    def constant(t: gs.Tensor):
+        return constant_value(t) if t.name and _is_constant(graph, t) else None
 
-def non_negative(graph: QGraph, tensor: gs.Tensor, memo: dict[int, bool]) -> bool:
-    """Is ``tensor`` >= 0 by construction (whatever the graph inputs)? Then a zero range edge
-    on it is no deleted Relu and needs no Clip. Iterative with a memo: linear over the graph."""
-    stack = [tensor]
-    while stack:
-        t = stack[-1]
-        if id(t) in memo:
-            stack.pop()
-            continue
-        value = constant_value(t) if _is_constant(graph, t) else None
+    def producer(t: gs.Tensor):
         p = graph.producer(t)
-        if value is not None:
-            memo[id(t)] = bool(np.all(np.asarray(value, np.float64) >= 0))
-        elif p is None:
-            memo[id(t)] = False  # a graph input: unknown
-        elif p.op in _ALWAYS_NON_NEGATIVE or (
-            p.op == "Clip" and len(p.inputs) > 1 and _at_least_zero(p.inputs[1])
-        ):
-            memo[id(t)] = True
-        elif p.op not in _KEEPS_NON_NEGATIVE:
-            memo[id(t)] = False
-        else:
-            n = _DATA_INPUTS.get(p.op, len(p.inputs))
-            pending = [i for i in p.inputs[:n] if i.name and id(i) not in memo]
-            if pending:
-                stack.extend(pending)
-                continue
-            memo[id(t)] = all(memo[id(i)] for i in p.inputs[:n] if i.name)
-        stack.pop()
-    return memo[id(tensor)]
+        return None if p is None else (p.op, [i if i.name else None for i in p.inputs])
 
-
-def _at_least_zero(t: gs.Tensor) -> bool:
-    v = constant_value(t) if t.name else None
-    return v is not None and bool(np.all(np.asarray(v, np.float64) >= 0))
+    return asym.non_negative(tensor, producer, constant, memo, key=id)
 
 
 def _needs_conversion(p: QParams) -> bool:
