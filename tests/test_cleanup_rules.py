@@ -500,3 +500,17 @@ def test_old_opsets_are_upgraded_to_13(opset):
     assert any("upgraded from opset" in w for w in report.warnings)
     assert max(o.version for o in out.opset_import if o.domain in ("", "ai.onnx")) == 13
     _assert_bit_exact(m, out)
+
+
+def test_reshape_of_a_per_tensor_weight_dq_folds_exactly():
+    b = Builder()
+    x = b.qdq(b.input("x", [2, 8]), 0.05, name="in")
+    wq = b.rng.integers(-127, 128, size=(6, 8), dtype=np.int8)
+    wd = b.dq(b.const(wq, "w"), np.float32(0.01), name="wDQ")
+    r = b.node("Reshape", [wd, b.const(np.array([8, 6], np.int64), "s")], name="wR")
+    b.output(b.node("MatMul", [x, r], name="mm"))
+    m = b.build()
+    out, report = optimize(m, "cleanup")
+    assert report.result("fold-constant-layout").count == 1
+    assert "Reshape" not in _ops(out)
+    _assert_bit_exact(m, out)
