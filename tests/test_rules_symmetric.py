@@ -248,3 +248,16 @@ def test_quantization_off_clamps_follow_the_same_rule(head, clips):
     m = _chain(head)
     assert asym.materialize_implied_clamps(m) == clips
     onnx.checker.check_model(m, full_check=True)
+
+
+def test_weights_of_ignored_ops_are_not_requantized():
+    """keep-ignored-float makes an ignored conv's weights float from the producer's own values."""
+    q = quantized("relu", "uint8")
+    out, report = optimize(q, "tensorrt", ignore=["^conv3$"])
+    changed = {n for c in report.result("symmetric-int8").changes for n in c.nodes}
+    assert not any(n.startswith("w3") for n in changed)
+    assert any(n.startswith("w0") for n in changed)
+    plain = {
+        n for c in optimized("relu", "uint8")[1].result("symmetric-int8").changes for n in c.nodes
+    }
+    assert any(n.startswith("w3") for n in plain)  # converted when not ignored

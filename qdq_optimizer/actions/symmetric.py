@@ -237,7 +237,8 @@ def symmetric_int8(
         if change is not None:
             changes.append(change)
     for dq in graph.nodes_of(DEQUANTIZE):
-        if graph.contains(dq) and not ctx.is_ignored(dq):
+        # weights of ignored ops stay as they are: keep-ignored-float turns them float exactly
+        if graph.contains(dq) and not ctx.any_ignored([dq, *dq.outputs[0].outputs]):
             change = _convert_weight(graph, dq, ctx, stats)
             if change is not None:
                 changes.append(change)
