@@ -196,3 +196,17 @@ def test_verify_against_float_reference(tmp_path, messy_path, capsys):
     assert "out vs ref dB" in capsys.readouterr().out
     entry = json.loads(rep.read_text())["verify"][0]
     assert entry["sqnr_vs_reference_db"] == {"input": "inf", "output": "inf"}
+
+
+def test_allow_asymmetric_is_an_accepted_no_op(tmp_path, messy_path, capsys):
+    """Deprecated (issue 10): asymmetric input is always converted; old scripts keep working
+    and get the same model."""
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    assert cli.main(["optimize", str(messy_path), str(a), "--rules", "tensorrt"]) == 0
+    assert (
+        cli.main(["optimize", str(messy_path), str(b), "--rules", "tensorrt", "--allow-asymmetric"])
+        == 0
+    )
+    assert _digest(a) == _digest(b)
+    assert cli.main(["lint", str(b), "--rules", "tensorrt", "--allow-asymmetric"]) == 0
+    assert "--allow-asymmetric" not in capsys.readouterr().out

@@ -20,7 +20,12 @@ from ..errors import CheckFailed
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @click.option("--ignore", multiple=True, metavar="REGEX", help="Leave matching nodes alone.")
-@click.option("--allow-asymmetric", is_flag=True, help="Warn on non-zero zero points instead.")
+@click.option(
+    "--allow-asymmetric",
+    is_flag=True,
+    hidden=True,
+    help="Deprecated, no effect: uint8 and asymmetric int8 are converted (rule symmetric-int8).",
+)
 @click.option(
     "--checks",
     type=click.Choice(["auto", "on", "off"]),

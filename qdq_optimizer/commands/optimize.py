@@ -69,7 +69,12 @@ MAX_REMAINING = 10  # remaining problems printed; all are in --report
 @click.option("--dry-run", is_flag=True, help="Report what would change; write no model.")
 @click.option("-v", "--verbose", is_flag=True, help="List the nodes each rule touched.")
 @click.option("--ignore", multiple=True, metavar="REGEX", help="Leave matching nodes alone.")
-@click.option("--allow-asymmetric", is_flag=True, help="Warn on non-zero zero points instead.")
+@click.option(
+    "--allow-asymmetric",
+    is_flag=True,
+    hidden=True,
+    help="Deprecated, no effect: uint8 and asymmetric int8 are converted (rule symmetric-int8).",
+)
 @click.option("--keep-weight-q", is_flag=True, help="Keep Q nodes on float weights.")
 @click.option(
     "--strict",
