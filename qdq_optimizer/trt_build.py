@@ -16,12 +16,17 @@ from typing import Any, Protocol
 from .errors import InputError, MissingDependencyError, UsageError
 from .fileio import check_output_path, write_bytes_atomic, write_text_atomic
 
-TRTEXEC_HINT = (
-    "produce the layer report with trtexec instead: trtexec --onnx=model.onnx --int8 "
-    "--profilingVerbosity=detailed --exportLayerInfo=model.graph.json "
-    "--exportProfile=model.profile.json (TensorRT 11 has no --int8 flag: drop it there, "
-    "the Q/DQ nodes alone make the engine INT8)"
-)
+
+def trtexec_hint(onnx_path: str | os.PathLike | None = None) -> str:
+    """How to get the same layer report from trtexec, naming the user's model when known."""
+    model = str(onnx_path) if onnx_path is not None else "MODEL.onnx"
+    stem = str(Path(model).with_suffix(""))
+    return (
+        f"produce the layer report with trtexec instead: trtexec --onnx={model} --int8 "
+        f"--profilingVerbosity=detailed --exportLayerInfo={stem}.graph.json "
+        f"--exportProfile={stem}.profile.json (TensorRT 11 has no --int8 flag: drop it there, "
+        "the Q/DQ nodes alone make the engine INT8)"
+    )
 
 
 @dataclass
@@ -36,19 +41,19 @@ class EngineBuilder(Protocol):
     def build(self, onnx_path: Path, *, fp16: bool) -> BuildResult: ...
 
 
-def import_tensorrt(purpose: str) -> Any:
+def import_tensorrt(purpose: str, onnx_path: str | os.PathLike | None = None) -> Any:
     """The tensorrt module, or a MissingDependencyError naming the trtexec alternative."""
     try:
         import tensorrt as trt  # type: ignore[import-not-found]
     except ImportError:
         raise MissingDependencyError(
             f"{purpose} needs the tensorrt Python package and an NVIDIA GPU "
-            f"(pip install 'qdqopt[trt]'); or {TRTEXEC_HINT}"
+            f"(pip install 'qdqopt[trt]'); or {trtexec_hint(onnx_path)}"
         ) from None
     return trt
 
 
-def _start(factory: Any, *args: Any) -> Any:
+def _start(factory: Any, *args: Any, onnx_path: str | os.PathLike | None = None) -> Any:
     """trt.Builder / trt.Runtime, which fail (nullptr factory, CUDA init) without a usable GPU."""
     try:
         obj = factory(*args)
@@ -59,7 +64,7 @@ def _start(factory: Any, *args: Any) -> Any:
     if obj is None:
         raise MissingDependencyError(
             f"TensorRT could not start ({' '.join(detail.split())[:120]}): a CUDA GPU and driver "
-            f"are needed; or {TRTEXEC_HINT}"
+            f"are needed; or {trtexec_hint(onnx_path)}"
         )
     return obj
 
@@ -97,9 +102,9 @@ class TensorRTBuilder:
         self.workspace_mib = workspace_mib
 
     def build(self, onnx_path: Path, *, fp16: bool) -> BuildResult:
-        trt = import_tensorrt("qdqopt build")
+        trt = import_tensorrt("qdqopt build", onnx_path)
         logger = trt.Logger(trt.Logger.WARNING)
-        builder = _start(trt.Builder, logger)
+        builder = _start(trt.Builder, logger, onnx_path=onnx_path)
         flags = 0
         ncf = trt.NetworkDefinitionCreationFlag
         if _major(trt) < 10:
@@ -140,7 +145,7 @@ class TensorRTBuilder:
         if serialized is None:
             raise InputError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
         engine_bytes = bytes(serialized)
-        runtime = _start(trt.Runtime, logger)
+        runtime = _start(trt.Runtime, logger, onnx_path=onnx_path)
         engine = runtime.deserialize_cuda_engine(engine_bytes)
         return BuildResult(engine=engine_bytes, layer_info=_inspector_json(trt, engine))
 
@@ -199,13 +204,14 @@ def read_plan_json(path: str | os.PathLike) -> str:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"engine not found: {p}")
-    trt = import_tensorrt(f"reading {p.name}")
+    source = p.with_suffix(".onnx")  # the model the plan was presumably built from
+    trt = import_tensorrt(f"reading {p.name}", source)
     logger = trt.Logger(trt.Logger.ERROR)
-    runtime = _start(trt.Runtime, logger)
+    runtime = _start(trt.Runtime, logger, onnx_path=source)
     engine = runtime.deserialize_cuda_engine(p.read_bytes())
     if engine is None:
         raise InputError(
             f"{p}: TensorRT {trt.__version__} cannot deserialize this engine (built by another "
-            f"TensorRT version or for another GPU?); or {TRTEXEC_HINT}"
+            f"TensorRT version or for another GPU?); or {trtexec_hint(source)}"
         )
     return _inspector_json(trt, engine)

@@ -129,9 +129,24 @@ def test_plan_without_tensorrt(tmp_path: Path, monkeypatch, capsys) -> None:
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"\x00ptrt")
     assert main(["inspect", str(plan)]) == 2
-    err = capsys.readouterr().err
-    assert "--profilingVerbosity=detailed --exportLayerInfo=model.graph.json" in err
+    err = " ".join(capsys.readouterr().err.split())
+    stem = tmp_path / "model"
+    assert f"trtexec --onnx={stem}.onnx --int8" in err  # the plan's own name, not a stock one
+    assert f"--profilingVerbosity=detailed --exportLayerInfo={stem}.graph.json" in err
     assert "TensorRT 11 has no --int8 flag" in err
+
+
+def test_build_hint_names_the_users_model(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    onnx_in = tmp_path / "my-detector.onnx"
+    onnx_in.write_bytes((FIX / "tiny-qdq.onnx").read_bytes())
+    assert main(["build", str(onnx_in), "--engine", str(tmp_path / "e.plan")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("qdqopt: error:") and err.count("qdqopt: error:") == 1
+    assert f"trtexec --onnx={onnx_in} " in err
+    assert f"--exportLayerInfo={tmp_path / 'my-detector'}.graph.json" in err
+    assert "model.onnx" not in err
+    assert not (tmp_path / "e.plan").exists()
 
 
 class FakeBuilder:

@@ -53,5 +53,10 @@ class RulesOption(click.Option):
 def rules_option(default: str | None = "tensorrt", help: str = "Rule set name or YAML path."):
     """The ``--rules`` option, with the list of rule sets in its help."""
     return click.option(
-        "--rules", cls=RulesOption, default=default, show_default=default is not None, help=help
+        "--rules",
+        cls=RulesOption,
+        metavar="NAME|PATH",
+        default=default,
+        show_default=default is not None,
+        help=help,
     )

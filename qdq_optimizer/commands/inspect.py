@@ -24,6 +24,7 @@ from ..inspect.render import (
     render_svg,
     render_table,
 )
+from .cli_help import epilog
 
 
 def _load(path: str, profile: str | None, fold: bool):
@@ -33,7 +34,15 @@ def _load(path: str, profile: str | None, fold: bool):
     return report
 
 
-@click.command(name="inspect")
+@click.command(
+    name="inspect",
+    epilog=epilog(
+        "qdqopt inspect model.graph.json --expect int8 --onnx model.onnx",
+        "qdqopt inspect model.plan --profile model.profile.json --summary-only",
+        "qdqopt inspect opt.graph.json --compare naive.graph.json --format markdown",
+        check="--expect int8 found non-INT8 layers",
+    ),
+)
 @click.argument("report", type=click.Path(dir_okay=False))
 @click.option(
     "--profile",

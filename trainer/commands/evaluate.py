@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import click
 
+from qdq_optimizer.commands.cli_help import epilog
 
-@click.command(name="eval")
+
+@click.command(
+    name="eval",
+    epilog=epilog(
+        "qdqopt eval fixtures/checkpoints/yolov7-tiny-synth.pt --data out/shapes-val",
+        "qdqopt eval out/ptq.onnx --data out/shapes-val --json   (no torch needed for .onnx)",
+    ),
+)
 @click.argument("model", type=click.Path())
 @click.option(
     "--data", required=True, type=click.Path(), help="COCO folder/json or yolov7 txt list."

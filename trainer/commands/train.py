@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import click
 
+from qdq_optimizer.commands.cli_help import epilog
 
-@click.command(name="train")
+
+@click.command(
+    name="train",
+    epilog=epilog(
+        "qdqopt data synth out/shapes-train -n 256 --size 160",
+        "qdqopt train --data out/shapes-train --val out/shapes-val --save out/tiny.pt --epochs 30",
+    ),
+)
 @click.option(
     "--data", required=True, type=click.Path(), help="Training set (COCO folder/json or txt list)."
 )
