@@ -29,7 +29,12 @@ from .cli_help import epilog
     help="Significant digits used to compare scales.",
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output as text or JSON.",
 )
 def command(a_path: Path, b_path: Path, precision: int, fmt: str) -> None:
     """Summarise Q/DQ pairs added/removed/moved, scales changed, other nodes added/removed."""

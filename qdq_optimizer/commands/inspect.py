@@ -80,7 +80,14 @@ def _load(path: str, profile: str | None, fold: bool):
     metavar="REGEX",
     help="Layers (name or ONNX node) allowed to stay non-INT8 (repeatable).",
 )
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+    help="table (rich), json (stable schema), markdown, dot or svg (needs graphviz).",
+)
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False), help="Write to this file instead of stdout."
 )

@@ -23,7 +23,12 @@ from .cli_help import epilog, rules_option
 @click.argument("input_path", metavar="IN", type=click.Path(dir_okay=False, path_type=Path))
 @rules_option()
 @click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Problems as text lines or one JSON document.",
 )
 @click.option(
     "--ignore",

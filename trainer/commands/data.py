@@ -20,7 +20,9 @@ def command() -> None:
     ),
 )
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--images", "-n", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--images", "-n", type=click.IntRange(min=1), default=64, show_default=True, help="Images."
+)
 @click.option(
     "--size",
     type=click.IntRange(min=32),

@@ -26,8 +26,16 @@ from qdq_optimizer.commands.cli_help import epilog
     default=None,
     help="Input size (default: the checkpoint's, else 640; fixed-size ONNX models use theirs).",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Images a batch.",
+)
+@click.option(
+    "--device", default="cpu", show_default=True, help="cpu or cuda[:N] (.pt models; .onnx: CPU)."
+)
 @click.option(
     "--trust-checkpoint",
     is_flag=True,

@@ -47,9 +47,15 @@ _COMMON_HELP = "Under torchrun with several GPUs each rank trains with Distribut
 @click.option(
     "--ignore-policy", multiple=True, help="Regex on module paths to keep float (repeatable)."
 )
-@click.option("--supervision-stride", default=1, show_default=True, type=int)
+@click.option(
+    "--supervision-stride",
+    default=1,
+    show_default=True,
+    type=int,
+    help="QAT distils every N-th top-level layer's output from the float model.",
+)
 @click.option("--iters", default=200, show_default=True, type=int, help="QAT steps per epoch.")
-@click.option("--epochs", default=10, show_default=True, type=int)
+@click.option("--epochs", default=10, show_default=True, type=int, help="QAT epochs.")
 @calib_method_option
 @calib_batches_option
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
@@ -59,7 +65,9 @@ _COMMON_HELP = "Under torchrun with several GPUs each rank trains with Distribut
     "calibration.",
 )
 @img_size_option()
-@click.option("--batch-size", default=10, show_default=True, type=int)
+@click.option(
+    "--batch-size", default=10, show_default=True, type=int, help="Images per calibration/QAT step."
+)
 @click.option("--nproc", default=1, show_default=True, type=int, help="CPU processes (gloo DDP).")
 @checkpoint_options
 @no_progress_option

@@ -37,7 +37,13 @@ from ._common import (
 @click.option("--layers", default=None, help="Only these top-level layers, e.g. '0-3,7'.")
 @click.option("--top", default=10, show_default=True, type=int, help="Rows in the table.")
 @img_size_option()
-@click.option("--batch-size", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--batch-size",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per calibration and evaluation batch.",
+)
 @calib_method_option
 @calib_batches_option
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
