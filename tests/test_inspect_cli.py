@@ -208,3 +208,33 @@ def test_build_cli_with_fake_and_without_tensorrt(tmp_path: Path, monkeypatch, c
         trt_build.TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=False)
     assert main(args) == 2
     assert "needs the tensorrt Python package" in capsys.readouterr().err
+
+
+def test_cut_layer_names_end_in_an_ellipsis(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Names cut to fit (summary 70, table 120 characters) are marked, never passed off as real."""
+    monkeypatch.setenv("COLUMNS", "260")  # wide enough that rich does not wrap the name cell
+    long_name = "/model.1/conv/Conv + /model.1/act/Relu + " * 3 + "/model.2/Add + Relu"
+    short_name = "/model.9/conv/Conv"
+    assert len(long_name) > 120
+
+    def layer(name: str, dtype: str) -> dict:
+        return {
+            "Name": name,
+            "LayerType": "CaskConvolution",
+            "Inputs": [{"Name": "x", "Format/Datatype": f"Row major linear {dtype}"}],
+            "Outputs": [{"Name": "y", "Format/Datatype": f"Row major linear {dtype}"}],
+        }
+
+    report = tmp_path / "long.graph.json"
+    report.write_text(
+        json.dumps(
+            {"Layers": [layer(long_name, "FP32"), layer(short_name, "FP32")], "Bindings": []}
+        )
+    )
+    assert main(["inspect", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert long_name not in out
+    assert long_name[:69] + "…" in out  # the summary's non-INT8 list
+    table_lines = [line for line in out.splitlines() if long_name[:100] in line]
+    assert any(long_name[:119] + "…" in line for line in table_lines), out
+    assert short_name in out and short_name + "…" not in out  # short names stay whole
