@@ -141,7 +141,7 @@ def resolve(spec: str | os.PathLike, relative_to: Path | None = None) -> Path:
     for d in search_dirs():
         if (d / f"{text}.yaml").is_file():
             return d / f"{text}.yaml"
-    known = ", ".join(available_rulesets()) or f"none: no rule set found in {RULES_DIR}"
+    known = ", ".join(available_rulesets()) or f"none: no built-in rule sets in {RULES_DIR}"
     raise RuleSetError(
         f"unknown rule set '{text}' (available: {known}; more folders via ${RULES_PATH_ENV}, "
         "or pass a .yaml path)"
