@@ -46,6 +46,9 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "onnxscript": "train",
     "tensorrt": "trt",
 }
+_DISTRIBUTION_OF_MODULE = {"PIL": "pillow", "pytorch_quantization": "pytorch-quantization"}
+# click >= 8.2 raises this for a bare group (`qdqopt`, `qdqopt data`); 8.1 prints help and exits
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 class LazyGroup(click.Group):
@@ -133,7 +136,7 @@ def _main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.exceptions.NoArgsIsHelpError as exc:  # bare `qdqopt` or `qdqopt data`: the help
+    except _NO_ARGS_IS_HELP as exc:  # bare `qdqopt` or `qdqopt data`: the help
         exc.show()
         return EXIT_BAD_INPUT
     except click.ClickException as exc:
@@ -182,8 +185,9 @@ def _missing_extra(module: str, command: str | None) -> MissingDependencyError:
     """The one-line error for an optional dependency that is not installed."""
     extra = EXTRA_OF_MODULE[module]
     who = f"'qdqopt {command}'" if command else "this command"
+    name = _DISTRIBUTION_OF_MODULE.get(module, module)
     return MissingDependencyError(
-        f"{who} needs {module}, which is not installed: install qdqopt[{extra}] "
+        f"{who} needs {name}, which is not installed: install qdqopt[{extra}] "
         f"(pip install 'qdqopt[{extra}]')"
     )
 
