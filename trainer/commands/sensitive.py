@@ -65,7 +65,6 @@ def command(weights, data, summary, num_image, layers, top, img_size, no_progres
 
     from rich.console import Console
     from rich.progress import Progress
-    from rich.table import Table
 
     from qdq_optimizer.fileio import check_output_path, write_text_atomic
     from trainer.quantization.pipeline import parse_layers, run_sensitivity
@@ -81,15 +80,23 @@ def command(weights, data, summary, num_image, layers, top, img_size, no_progres
             progress=progress, on_layer=lambda n, total: bar.update(task, completed=n, total=total),
             **kw,
         )  # fmt: skip
+    Console().print(sensitivity_table(res, size, kw["seed"], top))
+    if summary:
+        write_text_atomic(summary, json.dumps(res, indent=2) + "\n")
+
+
+def sensitivity_table(res: dict, size: int, seed: int, top: int):
+    """The ``top`` rows of a ``run_sensitivity`` result, most sensitive first."""
+    from rich.table import Table
+
     base = res["quantized"]
     table = Table(
-        title=f"Sensitivity at {size} px (all quantized: mAP@0.5:0.95 {base['map']:.4f}); top {top}"
+        title=f"Sensitivity at {size} px, seed {seed}; top {top}",
+        caption=f"all quantized: mAP@0.5 {base['map50']:.4f}, mAP@0.5:0.95 {base['map']:.4f}",
     )
     for col in ("rank", "layer", "type", "mAP@0.5", "mAP@0.5:0.95", "gain"):
         table.add_column(col, justify="right" if col not in ("layer", "type") else "left")
     for i, row in enumerate(res["layers"][:top]):
         table.add_row(str(i + 1), row["name"], row["type"], f"{row['map50']:.4f}",
                       f"{row['map']:.4f}", f"{row['gain_map']:+.4f}")  # fmt: skip
-    Console().print(table)
-    if summary:
-        write_text_atomic(summary, json.dumps(res, indent=2) + "\n")
+    return table
