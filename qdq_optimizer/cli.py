@@ -36,6 +36,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+MAX_MESSAGE = 1000  # characters of one error line (room for a trtexec hint with long paths)
+
 # top-level module of an optional dependency -> the extra that installs it
 EXTRA_OF_MODULE: dict[str, str] = {
     "torch": "train",
@@ -203,7 +205,7 @@ def _usage_line(exc: click.ClickException) -> str:
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
-    return text[:500] + ("..." if len(text) > 500 else "")
+    return text[:MAX_MESSAGE] + ("..." if len(text) > MAX_MESSAGE else "")
 
 
 if __name__ == "__main__":

@@ -17,14 +17,28 @@ from .errors import InputError, MissingDependencyError, UsageError
 from .fileio import check_output_path, write_bytes_atomic, write_text_atomic
 
 
-def trtexec_hint(onnx_path: str | os.PathLike | None = None) -> str:
-    """How to get the same layer report from trtexec, naming the user's model when known."""
+def trtexec_hint(
+    onnx_path: str | os.PathLike | None = None,
+    *,
+    engine_path: str | os.PathLike | None = None,
+    report_path: str | os.PathLike | None = None,
+) -> str:
+    """How to get the same layer report from trtexec, naming the user's files when known: the
+    report (and profile) go where ``qdqopt build`` would have put them, else beside the model."""
     model = str(onnx_path) if onnx_path is not None else "MODEL.onnx"
-    stem = str(Path(model).with_suffix(""))
+    if report_path is not None:
+        report = Path(report_path)
+    elif engine_path is not None:
+        report = default_report_path(engine_path)
+    else:
+        report = Path(model).with_suffix(".graph.json")
+    stem = report.name.removesuffix(".graph.json").removesuffix(".json")
+    profile = report.with_name(stem + ".profile.json")
+    engine = f" --saveEngine={engine_path}" if engine_path is not None else ""
     return (
-        f"produce the layer report with trtexec instead: trtexec --onnx={model} --int8 "
-        f"--profilingVerbosity=detailed --exportLayerInfo={stem}.graph.json "
-        f"--exportProfile={stem}.profile.json (TensorRT 11 has no --int8 flag: drop it there, "
+        f"produce the layer report with trtexec instead: trtexec --onnx={model}{engine} --int8 "
+        f"--profilingVerbosity=detailed --exportLayerInfo={report} "
+        f"--exportProfile={profile} (TensorRT 11 has no --int8 flag: drop it there, "
         "the Q/DQ nodes alone make the engine INT8)"
     )
 
@@ -41,14 +55,14 @@ class EngineBuilder(Protocol):
     def build(self, onnx_path: Path, *, fp16: bool) -> BuildResult: ...
 
 
-def import_tensorrt(purpose: str, onnx_path: str | os.PathLike | None = None) -> Any:
+def import_tensorrt(purpose: str, hint: str | None = None) -> Any:
     """The tensorrt module, or a MissingDependencyError naming the trtexec alternative."""
     try:
         import tensorrt as trt  # type: ignore[import-not-found]
     except ImportError:
         raise MissingDependencyError(
             f"{purpose} needs the tensorrt Python package and an NVIDIA GPU "
-            f"(pip install 'qdqopt[trt]'); or {trtexec_hint(onnx_path)}"
+            f"(pip install 'qdqopt[trt]'); or {hint or trtexec_hint()}"
         ) from None
     return trt
 
@@ -102,7 +116,7 @@ class TensorRTBuilder:
         self.workspace_mib = workspace_mib
 
     def build(self, onnx_path: Path, *, fp16: bool) -> BuildResult:
-        trt = import_tensorrt("qdqopt build", onnx_path)
+        trt = import_tensorrt("qdqopt build", trtexec_hint(onnx_path))
         logger = trt.Logger(trt.Logger.WARNING)
         builder = _start(trt.Builder, logger, onnx_path=onnx_path)
         flags = 0
@@ -190,6 +204,10 @@ def build_engine(
     )
     if report_p.resolve() == engine_p.resolve():
         raise UsageError("--report must differ from --engine")
+    if builder is None and isinstance(default_builder, TensorRTBuilder):
+        # fail before any work, with a trtexec line that writes where build would have
+        hint = trtexec_hint(onnx_path, engine_path=engine_path, report_path=report_path)
+        import_tensorrt("qdqopt build", hint)
     result = (builder or default_builder).build(onnx_p, fp16=fp16)
     report = report_from_documents(
         parse_json_documents(result.layer_info, str(report_p)), str(report_p)
@@ -205,7 +223,7 @@ def read_plan_json(path: str | os.PathLike) -> str:
     if not p.is_file():
         raise InputError(f"engine not found: {p}")
     source = p.with_suffix(".onnx")  # the model the plan was presumably built from
-    trt = import_tensorrt(f"reading {p.name}", source)
+    trt = import_tensorrt(f"reading {p.name}", trtexec_hint(source))
     logger = trt.Logger(trt.Logger.ERROR)
     runtime = _start(trt.Runtime, logger, onnx_path=source)
     engine = runtime.deserialize_cuda_engine(p.read_bytes())

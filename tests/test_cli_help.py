@@ -74,3 +74,17 @@ def test_unknown_rule_set_names_the_choices_and_the_path_variable(tmp_path, caps
     assert err.count("\n") == 1 and err.startswith("qdqopt: error:")
     assert "unknown rule set 'no-such-set'" in err
     assert ", ".join(available_rulesets()) in err and "$QDQOPT_RULES_PATH" in err
+
+
+def test_python_dash_m_qdq_optimizer_is_the_same_cli() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    res = subprocess.run([sys.executable, "-m", "qdq_optimizer", "lint", "--bogus"],
+                         capture_output=True, text=True, env=env, cwd=repo, timeout=60)  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr == "qdqopt: error: No such option '--bogus' (see 'qdqopt lint --help')\n"

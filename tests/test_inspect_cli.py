@@ -143,8 +143,10 @@ def test_build_hint_names_the_users_model(tmp_path: Path, monkeypatch, capsys) -
     assert main(["build", str(onnx_in), "--engine", str(tmp_path / "e.plan")]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith("qdqopt: error:") and err.count("qdqopt: error:") == 1
-    assert f"trtexec --onnx={onnx_in} " in err
-    assert f"--exportLayerInfo={tmp_path / 'my-detector'}.graph.json" in err
+    # the user's model in, and the files where build would have written them
+    assert f"trtexec --onnx={onnx_in} --saveEngine={tmp_path / 'e.plan'} " in err
+    assert f"--exportLayerInfo={tmp_path / 'e.graph.json'}" in err
+    assert f"--exportProfile={tmp_path / 'e.profile.json'}" in err
     assert "model.onnx" not in err
     assert not (tmp_path / "e.plan").exists()
 
