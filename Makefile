@@ -20,7 +20,7 @@ system-deps:
 	      || echo "warning: could not install graphviz; svg output will be unavailable"; \
 	  else echo "note: graphviz (dot) not installed; svg output will be unavailable"; fi; }
 
-$(STAMP): setup.cfg pyproject.toml | $(BIN)/python
+$(STAMP): setup.py setup.cfg pyproject.toml MANIFEST.in | $(BIN)/python
 	$(BIN)/pip install -q -e '.[train,dev]'
 	touch $(STAMP)
 
