@@ -76,6 +76,7 @@ corpus: $(foreach p,$(CORPUS_PRODUCERS),$(CV)/$(p)/.installed)
 	$(CV)/modelopt/bin/python fixtures/corpus/producers/modelopt_ptq.py && \
 	$(CV)/nncf/bin/python fixtures/corpus/producers/nncf_ptq.py && \
 	$(CV)/ort/bin/python fixtures/corpus/make_manifest.py
+	rm -rf $(CORPUS_OUT)/_made
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis

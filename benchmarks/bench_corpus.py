@@ -22,7 +22,7 @@ from qdq_optimizer.testing.corpus import evaluate, load_manifests  # noqa: E402
 
 COLUMNS = (
     "graph", "producer", "problems in->out", "INT8 ops in->out", "SQNR in->out dB", "task in->out",
-    "time s", "result",
+    "CPU s", "result",
 )  # fmt: skip
 
 
@@ -44,7 +44,7 @@ def row(r) -> list[str]:
         f"{r.int8_ops_before}->{_num(r.int8_ops_after, '{}')}",
         f"{_num(r.sqnr_before)}->{_num(r.sqnr_after)}",
         task,
-        _num(r.seconds),
+        _num(r.cpu_seconds),
         result,
     ]
 

@@ -15,7 +15,8 @@ ModelOpt, NNCF, ...) with the float model it was made from and held-out inputs. 
 6. the task metric, when the entry names one, is no worse than the input's by ``TASK_TOLERANCE``;
 7. a second ``optimize`` of the output would change nothing (idempotent: the rules' dry run on
    the output, which lint runs anyway, finds no change);
-8. ``optimize`` takes less than ``TIME_LIMIT_S``.
+8. ``optimize`` takes less than ``TIME_LIMIT_S`` of CPU time (process time, all threads: on a
+   shared 2-core runner wall-clock time swung 3-4x with the other jobs; both are recorded).
 
 Manifest entry fields (paths relative to the manifest's folder):
 ``name``, ``producer``, ``producer_version``, ``architecture``, ``model`` (the quantized graph),
@@ -148,7 +149,8 @@ class CorpusResult:
     rules: str
     exit_code: int = 0
     error: str = ""
-    seconds: float = math.nan
+    seconds: float = math.nan  # wall clock
+    cpu_seconds: float = math.nan  # process CPU time: what the time limit judges
     valid: bool = False
     problems_before: int | None = None
     problems_after: int | None = None
@@ -311,7 +313,7 @@ def evaluate(
         except QdqoptError:
             res.problems_before = None  # the input is refused; optimize will say why
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         out, report = api.optimize(
             source, ruleset, ignore=entry.ignore, calibration_data=entry.calibration
@@ -324,12 +326,15 @@ def evaluate(
             f"{type(exc).__name__}: {' '.join(str(exc).split())}",
         )
     res.seconds = time.perf_counter() - t0
+    res.cpu_seconds = time.process_time() - c0
     if res.exit_code:
         res.reasons.append(f"exit {res.exit_code}: {res.error[:200]}")
         return res
     res.warnings = len(report.warnings)
-    if res.seconds >= time_limit_s:
-        res.reasons.append(f"optimize took {res.seconds:.2f} s (limit {time_limit_s} s)")
+    if res.cpu_seconds >= time_limit_s:
+        res.reasons.append(
+            f"optimize took {res.cpu_seconds:.2f} s of CPU time (limit {time_limit_s} s)"
+        )
 
     error = model_error(out)
     res.valid = error is None
