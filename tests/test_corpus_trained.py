@@ -109,9 +109,10 @@ def test_task_metric_of_input_is_computed_and_deterministic(entry):
     path, inputs = str(REPO / entry["quantized"]), str(REPO / entry["inputs"])
     first = metric(path, inputs)
     s = tasks.sqnr_db(path, inputs, base)
-    tasks._outputs.cache_clear()  # recompute every output from scratch
-    assert metric(path, inputs) == first
-    assert tasks.sqnr_db(path, inputs, base) == s
+    fresh = tasks._outputs.__wrapped__(path, inputs, ())  # a new session, not the cache
+    for a, b in zip(fresh, tasks.outputs(path, inputs), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert metric(path, inputs) == first  # and the post-processing gives the same answer
     assert 0.0 <= first <= 1.0
     assert np.isfinite(s)  # a quantized graph is never bit-exact to the float one
 
@@ -130,16 +131,21 @@ def test_box_f1_moves_with_the_boxes():
 
 
 def test_detector_metric_falls_when_the_model_is_perturbed(tmp_path):
-    """Scale the detector's last conv weights: the metric and the SQNR must notice."""
-    src = samples.float_path("ppocr-det")
-    model = onnx.load(src)
-    init = {i.name: i for i in model.graph.initializer}
-    convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
-    w = init[convs[-1].input[1]]
-    arr = onnx.numpy_helper.to_array(w) * 0.5
-    w.CopyFrom(onnx.numpy_helper.from_array(arr.astype(np.float32), w.name))
-    bad = tmp_path / "det-bad.onnx"
+    """Noise on every conv weight (5% of its spread): the box F1 and the SQNR must notice."""
+    model = onnx.load(samples.float_path("ppocr-det"))
+    tensors = {i.name: i for i in model.graph.initializer}
+    tensors.update(
+        {n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"}
+    )
+    rng = np.random.RandomState(0)
+    for name in sorted({n.input[1] for n in model.graph.node if n.op_type == "Conv"}):
+        t = tensors[name]
+        a = onnx.numpy_helper.to_array(t)
+        a = a + rng.normal(0, 0.05, a.shape) * a.std()
+        t.CopyFrom(onnx.numpy_helper.from_array(a.astype(np.float32), t.name))
+    bad = tmp_path / "det-noisy.onnx"
     onnx.save(model, bad)
     inputs = str(samples.inputs_path("ppocr-det", "val"))
-    assert tasks.det_f1(str(bad), inputs) < 0.97
-    assert tasks.sqnr_db(str(bad), inputs, "ppocr-det") < 20
+    f1 = tasks.det_f1(str(bad), inputs)
+    assert 0.0 <= f1 < 0.97
+    assert tasks.sqnr_db(str(bad), inputs, "ppocr-det") < 30
