@@ -36,6 +36,7 @@ FIELDS = {
     "calibration",
     "task",
     "notes",
+    "packed",
 }
 
 
@@ -55,7 +56,8 @@ def test_manifest_entries_are_complete():
     for e in ENTRIES:
         assert FIELDS <= set(e), e["name"]
         assert e["producer"] in {"onnxruntime", "modelopt"} and e["producer_version"]
-        assert (REPO / e["quantized"]).is_file()
+        assert (REPO / e["quantized"]).is_file()  # unpacked from e["packed"] by ensure()
+        assert (REPO / e["packed"]).is_file()
         assert e["rules"] == "tensorrt"
         module, func = e["task"].split(":")
         assert callable(getattr(tasks, func)) and module.endswith("trained.tasks")
@@ -63,7 +65,7 @@ def test_manifest_entries_are_complete():
 
 def test_committed_binaries_fit_the_budget():
     files = [p for p in (REPO / "fixtures" / "corpus" / "trained").rglob("*") if p.is_file()]
-    files = [p for p in files if ".cache" not in p.parts and p.suffix in {".onnx", ".npz"}]
+    files = [p for p in files if ".cache" not in p.parts and p.suffix in {".onnx", ".npz", ".xz"}]
     assert all(p.stat().st_size < 2 * 1024 * 1024 for p in files)
     assert sum(p.stat().st_size for p in files) <= 14 * 1024 * 1024
 
