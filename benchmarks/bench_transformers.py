@@ -36,7 +36,8 @@ from qdq_optimizer.api import lint, optimize
 from qdq_optimizer.errors import EXIT_INTERNAL, QdqoptError
 from qdq_optimizer.graph import QGraph
 from qdq_optimizer.matmul_patterns import is_activation_matmul, is_int8_matmul, weighted_matmul
-from qdq_optimizer.verify import load_inputs, run, sqnr
+from qdq_optimizer.runtime import load_inputs, run
+from qdq_optimizer.verify import sqnr
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "fixtures" / "corpus" / "transformers" / "manifest.json"

@@ -19,7 +19,7 @@ import onnx
 import pytest
 from qdq_builders import Builder
 
-from qdq_optimizer.verify import load_inputs, session
+from qdq_optimizer.runtime import load_inputs, session
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "fixtures" / "corpus" / "transformers" / "manifest.json"
