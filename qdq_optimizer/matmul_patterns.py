@@ -236,3 +236,13 @@ def attention_matmul(graph: QGraph, node: Node | None) -> AttentionMatMul | None
     if hit is not None:
         return AttentionMatMul(node, "qk", hit[0], hit[1])
     return None
+
+
+def weight_dq_reader(graph: QGraph, node: Node | None) -> tuple[Node, Node] | None:
+    """(weight DQ, the node that reads its output) of a weighted GEMM with a quantized weight:
+    the GEMM itself, or the first Transpose/Identity/Reshape on the weight's path. Actions that
+    replace the DQ by float values (the ignore list) edit that reader's input."""
+    wm = weighted_matmul(graph, node)
+    if wm is None or wm.weight.dq is None:
+        return None
+    return wm.weight.dq, (wm.weight.through[0] if wm.weight.through else wm.node)

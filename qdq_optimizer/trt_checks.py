@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 
 from .graph import Node, QGraph
+from .matmul_checks import check_matmuls  # xrules
 from .report import Problem
 from .scale_groups import scale_groups
 from .trt_patterns import (
@@ -72,6 +73,7 @@ def check_graph(graph: QGraph, ignore: Iterable[re.Pattern | str] = ()) -> list[
     problems += _islands(graph, patterns)
     problems += _groups(graph)
     problems += _maxpools(graph)
+    problems += check_matmuls(graph, patterns)  # xrules: GEMM weight axis, trt-bmm-input
     return problems
 
 
@@ -116,6 +118,8 @@ def _qdq_types(graph: QGraph) -> list[Problem]:
         users = dq.outputs[0].outputs if dq is not None else []
         for u in users:
             if not is_weighted(graph, u) or weight_tensor(graph, u) is not dq.outputs[0]:
+                continue
+            if u.op in ("Gemm", "MatMul"):  # xrules: matmul_checks follows the weight's path
                 continue
             want = 1 if u.op == "ConvTranspose" else 0
             if u.op in ("Gemm", "MatMul"):

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import onnx_graphsurgeon as gs
 
 from .graph import Node, QGraph, Tensor, constant_value, name_matches
+from .matmul_patterns import is_activation_matmul, is_int8_matmul, weighted_matmul  # xrules
 from .scale_groups import is_int8_qdq, joining_inputs
 
 # Activations TensorRT fuses into the preceding conv/gemm (SiLU appears as Sigmoid + Mul).
@@ -63,9 +64,8 @@ def weight_tensor(graph: QGraph, node: Node) -> Tensor | None:
     if node.op in CONV_OPS:
         return node.inputs[1] if len(node.inputs) > 1 else None
     if node.op in ("Gemm", "MatMul") and len(node.inputs) > 1:
-        w = node.inputs[1]
-        if is_const(w) or is_weight_dq(graph, graph.producer(w)):
-            return w
+        if weighted_matmul(graph, node) is not None:  # xrules: every export form of the weight
+            return node.inputs[1]
     return None
 
 
@@ -74,6 +74,8 @@ def is_weighted(graph: QGraph, node: Node | None) -> bool:
 
 
 def weight_quantized(graph: QGraph, node: Node) -> bool:
+    if node.op in ("Gemm", "MatMul"):  # xrules: the weight DQ may sit behind Transpose/Reshape
+        return (wm := weighted_matmul(graph, node)) is not None and wm.weight.quantized
     w = weight_tensor(graph, node)
     return w is not None and is_weight_dq(graph, graph.producer(w))
 
@@ -187,6 +189,8 @@ def feeds_int8(graph: QGraph, t: Tensor, ignore: Iterable[re.Pattern] = ()) -> b
         seen.add(id(cur))
         for c in cur.outputs:
             if graph.is_q(c):
+                return True
+            if is_activation_matmul(graph, c) and is_int8_matmul(graph, c):  # xrules: INT8 BMM
                 return True
             if is_weighted(graph, c) and c.inputs[0] is cur and not is_ignored(c, ignore):
                 return True
