@@ -31,6 +31,7 @@ import onnx
 
 from .graph import Node, QGraph
 from .matmul_checks import check_matmuls  # xrules
+from .matmul_patterns import GEMM_OPS  # xrules
 from .report import Problem
 from .scale_groups import scale_groups
 from .trt_patterns import (
@@ -229,7 +230,7 @@ def _residuals(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:
                     f"conv-branch input (from '{conv.name}') has Q/DQ: blocks the INT8 Add fusion",
                 )
             )
-        if not graph.is_int8_tensor(add.inputs[si]):
+        if not graph.is_int8_tensor(add.inputs[si]) and conv.op not in GEMM_OPS:  # xrules
             out.append(
                 Problem(
                     "trt-residual-add",

@@ -14,7 +14,13 @@ from collections.abc import Iterable
 import onnx_graphsurgeon as gs
 
 from .graph import Node, QGraph, Tensor, constant_value, name_matches
-from .matmul_patterns import is_activation_matmul, is_int8_matmul, weighted_matmul  # xrules
+from .matmul_patterns import (  # xrules
+    gemm_bias_data,
+    is_activation_matmul,
+    is_constant_input,
+    is_int8_matmul,
+    weighted_matmul,
+)
 from .scale_groups import is_int8_qdq, joining_inputs
 
 # Activations TensorRT fuses into the preceding conv/gemm (SiLU appears as Sigmoid + Mul).
@@ -107,6 +113,9 @@ def epilogue_source(graph: QGraph, t: Tensor) -> Node | None:
         if p.op == "BatchNormalization" or p.op in ACTIVATIONS:
             t = p.inputs[0]
             continue
+        if (bias_data := gemm_bias_data(graph, p)) is not None:  # xrules: GEMM + its bias Add
+            t = bias_data
+            continue
         if p.op == "Mul" and len(p.inputs) == 2:
             a, b = (strip_qdq(graph, x) for x in p.inputs)
             pa, pb = graph.producer(a), graph.producer(b)
@@ -135,6 +144,8 @@ def residual_inputs(graph: QGraph, add: Node) -> tuple[int, int] | None:
     in a conv epilogue, the skip is the input the other branch descends from (the common
     ancestor), else the branch with fewer exclusive weighted ops on its path."""
     if add.op != "Add" or len(add.inputs) != 2 or any(is_const(t) for t in add.inputs):
+        return None
+    if any(is_constant_input(graph, t) for t in add.inputs):  # xrules: a bias Add, any form
         return None
     a, b = (strip_qdq(graph, t) for t in add.inputs)
     if a is b:
