@@ -21,6 +21,7 @@ from qdq_optimizer.testing.graphgen import FloatBuilder, naive_qdq
 TRT_ANCHORS = {
     "keep-ignored-float": {"Conv", "ConvTranspose", "Gemm", "MatMul"},
     "float-bias": {"Conv", "ConvTranspose", "Gemm"},
+    "float-params": {"DequantizeLinear"},
     "epilogue-qdq": {"Conv", "ConvTranspose", "Gemm", "MatMul"},
     "fold-bn": {"BatchNormalization"},
     "weight-int8": {"QuantizeLinear"},
