@@ -28,6 +28,7 @@ TRT_ANCHORS = {
     "residual-add": {"Add"},
     "weighted-output-qdq": {"Conv", "ConvTranspose", "Gemm", "MatMul"},
     "float-islands": {"QuantizeLinear"},
+    "bmm-input": {"MatMul"},
 }
 
 

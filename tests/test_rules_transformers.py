@@ -137,6 +137,26 @@ def test_bmm_with_one_int8_input_is_linted_and_its_lone_pair_removed():
     assert lint(out, "tensorrt") == []
 
 
+def test_bmm_lone_pair_shared_with_a_gemm_is_bypassed_for_the_bmm_only():
+    """k's DQ feeds an INT8 GEMM and BMM1, whose other input (q) is float: the pair stays for
+    the GEMM, BMM1 reads the float tensor; lint is clean before nothing and after everything."""
+    b = Builder()
+    q, k = b.input("q", [1, 4, 8]), b.input("k", [1, 4, 8])
+    kd = b.qdq(k, 0.05, name="k")
+    wd = b.dq(b.const(np.ones((8, 8), np.int8), "W8"), WS, axis=1)
+    b.output(b.node("MatMul", [kd, wd], name="gemm"))
+    kt = b.node("Transpose", [kd], name="kT", perm=[0, 2, 1])
+    b.output(b.node("MatMul", [q, kt], name="bmm1"))
+    model = b.build()
+    assert "trt-bmm-input" in _ids(lint(model, "tensorrt"))
+    out, report = optimize(model, "tensorrt")
+    g = QGraph.from_model(out)
+    assert {r.rule_id: r.count for r in report.results if r.count} == {"bmm-input": 1}
+    assert _producer_op(g, "gemm", 0) == "DequantizeLinear"
+    assert not g.is_int8_tensor(g.node("bmm1").inputs[1])
+    assert lint(out, "tensorrt") == []
+
+
 # ---------------------------------------------------------------- ORT's LayerNorm parameters
 def _ort_layernorm(scale_int8: bool = True) -> onnx.ModelProto:
     """LayerNormalization with ORT's int8 scale DQ and int32 bias DQ (and an int32 DQ read by a
