@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from qdq_optimizer.api import lint, optimize
+from qdq_optimizer.commute import is_int8_tensor
 from qdq_optimizer.errors import EXIT_INTERNAL, QdqoptError
 from qdq_optimizer.graph import QGraph
 from qdq_optimizer.matmul_patterns import is_activation_matmul, is_int8_matmul, weighted_matmul
@@ -66,7 +67,7 @@ def matmul_counts(model: onnx.ModelProto | QGraph) -> MatMulCounts:
             wm = weighted_matmul(graph, node)
             if wm is not None:
                 c.gemm += 1
-                c.gemm_int8 += wm.weight.quantized and graph.is_int8_tensor(wm.data)
+                c.gemm_int8 += wm.weight.quantized and is_int8_tensor(graph, wm.data)
             elif is_activation_matmul(graph, node):
                 c.bmm += 1
                 c.bmm_int8 += is_int8_matmul(graph, node)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -18,7 +19,7 @@ from .model_io import finalize
 from .report import OptimizeReport, Problem
 from .ruleset import RuleSet, compile_ignore, load_ruleset
 from .scale_groups import scale_groups
-from .trt_checks import check_graph
+from .trt_checks import check_graph, unowned_checks
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 
@@ -49,6 +50,7 @@ def optimize(
     samples: dict[str, np.ndarray] | str | os.PathLike | None = None,
     reference: ModelLike | None = None,
     max_loss_db: float | None = None,
+    lint_result: bool = True,
 ) -> tuple[onnx.ModelProto, OptimizeReport]:
     """Apply a rule set to a Q/DQ model; returns the rewritten model and what each rule did.
 
@@ -65,6 +67,8 @@ def optimize(
     ``report.guard``; with ``max_loss_db`` the costliest rules are backed out while the result
     loses more than that against the input, and ``guard.GuardFailed`` (exit 1) is raised when no
     single rule is to blame.
+    With ``lint_result`` (default) the result is linted with the same rule set and ignore list
+    (one dry-run pass plus the checks no rule owns): ``report.remaining_problems``.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -113,6 +117,7 @@ def optimize(
             allow_asymmetric,
             dict(timings),
             t0,
+            lint_result,
         )
 
     if samples is not None and not dry_run:  # bad samples fail before any rule runs
@@ -181,6 +186,7 @@ def _optimize_loaded(
     allow_asymmetric: bool,
     timings: dict[str, float],
     t0: float,
+    lint_result: bool = True,
 ) -> tuple[onnx.ModelProto, OptimizeReport]:
     """One run of a rule set over a loaded model (left unmodified: the graph is a copy)."""
     from .validate import validate_model
@@ -205,15 +211,28 @@ def _optimize_loaded(
 
     t = time.perf_counter()
     dead = 0
+    remaining = None
     if dry_run:
         out = model
         after = before
+        touched = {n for r in run.results for c in r.changes for n in c.nodes}
+        warnings = _untouched_only(warnings, lambda name: name not in touched)
     else:
         dead = graph.cleanup()  # finalize would do it too; counted here for the report
         out, check_warnings = finalize(graph, reference=model)
+        present = {n.name for n in out.graph.node}
+        warnings = _untouched_only(warnings, present.__contains__)
         warnings.extend(check_warnings)
         after = _stats(graph)
     timings["finalize"] = _ms(t)
+    if lint_result and not dry_run:
+        # State honestly what is left: lint the result with the same rule set and ignore list.
+        t = time.perf_counter()
+        lint_settings = {k: v for k, v in run_settings.items() if not k.startswith("observed_")}
+        if "observed_ranges" in run_settings:
+            lint_settings["scale_policy"] = ruleset.settings.get("scale_policy", "max")
+        remaining = _lint_problems(graph, ruleset, patterns, lint_settings, None, max_iterations)[0]
+        timings["self_lint"] = _ms(t)
     timings["total"] = _ms(t0)
 
     report = OptimizeReport(
@@ -231,8 +250,79 @@ def _optimize_loaded(
             **{f"{k}_after": v for k, v in after.items()},
         },
         timings_ms=timings,
+        remaining_problems=remaining,
     )
     return out, report
+
+
+# validate's label for a node it warns about ("node 'NAME' (OpType)...")
+_NODE_LABEL = re.compile(r"^node '(?P<name>.+?)' \(")
+
+
+def _untouched_only(warnings: list[str], untouched) -> list[str]:
+    """Drop "passed through untouched" warnings about nodes a rule removed or would change (e.g.
+    int32 bias DQs that float-bias converts): the warning must be true of the result."""
+    kept = []
+    for w in warnings:
+        m = _NODE_LABEL.match(w)
+        if m and "passed through untouched" in w and not untouched(m.group("name")):
+            continue
+        kept.append(w)
+    return kept
+
+
+def _lint_problems(
+    graph: QGraph,
+    ruleset: RuleSet,
+    patterns: list,
+    settings: dict[str, Any],
+    checks: bool | None,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    results: list | None = None,
+) -> tuple[list[Problem], list]:
+    """Lint of ``graph`` (not modified): each rule's finds (what it would change, and what it found but cannot
+    fix) under its id, plus the TensorRT checks no rule of the set owns. Each problem once."""
+    if results is None:
+        run = apply_rules(
+            graph,
+            ruleset,
+            dry_run=True,
+            ignore=patterns,
+            settings=settings,
+            max_iterations=max_iterations,
+        )
+        results = run.results
+    problems: list[Problem] = []
+    for result in results:
+        why = result.why.rstrip(".")
+        for change in result.changes:
+            message = f"{why} ({change.detail})" if change.detail else why
+            problems.append(Problem(result.rule_id, list(change.nodes), message))
+        problems.extend(result.unfixable)
+    if checks is None:
+        checks = "tensorrt" in ruleset.chain or bool(ruleset.settings.get("trt_checks", False))
+    if checks:
+        only = unowned_checks(r.action for r in ruleset.rules)
+        for p in check_graph(graph, ignore=patterns, only=only):
+            if p.node_names and all(name_matches(n, patterns) for n in p.node_names):
+                continue  # every node it names is on the ignore list
+            problems.append(p)
+    return _once(problems), results
+
+
+def _once(problems: list[Problem]) -> list[Problem]:
+    """One report per problem: a Q/DQ pair two rules would both remove (e.g. the pair between
+    a conv and its activation is also an output pair nothing INT8 reads) is reported by the
+    first rule only, as the fixpoint would apply only that one."""
+    seen: set[frozenset[str]] = set()
+    out = []
+    for p in problems:
+        key = frozenset(p.node_names)
+        if len(key) >= 2 and key in seen:
+            continue
+        seen.add(key)
+        out.append(p)
+    return out
 
 
 def lint_report(
@@ -243,9 +333,11 @@ def lint_report(
     allow_asymmetric: bool = False,
     checks: bool | None = None,
 ) -> OptimizeReport:
-    """Dry-run the rule set, plus TensorRT's placement checks (``trt_checks.check_graph``);
-    problems go in ``report.problems``. ``checks=None`` runs the TensorRT checks when the rule
-    set is (or extends) ``tensorrt`` or sets ``settings: {trt_checks: true}``."""
+    """Dry-run the rule set: each rule reports what it would change and what it found but
+    cannot fix, under its id; plus TensorRT's placement checks that no rule of the set owns
+    (``trt_checks.FIXED_BY``), so each problem is reported once. Problems go in
+    ``report.problems``. ``checks=None`` runs the TensorRT checks when the rule set is (or
+    extends) ``tensorrt`` or sets ``settings: {trt_checks: true}``."""
     ruleset = rules if isinstance(rules, RuleSet) else load_ruleset(rules)
     model, report = optimize(
         model_or_path,
@@ -254,21 +346,11 @@ def lint_report(
         dry_run=True,
         allow_asymmetric=allow_asymmetric,
     )
-    problems: list[Problem] = []
-    for result in report.results:
-        for change in result.changes:
-            why = result.why.rstrip(".")
-            message = f"{why} ({change.detail})" if change.detail else why
-            problems.append(Problem(result.rule_id, list(change.nodes), message))
-    if checks is None:
-        checks = "tensorrt" in ruleset.chain or bool(ruleset.settings.get("trt_checks", False))
-    if checks:
-        patterns = [*ruleset.ignore, *compile_ignore(tuple(ignore))]
-        for p in check_graph(QGraph.from_model(model), ignore=patterns):
-            if p.node_names and all(name_matches(n, patterns) for n in p.node_names):
-                continue  # every node it names is on the ignore list
-            problems.append(p)
-    report.problems = problems
+    patterns = [*ruleset.ignore, *compile_ignore(tuple(ignore))]
+    graph = QGraph.from_model(model)
+    report.problems = _lint_problems(graph, ruleset, patterns, {}, checks, results=report.results)[
+        0
+    ]
     return report
 
 

@@ -86,6 +86,7 @@ def _apply_rules(graph, ruleset, dry_run, ignore, settings, max_iterations) -> E
             changes = _apply_rule(graph, rule, ctx, by_op)
             result.changes.extend(changes)
             result.notes.extend(n for n in ctx.notes if n not in result.notes)
+            result.unfixable.extend(p for p in ctx.unfixable if p not in result.unfixable)
             warnings.extend(w for w in ctx.warnings if w not in warnings)
             changed += len(changes)
             if changes and (rule.match.scope == "graph" or not get_action(rule.action).local):

@@ -34,27 +34,6 @@ Node = gs.Node
 Tensor = gs.Tensor
 
 
-# Ops that TensorRT lets Q/DQ commute through (it propagates Q backwards and DQ forwards).
-# MaxPool commutes only for a positive scale; Pad only with zero padding; Resize only for nearest.
-COMMUTING_OPS = frozenset(
-    {
-        "MaxPool",
-        "Reshape",
-        "Transpose",
-        "Flatten",
-        "Squeeze",
-        "Unsqueeze",
-        "Slice",
-        "Split",
-        "Pad",
-        "Resize",
-        "Upsample",
-        "Identity",
-        "Concat",
-    }
-)
-
-
 @dataclass(frozen=True)
 class QParams:
     """Quantization parameters of one Q or DQ node (constants resolved to numpy)."""
@@ -350,33 +329,6 @@ class QGraph:
     def quantizers_of(self, tensor: Tensor) -> list[Node]:
         """Q nodes reading ``tensor`` directly (the quantizers TensorRT must merge into one)."""
         return [c for c in tensor.outputs if self.is_q(c)]
-
-    def is_int8_tensor(self, tensor: Tensor) -> bool:
-        """True when TensorRT sees ``tensor`` as INT8: produced by DQ, directly or through ops
-        that commute with quantization (TensorRT propagates DQ forward through them)."""
-        seen: set[int] = set()
-        todo = deque([tensor])
-        while todo:
-            t = todo.popleft()
-            if id(t) in seen:
-                continue
-            seen.add(id(t))
-            p = self.producer(t)
-            if p is None:
-                return False
-            if self.is_dq(p):
-                continue
-            if p.op not in COMMUTING_OPS:
-                return False
-            data_inputs = [
-                i
-                for i in p.inputs[: 1 if p.op != "Concat" else None]
-                if not isinstance(i, gs.Constant)
-            ]
-            if not data_inputs:
-                return False
-            todo.extend(data_inputs)
-        return True
 
     # ------------------------------------------------------------------ mutation API
     def unique_name(self, prefix: str) -> str:

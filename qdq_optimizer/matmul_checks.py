@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from .commute import is_int8_tensor
 from .graph import QGraph, name_matches
 from .matmul_patterns import is_activation_matmul, weight_output_axis, weighted_matmul
 from .report import Problem
@@ -33,7 +34,7 @@ def check_matmuls(graph: QGraph, ignore: Iterable[re.Pattern] = ()) -> list[Prob
         if wm is not None:
             out += _weight_axis(graph, wm)
         elif is_activation_matmul(graph, node) and not name_matches(node.name, ignore):
-            int8 = [graph.is_int8_tensor(t) for t in node.inputs]
+            int8 = [is_int8_tensor(graph, t) for t in node.inputs]
             if sum(int8) == 1:
                 which = "first" if int8[0] else "second"
                 out.append(

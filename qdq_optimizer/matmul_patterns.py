@@ -11,7 +11,7 @@ Pure predicates (no graph edits) over the export forms the producers write (fact
   INT8 only when both inputs arrive through DQ.
 
 Every walk is bounded (a few steps from one node), so a pass over all MatMuls stays linear. This
-module imports only ``graph`` so ``trt_patterns`` can build on it without a cycle.
+module imports only ``graph`` and ``commute`` so ``trt_patterns`` can build on it without a cycle.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-import onnx_graphsurgeon as gs
-
+from .commute import is_const, is_int8_tensor
 from .graph import Node, QGraph, Tensor, constant_value
 
 # Ops that may sit between a weight's DQ and the GEMM input and still leave a constant weight
@@ -38,10 +37,6 @@ SCORE_OPS = frozenset(
 PROB_OPS = frozenset({"Transpose", "Reshape", "Cast", "Identity", "Dropout", "Flatten"})
 MAX_ATTENTION_HOPS = 6
 _MAX_VISITED = 32  # bound on the forward search from BMM1 (fan-out of the score tensor)
-
-
-def _is_const(t: Tensor) -> bool:
-    return isinstance(t, gs.Constant) or constant_value(t) is not None
 
 
 @dataclass(frozen=True)
@@ -68,22 +63,22 @@ def weight_path(graph: QGraph, t: Tensor, max_hops: int = MAX_WEIGHT_HOPS) -> We
     input is a constant or a Q of a constant). None when any step reads an activation."""
     through: list[Node] = []
     while True:
-        if _is_const(t):
+        if is_const(t):
             return WeightPath(t, None, None, tuple(reversed(through)))
         p = graph.producer(t)
         if p is None:
             return None
         if graph.is_dq(p):
             src = p.inputs[0]
-            if _is_const(src):
+            if is_const(src):
                 return WeightPath(src, p, None, tuple(reversed(through)))
             q = graph.producer(src)
-            if graph.is_q(q) and _is_const(q.inputs[0]):
+            if graph.is_q(q) and is_const(q.inputs[0]):
                 return WeightPath(q.inputs[0], p, q, tuple(reversed(through)))
             return None
         if p.op not in WEIGHT_PATH_OPS or len(through) == max_hops or not p.inputs:
             return None
-        if p.op == "Reshape" and (len(p.inputs) < 2 or not _is_const(p.inputs[1])):
+        if p.op == "Reshape" and (len(p.inputs) < 2 or not is_const(p.inputs[1])):
             return None
         through.append(p)
         t = p.inputs[0]
@@ -151,7 +146,7 @@ def is_activation_matmul(graph: QGraph, node: Node | None) -> bool:
 def is_int8_matmul(graph: QGraph, node: Node) -> bool:
     """Both inputs arrive as INT8 (through DQ, possibly behind ops Q/DQ commute with): what
     TensorRT needs to run an activation x activation MatMul (or its fused attention) in INT8."""
-    return len(node.inputs) == 2 and all(graph.is_int8_tensor(t) for t in node.inputs)
+    return len(node.inputs) == 2 and all(is_int8_tensor(graph, t) for t in node.inputs)
 
 
 @dataclass(frozen=True)
@@ -173,7 +168,7 @@ class AttentionMatMul:
         """BMM1 whose scores are multiplied/divided by a constant after the matmul. TensorRT's
         fused attention wants Q or K scaled before BMM1 (docs/transformers.md)."""
         return self.role == "qk" and any(
-            n.op in ("Mul", "Div") and any(_is_const(t) for t in n.inputs) for n in self.between
+            n.op in ("Mul", "Div") and any(is_const(t) for t in n.inputs) for n in self.between
         )
 
 

@@ -48,6 +48,7 @@ class RuleResult:
     why: str = ""
     changes: list[Change] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unfixable: list[Problem] = field(default_factory=list)  # found, but the rule cannot fix it
 
     @property
     def count(self) -> int:
@@ -69,6 +70,7 @@ class RuleResult:
             "count": self.count,
             "changes": [c.to_dict() for c in self.changes],
             "notes": list(self.notes),
+            "unfixable": [p.to_dict() for p in self.unfixable],
         }
 
 
@@ -89,6 +91,8 @@ class OptimizeReport:
     timings_ms: dict[str, float] = field(default_factory=dict)
     verify: list[dict[str, Any]] | None = None
     guard: dict[str, Any] | None = None  # the accuracy guard's measurements (guard.GuardReport)
+    # optimize: what lint still finds in the result (None in dry-run, where nothing was written)
+    remaining_problems: list[Problem] | None = None
 
     @property
     def total_changes(self) -> int:
@@ -113,6 +117,9 @@ class OptimizeReport:
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "verify": self.verify,
             "guard": self.guard,
+            "remaining_problems": None
+            if self.remaining_problems is None
+            else [p.to_dict() for p in self.remaining_problems],
         }
 
     def to_json(self) -> str:

@@ -13,7 +13,8 @@ Joined tensors:
   Flatten, Squeeze, Unsqueeze, Slice, Split, Identity, Pad with zero constant padding, and
   nearest-mode Resize/Upsample;
 - the input of a Q and the output of the DQ that reads it (the same value on both sides of a pair).
-A group's quantizers are the per-tensor Q nodes that read any of its tensors.
+A group's quantizers are the per-tensor Q nodes that read any of its tensors. Which ops join is
+the one commute predicate, ``commute.joining_inputs`` (vocabulary in ``ops``).
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 from networkx.utils import UnionFind
 
-from qdq_optimizer.graph import Node, QGraph, Tensor, constant_value
+from .commute import is_const, is_int8_qdq, joining_inputs, value_outputs
+from .graph import Node, QGraph, Tensor
 
-# Ops whose data input and outputs are one value in TensorRT's eyes (scale-wise).
-DATA_MOVEMENT_OPS = frozenset(
-    {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Identity"}
-)
+__all__ = [
+    "ScaleGroup",
+    "joining_inputs",
+    "paired_dqs",
+    "scale_groups",
+]
 
 
 @dataclass
@@ -49,47 +52,6 @@ class ScaleGroup:
         return any(n.op == op for n in self.ops)
 
 
-def _attr_str(node: Node, key: str, default: str) -> str:
-    value = node.attrs.get(key, default)
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _is_const(t: Tensor) -> bool:
-    return isinstance(t, gs.Constant) or constant_value(t) is not None
-
-
-def joining_inputs(graph: QGraph, node: Node) -> list[Tensor]:
-    """Data inputs that ``node`` joins to its outputs' scale group ([] when it does not commute)."""
-    op = node.op
-    if op == "Concat":
-        return [t for t in node.inputs if t.name and not _is_const(t)]
-    if not node.inputs or _is_const(node.inputs[0]):
-        return []
-    if op in DATA_MOVEMENT_OPS:
-        return [node.inputs[0]]
-    if op == "MaxPool":
-        if len(node.outputs) > 1 and node.outputs[1].outputs:  # indices output is not a value
-            return []
-        return [node.inputs[0]]
-    if op == "Pad":
-        if _attr_str(node, "mode", "constant") != "constant":
-            return []
-        if len(node.inputs) > 2 and node.inputs[2].name:
-            value = constant_value(node.inputs[2])
-            if value is None or np.any(np.asarray(value) != 0):
-                return []
-        return [node.inputs[0]]
-    if op in ("Resize", "Upsample"):
-        return [node.inputs[0]] if _attr_str(node, "mode", "nearest") == "nearest" else []
-    return []
-
-
-def _value_outputs(node: Node) -> list[Tensor]:
-    if node.op == "MaxPool":
-        return node.outputs[:1]
-    return [t for t in node.outputs if t.name]
-
-
 def _positive(graph: QGraph, q: Node) -> bool:
     try:
         return bool(np.all(graph.qparams(q).scale > 0))
@@ -97,20 +59,9 @@ def _positive(graph: QGraph, q: Node) -> bool:
         return False
 
 
-def is_int8_qdq(graph: QGraph, node: Node) -> bool:
-    """A plain int8 Q or DQ (the only kind TensorRT's INT8 rules are about); uint8, int4, fp8 and
-    blocked quantization pass through every rule untouched."""
-    if node.attrs.get("block_size") or not set(node.attrs) <= {"axis", "output_dtype"}:
-        return False
-    try:
-        return graph.qparams(node).dtype == onnx.TensorProto.INT8
-    except ValueError:
-        return False
-
-
 def _per_tensor_q(graph: QGraph, node: Node) -> bool:
     """An int8 per-tensor activation quantizer (uint8/int4/fp8 ones are not TensorRT INT8)."""
-    if not graph.is_q(node) or _is_const(node.inputs[0]) or not is_int8_qdq(graph, node):
+    if not graph.is_q(node) or is_const(node.inputs[0]) or not is_int8_qdq(graph, node):
         return False
     try:
         return not graph.qparams(node).per_axis
@@ -153,7 +104,7 @@ def scale_groups(graph: QGraph, min_tensors: int = 2) -> list[ScaleGroup]:
             touching = [c for t in (*ins, *node.outputs[:1]) for c in graph.quantizers_of(t)]
             if not all(_positive(graph, q) for q in touching):
                 continue
-        outs = _value_outputs(node)
+        outs = value_outputs(node)
         names = [t.name for t in (*ins, *outs)]
         uf.union(*names)
         joiners.setdefault(names[0], []).append(node)

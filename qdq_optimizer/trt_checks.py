@@ -1,7 +1,11 @@
-"""Lint checks written from TensorRT's documented behaviour (``docs/rules.md`` cites each fact),
-not from what the optimizer's rules do: they look at a graph and say where TensorRT would fall
-back to float, insert a Reformat, or fail to fuse. ``qdqopt lint`` runs them after the rules'
-dry run; a graph TensorRT can run fully in INT8 has no problems here.
+"""Lint checks written from TensorRT's documented behaviour (``docs/rules.md`` cites each fact):
+they look at a graph and say where TensorRT would fall back to float, insert a Reformat, or fail
+to fuse. A graph TensorRT can run fully in INT8 has no problems here.
+
+``qdqopt lint`` reports each problem once: the rule set's rules report what their find half finds
+(under the rule's id), and of these checks only those no rule of the set owns run (``FIXED_BY``:
+check id -> the action that finds and fixes that problem). The checks a rule owns use the rule's
+own selector (``trt_patterns``), so with ``--rules cleanup --checks on`` they say the same thing.
 
 Check ids (all ``trt-*``):
 - ``trt-qdq-type``: Q/DQ that is not int8 with zero point 0 (TensorRT's INT8 Q/DQ is symmetric).
@@ -15,10 +19,10 @@ Check ids (all ``trt-*``):
   Q/DQ, or whose skip input is not INT8 (no INT8 epilogue fusion).
 - ``trt-weighted-output``: Q/DQ on a weighted op's output that nothing INT8 reads.
 - ``trt-float-island``: any other DQ whose value reaches no op using an INT8 input.
-- ``trt-scale-group``: quantizers of one scale group (Concat, commuting ops, Qs of one tensor)
-  with different scales: TensorRT requantizes (Reformat) instead of eliminating the concat.
-- ``trt-maxpool-scale``: a MaxPool whose input and output quantization differ, or whose scale is
-  not positive (it commutes with quantization only for a positive scale).
+- ``trt-scale-group``: quantizers of one scale group (Concat, commuting ops incl. MaxPool, Qs of
+  one tensor) with different scales: TensorRT requantizes (Reformat) instead of eliminating them.
+- ``trt-maxpool-scale``: a quantized MaxPool with a non-positive scale (it commutes with
+  quantization only for a positive scale; unequal positive scales are a ``trt-scale-group``).
 """
 
 from __future__ import annotations
@@ -35,20 +39,45 @@ from .matmul_patterns import GEMM_OPS  # xrules
 from .report import Problem
 from .scale_groups import scale_groups
 from .trt_patterns import (
-    ACTIVATIONS,
     activation_pair,
-    epilogue_source,
-    feeds_int8,
+    epilogue_pairs,
+    fusion_target,
     input_quantized,
     is_const,
     is_ignored,
+    is_int8_tensor,
     is_quantized_weighted,
     is_weight_dq,
     is_weighted,
+    island_pairs,
     residual_inputs,
     strip_qdq,
     weight_quantized,
     weight_tensor,
+    weighted_source,
+)
+
+# Check id -> the action (rule) that finds and fixes that problem. When a rule set has the
+# action, lint reports the problem under that rule's id and skips the check.
+FIXED_BY: dict[str, str] = {
+    "trt-epilogue-qdq": "remove_epilogue_qdq",
+    "trt-residual-add": "residual_add",
+    "trt-weighted-output": "remove_weighted_output_qdq",
+    "trt-float-island": "remove_float_islands",
+    "trt-scale-group": "unify_scale_groups",
+    "trt-bmm-input": "bmm_float_input",  # xrules
+}
+CHECK_IDS = (
+    "trt-qdq-type",
+    "trt-qdq-axis",
+    "trt-weighted-input",
+    "trt-epilogue-qdq",
+    "trt-residual-add",
+    "trt-weighted-output",
+    "trt-float-island",
+    "trt-scale-group",
+    "trt-maxpool-scale",
+    "trt-bmm-input",  # xrules
 )
 
 
@@ -63,18 +92,37 @@ def _fmt(values: Iterable[float]) -> str:
     return ", ".join(f"{v:.6g}" for v in values)
 
 
-def check_graph(graph: QGraph, ignore: Iterable[re.Pattern | str] = ()) -> list[Problem]:
-    """Every TensorRT placement problem in ``graph``; nodes matching ``ignore`` are skipped."""
+def unowned_checks(actions: Iterable[str]) -> set[str]:
+    """The check ids no action of ``actions`` (a rule set's) owns: what lint runs besides the
+    rules' finds."""
+    have = set(actions)
+    return {c for c in CHECK_IDS if FIXED_BY.get(c) not in have}
+
+
+def check_graph(
+    graph: QGraph, ignore: Iterable[re.Pattern | str] = (), only: Iterable[str] | None = None
+) -> list[Problem]:
+    """TensorRT placement problems in ``graph`` (of the checks in ``only``, default all); nodes
+    matching ``ignore`` are skipped."""
     patterns = [re.compile(p) if isinstance(p, str) else p for p in ignore]
+    run = set(CHECK_IDS if only is None else only)
     problems: list[Problem] = []
-    problems += _qdq_types(graph)
-    problems += _weighted_inputs(graph, patterns)
-    problems += _epilogues(graph, patterns)
-    problems += _residuals(graph, patterns)
-    problems += _islands(graph, patterns)
-    problems += _groups(graph)
-    problems += _maxpools(graph)
-    problems += check_matmuls(graph, patterns)  # xrules: GEMM weight axis, trt-bmm-input
+    if run & {"trt-qdq-type", "trt-qdq-axis"}:
+        problems += [p for p in _qdq_types(graph) if p.rule_id in run]
+    if "trt-weighted-input" in run:
+        problems += _weighted_inputs(graph, patterns)
+    if "trt-epilogue-qdq" in run:
+        problems += _epilogues(graph, patterns)
+    if "trt-residual-add" in run:
+        problems += _residuals(graph, patterns)
+    if run & {"trt-weighted-output", "trt-float-island"}:
+        problems += [p for p in _islands(graph, patterns) if p.rule_id in run]
+    if "trt-scale-group" in run:
+        problems += _groups(graph)
+    if "trt-maxpool-scale" in run:
+        problems += _maxpools(graph)
+    if run & {"trt-qdq-axis", "trt-bmm-input"}:  # xrules: GEMM weight axis, BMM inputs
+        problems += [p for p in check_matmuls(graph, patterns) if p.rule_id in run]
     return problems
 
 
@@ -161,55 +209,14 @@ def _weighted_inputs(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:
 
 def _epilogues(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:
     out = []
-    for n in graph.topo_nodes():
-        if n.op not in ACTIVATIONS and n.op not in ("BatchNormalization", "Mul"):
+    for w in graph.topo_nodes():
+        if not is_weighted(graph, w) or is_ignored(w, ignore):
             continue
-        for t in n.inputs[:2] if n.op == "Mul" else n.inputs[:1]:
-            pair = activation_pair(graph, t)
-            if pair is None:
-                continue
-            src = graph.producer(pair[0].inputs[0])
-            if src is None:
-                continue
-            if is_weighted(graph, src) or src.op == "BatchNormalization":
-                if n.op == "Mul" and not _silu_mul(graph, n):
-                    continue
-                owner = src if is_weighted(graph, src) else epilogue_source(graph, src.outputs[0])
-                if owner is None or is_ignored(owner, ignore):
-                    continue
-                out.append(
-                    Problem(
-                        "trt-epilogue-qdq",
-                        [pair[0].name, n.name],
-                        f"Q/DQ between '{src.name}' and '{n.name}' breaks the conv fusion",
-                    )
-                )
-            elif src.op in ("Sigmoid", "HardSigmoid") and n.op == "Mul" and _silu_mul(graph, n):
-                owner = epilogue_source(graph, n.outputs[0])
-                if owner is not None and not is_ignored(owner, ignore):
-                    out.append(
-                        Problem(
-                            "trt-epilogue-qdq",
-                            [pair[0].name, n.name],
-                            f"Q/DQ inside the SiLU after '{owner.name}'",
-                        )
-                    )
+        for f in epilogue_pairs(graph, w):
+            readers = ", ".join(c.name for c in f.consumers or [])
+            msg = f"{f.why.split(' (')[0]} (read by {readers})"
+            out.append(Problem("trt-epilogue-qdq", [f.q.name, f.dq.name], msg))
     return out
-
-
-def _silu_mul(graph: QGraph, mul: Node) -> bool:
-    if len(mul.inputs) != 2:
-        return False
-    a, b = (strip_qdq(graph, t) for t in mul.inputs)
-    for u, v in ((a, b), (b, a)):
-        p = graph.producer(v)
-        if (
-            p is not None
-            and p.op in ("Sigmoid", "HardSigmoid")
-            and strip_qdq(graph, p.inputs[0]) is u
-        ):
-            return True
-    return False
 
 
 def _residuals(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:
@@ -219,18 +226,20 @@ def _residuals(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:
         if split is None or is_ignored(add, ignore):
             continue
         bi, si = split
-        conv = epilogue_source(graph, add.inputs[bi])
+        conv = fusion_target(graph, add, bi)
         if conv is None or not is_quantized_weighted(graph, conv):
             continue
-        if activation_pair(graph, add.inputs[bi]) is not None:
+        pair = activation_pair(graph, add.inputs[bi])
+        if pair is not None:
             out.append(
                 Problem(
                     "trt-residual-add",
-                    [add.name],
-                    f"conv-branch input (from '{conv.name}') has Q/DQ: blocks the INT8 Add fusion",
+                    [pair[0].name, pair[1].name],
+                    f"conv-branch input of '{add.name}' (from '{conv.name}') has Q/DQ: blocks "
+                    "the INT8 Add fusion",
                 )
             )
-        if not graph.is_int8_tensor(add.inputs[si]) and conv.op not in GEMM_OPS:  # xrules
+        if not is_int8_tensor(graph, add.inputs[si]) and conv.op not in GEMM_OPS:  # xrules
             out.append(
                 Problem(
                     "trt-residual-add",
@@ -244,22 +253,17 @@ def _residuals(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:
 def _islands(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:
     out = []
     for q in graph.nodes_of("QuantizeLinear"):
-        if is_const(q.inputs[0]):
-            continue
-        src = graph.producer(q.inputs[0])
-        for dq in q.outputs[0].outputs:
-            if not graph.is_dq(dq) or feeds_int8(graph, dq.outputs[0], ignore):
-                continue
-            if src is not None and is_weighted(graph, src):
+        src = weighted_source(graph, q, ignore)
+        for f in island_pairs(graph, q, ignore):
+            if src is not None and graph.is_graph_output(f.dq.outputs[0]):
+                continue  # as weighted-output-qdq: the output pair defines the graph output
+            if src is not None:
                 msg = f"output of '{src.name}' is quantized but nothing reads it in INT8"
-                out.append(Problem("trt-weighted-output", [q.name, src.name], msg))
+                out.append(Problem("trt-weighted-output", [q.name, f.dq.name], msg))
             else:
-                readers = ", ".join(c.name for c in dq.outputs[0].outputs) or "a graph output"
                 out.append(
                     Problem(
-                        "trt-float-island",
-                        [q.name, dq.name],
-                        f"DQ feeds only float ops ({readers}): a Reformat for nothing",
+                        "trt-float-island", [q.name, f.dq.name], f"{f.why}: a Reformat for nothing"
                     )
                 )
     return out
@@ -295,23 +299,13 @@ def _maxpools(graph: QGraph) -> list[Problem]:
         pair = activation_pair(graph, x)
         if pair is not None:
             qin.append(pair[1])
-        qout = graph.quantizers_of(y)
-        scales = [(n.name, _scale(graph, n)) for n in (*qin, *qout)]
-        values = [float(s.reshape(-1)[0]) for _, s in scales if s is not None]
-        if any(v <= 0 for v in values):
+        scales = [_scale(graph, n) for n in (*qin, *graph.quantizers_of(y))]
+        if any(s is not None and np.any(s <= 0) for s in scales):
             out.append(
                 Problem(
                     "trt-maxpool-scale",
                     [mp.name],
                     "non-positive scale: MaxPool does not commute with this quantization",
-                )
-            )
-        if qin and qout and len(set(values)) > 1:
-            out.append(
-                Problem(
-                    "trt-maxpool-scale",
-                    [mp.name],
-                    f"input and output quantization differ ({_fmt(sorted(set(values)))})",
                 )
             )
     return out

@@ -129,7 +129,8 @@ def test_graph_scope_action_gets_no_node_and_settings(tmp_path, messy):
     CALLS.clear()
     rs = _ruleset(tmp_path, _rule("g", "_test_global", "{scope: graph}"))
     optimize(messy, rs, keep_weight_q=True)
-    assert len(CALLS) == 1  # nothing changed: one iteration, one call
+    # nothing changed: one iteration, one call; then one dry-run call (optimize lints its result)
+    assert [c[1] for c in CALLS] == [False, True]
     node, dry, settings = CALLS[0]
     assert node is None and not dry and settings["level"] == 3 and settings["keep_weight_q"]
     CALLS.clear()
@@ -185,5 +186,7 @@ def test_dry_run_edits_are_refused(tmp_path, messy):
     rs = _ruleset(tmp_path, _rule("sloppy", "_test_mutates_in_dry_run"))
     with pytest.raises(RuntimeError, match="dry run"):
         lint(messy, rs)
-    _, report = optimize(messy, rs)  # outside dry-run the same edit is fine
-    assert report.result("sloppy").count >= 1
+    with pytest.raises(RuntimeError, match="dry run"):
+        optimize(messy, rs)  # optimize lints its result: a dry run too
+    _, report = optimize(messy, rs, lint_result=False)  # outside dry-run the edit is fine
+    assert report.result("sloppy").count >= 1 and report.remaining_problems is None

@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 from qdq_builders import Builder, messy_model  # noqa: I001  (tests/ is on sys.path)
 
+from qdq_optimizer.commute import is_int8_tensor
 from qdq_optimizer.graph import QGraph, _toposort
 from qdq_optimizer.runtime import run
 
@@ -48,9 +49,9 @@ def test_is_int8_tensor_follows_commuting_ops():
     r = b.node("Relu", [mp], name="relu")
     b.output(r)
     g = QGraph.from_model(b.build())
-    assert g.is_int8_tensor(g.node("mp").outputs[0])
-    assert not g.is_int8_tensor(g.node("relu").outputs[0])
-    assert not g.is_int8_tensor(g.tensor("x"))
+    assert is_int8_tensor(g, g.node("mp").outputs[0])
+    assert not is_int8_tensor(g, g.node("relu").outputs[0])
+    assert not is_int8_tensor(g, g.tensor("x"))
 
 
 def test_topo_order_is_deterministic_and_nodes_of_is_ordered(messy):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import pytest
 
-from qdq_optimizer.api import optimize
+from qdq_optimizer.api import lint, optimize
 from tests.rules_util import G, count, node, outputs
 
 
@@ -43,3 +45,31 @@ def test_ignore_regex_keeps_detect_conv_float_by_module_path() -> None:
 def test_yolov7_rule_set_ignores_the_seed_head() -> None:
     out, _ = optimize(head_model(), "yolov7")
     assert count(out, "QuantizeLinear") == 1
+
+
+def squeeze_excitation(pool: str):
+    """x -> conv -> Relu -> Q/DQ -> GlobalAveragePool -> 1x1 convs (float here) -> Sigmoid -> Mul."""
+    g = G(seed=4)
+    y = g.op("Relu", [g.conv(g.q("x", 0.05), name="conv")], "relu")
+    attrs = {"kernel_shape": [4, 4]} if pool == "AveragePool" else {}
+    p = g.op(pool, [g.q(y, 0.08, "poolin")], "pool", **attrs)
+    s = g.op("Sigmoid", [g.conv(g.op("Relu", [g.conv(p, form="float")]), form="float")], "gate")
+    return g.model([g.op("Mul", [y, s], "scale")])
+
+
+@pytest.mark.parametrize("pool", ["GlobalAveragePool", "AveragePool"])
+def test_the_pair_before_an_average_pool_stays(pool: str) -> None:
+    """TensorRT runs average pooling in INT8 between Q/DQ (ops.INT8_POOLING_OPS): the pair in
+    front of a squeeze-excitation pool is not a float island, for the rule and for lint."""
+    m = squeeze_excitation(pool)
+    out, rep = optimize(m, "tensorrt")
+    assert "poolin_Q" in {n.name for n in out.graph.node}
+    assert rep.result("float-islands").count == 0
+    assert not [p for p in lint(m, "cleanup", checks=True) if p.rule_id == "trt-float-island"]
+    # a float consumer in the pool's place makes the same pair an island
+    bad = onnx.ModelProto()
+    bad.CopyFrom(m)
+    next(n for n in bad.graph.node if n.name == "pool").op_type = "Relu"
+    for a in list(next(n for n in bad.graph.node if n.name == "pool").attribute):
+        next(n for n in bad.graph.node if n.name == "pool").attribute.remove(a)
+    assert "poolin_Q" not in {n.name for n in optimize(bad, "tensorrt")[0].graph.node}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from qdq_optimizer.api import optimize
+from qdq_optimizer.api import lint, optimize
 from qdq_optimizer.graph import QGraph
 from qdq_optimizer.trt_patterns import residual_inputs
 from tests.rules_util import G, node, scales_of
@@ -91,3 +92,123 @@ def test_no_quantizer_to_copy_is_noted_not_invented() -> None:
     out, rep = optimize(g.model([add]), "tensorrt")
     assert rep.result("residual-add").count == 0
     assert any("no quantizer" in n for n in rep.result("residual-add").notes)
+
+
+# ------------------------------------------------------------------ exact fusion target (issue 10.4)
+def split_of(m, add: str = "add"):
+    graph = QGraph.from_model(m)
+    return residual_inputs(graph, graph.node(add))
+
+
+def producers(m) -> dict:
+    return {o: n for n in m.graph.node for o in n.output}
+
+
+def test_hard_swish_add_of_a_constant_is_not_residual() -> None:
+    """The exporter's decomposed hard-swish: Add(y, 3) -> Clip(0, 6) -> Mul(y, .) -> Div(6)."""
+    g = G()
+    y = g.conv(g.q("x", 0.05), name="conv")
+    a = g.op("Add", [y, g.const(np.float32(3.0))], "add")
+    c = g.op("Clip", [a, g.const(np.float32(0.0)), g.const(np.float32(6.0))])
+    hs = g.op("Div", [g.op("Mul", [y, c]), g.const(np.float32(6.0))])
+    m = g.model([g.conv(g.q(hs, 0.1), name="next")])
+    assert split_of(m) is None
+    out, rep = optimize(m, "tensorrt")
+    assert rep.result("residual-add").count == 0
+    assert producers(out)[node(out, "add").input[0]].op_type == "Conv"
+
+
+def siblings(skip_q: str | None, seed: int = 3):
+    """RepC3/C2f-style: two conv branches of one input meet in an Add (no branch descends from
+    the other); ``skip_q`` names the inputs that already have a quantizer ('a', 'b', 'ab', '')."""
+    g = G(seed=seed)
+    x = g.op("Relu", ["x"], "x_relu")
+    xq = g.q(x, 0.05, "xin")
+    a = g.op("Relu", [g.conv(xq, name="conv_a")], "relu_a")
+    b = g.op("Relu", [g.conv(xq, name="conv_b")], "relu_b")
+    if "a" in skip_q:
+        a = g.q(a, 0.07, "skipq" if skip_q == "a" else "qa")
+    if "b" in skip_q:
+        b = g.q(b, 0.07, "skipq" if skip_q == "b" else "qb")
+    add = g.op("Add", [a, b], "add")
+    return g.model([g.conv(g.q(add, 0.1, "after"), name="post")])
+
+
+def test_sibling_conv_branches_choose_deterministically_and_stay() -> None:
+    m = siblings("ab")
+    first = split_of(m)
+    assert first == split_of(siblings("ab")) and first is not None
+    assert split_of(siblings("")) == first  # the same choice without quantizers
+    out, rep = optimize(m, "tensorrt")
+    assert rep.result("residual-add").count == 1  # the conv-branch pair goes
+    prod = producers(out)
+    add = node(out, "add")
+    kinds = [prod[t].op_type for t in add.input]
+    assert sorted(kinds) == ["DequantizeLinear", "Relu"]
+    # stable: on the result the same input is the conv branch, and a second run changes nothing
+    assert split_of(out) == first
+    again, rep2 = optimize(out, "tensorrt")
+    assert rep2.total_changes == 0
+
+
+@pytest.mark.parametrize("skip", ["a", "b"])
+def test_a_right_placement_between_sibling_branches_is_kept(skip: str) -> None:
+    """ModelOpt quantizes one of two sibling branches: either choice is a fusable placement, so
+    it stays (the old branch-depth count removed those quantizers and lint was silent)."""
+    m = siblings(skip)
+    assert split_of(m) == ((0, 1) if skip == "b" else (1, 0))
+    out, rep = optimize(m, "tensorrt")
+    assert rep.result("residual-add").count == 0
+    assert "skipq_Q" in {n.name for n in out.graph.node}
+    assert not [p for p in rep.remaining_problems if p.rule_id == "residual-add"]
+
+
+def test_a_skip_with_no_quantizer_to_copy_is_reported_as_left() -> None:
+    """Neither sibling has a quantizer to take a scale from: the rule cannot fix the Add, and
+    says so (lint and optimize's remaining problems) instead of staying silent."""
+    out, rep = optimize(siblings(""), "tensorrt")
+    left = [p for p in rep.remaining_problems if p.rule_id == "residual-add"]
+    assert len(left) == 1 and left[0].node_names == ["add"] and "no quantizer" in left[0].message
+    lint_left = [p for p in lint(siblings(""), "tensorrt") if p.rule_id == "residual-add"]
+    assert [p.message for p in lint_left] == [left[0].message]
+
+
+@pytest.mark.parametrize("joiner", ["Concat", "MaxPool"])
+def test_skip_from_a_concat_or_maxpool(joiner: str) -> None:
+    g = G(seed=5)
+    x = g.op("Relu", ["x"], "x_relu")
+    if joiner == "Concat":
+        s = g.op("Concat", [x, x], "join", axis=1)
+        cin = 2 * g.c
+    else:
+        s = g.op("MaxPool", [x], "join", kernel_shape=[1, 1])
+        cin = g.c
+    br = g.op("Relu", [g.conv(g.q(s, 0.05, "sq"), cin=cin, cout=cin, name="conv")], "branch")
+    add = g.op("Add", [s, br], "add")
+    m = g.model([g.conv(g.q(add, 0.1), cin=cin, name="post")])
+    assert split_of(m) == (1, 0)
+    out, _ = optimize(m, "tensorrt")
+    prod = producers(out)
+    a = node(out, "add")
+    assert prod[a.input[0]].op_type == "DequantizeLinear"
+    assert prod[a.input[1]].op_type == "Relu"
+
+
+def test_add_of_one_tensor_with_itself_is_not_residual() -> None:
+    g = G()
+    y = g.op("Relu", [g.conv(g.q("x", 0.05), name="conv")])
+    m = g.model([g.conv(g.q(g.op("Add", [y, y], "add"), 0.1))])
+    assert split_of(m) is None
+    assert optimize(m, "tensorrt")[1].result("residual-add").count == 0
+
+
+def test_a_conv_whose_output_is_read_elsewhere_is_not_the_branch() -> None:
+    """The value a fused Add consumes is never materialised: a conv output with another reader
+    cannot take the Add, so it is the skip even though it ends in a conv epilogue."""
+    g = G(seed=2)
+    c1 = g.op("Relu", [g.conv(g.q("x", 0.05), name="c1")], "r1")
+    c2 = g.op("Relu", [g.conv(g.q("x", 0.05), name="c2")], "r2")
+    add = g.op("Add", [c1, c2], "add")
+    other = g.op("Sigmoid", [c1], "other")  # c1's value is also needed here
+    m = g.model([g.conv(g.q(add, 0.1)), other])
+    assert split_of(m) == (1, 0)

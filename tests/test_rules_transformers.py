@@ -21,6 +21,7 @@ from onnx import helper, numpy_helper
 from qdq_builders import Builder
 
 from qdq_optimizer.api import lint, optimize
+from qdq_optimizer.commute import is_int8_tensor
 from qdq_optimizer.graph import QGraph
 from qdq_optimizer.matmul_patterns import is_int8_matmul
 from qdq_optimizer.runtime import run
@@ -126,10 +127,13 @@ def test_bmm_with_one_int8_input_is_linted_and_its_lone_pair_removed():
     b = Builder()
     _attention(b, quantize_k=False)
     model = b.build()
-    before = lint(model, "tensorrt")
-    bmm = [p for p in before if p.rule_id == "trt-bmm-input"]
+    checks = lint(model, "cleanup", checks=True)  # the check itself, no rule owns it here
+    bmm = [p for p in checks if p.rule_id == "trt-bmm-input"]
     assert [p.node_names for p in bmm] == [["bmm1"]]
     assert "first input" in bmm[0].message
+    # under tensorrt the problem is reported once, by the rule that removes the pair
+    found = {p.rule_id: p.node_names for p in lint(model, "tensorrt")}
+    assert found == {"float-islands": ["q_Q", "q_DQ"]}
     out, _ = optimize(model, "tensorrt")
     g = QGraph.from_model(out)
     assert _producer_op(g, "bmm1", 0) != "DequantizeLinear"  # the lone pair was a float island
@@ -139,7 +143,7 @@ def test_bmm_with_one_int8_input_is_linted_and_its_lone_pair_removed():
 
 def test_bmm_lone_pair_shared_with_a_gemm_is_bypassed_for_the_bmm_only():
     """k's DQ feeds an INT8 GEMM and BMM1, whose other input (q) is float: the pair stays for
-    the GEMM, BMM1 reads the float tensor; lint is clean before nothing and after everything."""
+    the GEMM, BMM1 reads the float tensor; lint finds it (as the bmm-input rule under tensorrt) and is clean after."""
     b = Builder()
     q, k = b.input("q", [1, 4, 8]), b.input("k", [1, 4, 8])
     kd = b.qdq(k, 0.05, name="k")
@@ -148,12 +152,13 @@ def test_bmm_lone_pair_shared_with_a_gemm_is_bypassed_for_the_bmm_only():
     kt = b.node("Transpose", [kd], name="kT", perm=[0, 2, 1])
     b.output(b.node("MatMul", [q, kt], name="bmm1"))
     model = b.build()
-    assert "trt-bmm-input" in _ids(lint(model, "tensorrt"))
+    assert "trt-bmm-input" in _ids(lint(model, "cleanup", checks=True))
+    assert _ids(lint(model, "tensorrt")) == ["bmm-input"]
     out, report = optimize(model, "tensorrt")
     g = QGraph.from_model(out)
     assert {r.rule_id: r.count for r in report.results if r.count} == {"bmm-input": 1}
     assert _producer_op(g, "gemm", 0) == "DequantizeLinear"
-    assert not g.is_int8_tensor(g.node("bmm1").inputs[1])
+    assert not is_int8_tensor(g, g.node("bmm1").inputs[1])
     assert lint(out, "tensorrt") == []
 
 

@@ -69,7 +69,8 @@ def test_concat_scales_must_agree_across_the_group() -> None:
 
 
 def test_maxpool_scales_and_sign() -> None:
-    for scale, expect in ((0.1, []), (0.2, ["trt-maxpool-scale", "trt-scale-group"])):
+    # unequal positive scales are one problem, the MaxPool's scale group's (not also a MaxPool one)
+    for scale, expect in ((0.1, []), (0.2, ["trt-scale-group"])):
         g = G()
         r = g.op("Relu", ["x"])
         mp = g.op("MaxPool", [g.q(r, 0.1)], kernel_shape=[1, 1])
@@ -123,3 +124,41 @@ def test_ignore_list_silences_nodes_by_module_path() -> None:
     assert ids(g.model([y])) == ["trt-weighted-input"]
     # ignored, the conv is float: its input Q/DQ is then a Reformat for nothing
     assert ids(g.model([y]), [re.compile(r"model\.105\.m\.(.*)")]) == ["trt-float-island"]
+
+
+@pytest.mark.parametrize(
+    "op, attrs, commutes",
+    [
+        ("Resize", {"mode": "nearest"}, True),
+        ("Resize", {"mode": "linear"}, False),  # interpolates: the DQ does not propagate
+        ("Pad", {"mode": "constant"}, True),
+        ("Pad", {"mode": "reflect"}, False),
+        ("Reshape", {}, True),
+        ("AveragePool", {"kernel_shape": [1, 1]}, False),  # INT8 consumer, not a commuting op
+    ],
+)
+def test_one_commute_predicate_for_int8_tensors_and_scale_groups(op, attrs, commutes) -> None:
+    """is_int8_tensor walks the commute predicate scale groups use (they once disagreed: a
+    linear Resize counted as INT8 for one and not for the other)."""
+    from qdq_optimizer.commute import is_int8_tensor, joining_inputs
+    from qdq_optimizer.scale_groups import scale_groups
+
+    g = G()
+    x = g.q(g.op("Relu", ["x"]), 0.1, "in")
+    if op == "Resize":
+        y = g.op(op, [x, "", g.const(np.array([1, 1, 2, 2], np.float32))], "op", **attrs)
+    elif op == "Pad":
+        y = g.op(op, [x, g.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))], "op", **attrs)
+    elif op == "Reshape":
+        y = g.op(op, [x, g.const(np.array([1, -1], np.int64))], "op")
+    else:
+        y = g.op(op, [x], "op", **attrs)
+    graph = qgraph(g.model([g.op("Relu", [y])]))
+    node = graph.node("op")
+    assert bool(joining_inputs(graph, node)) is commutes
+    assert is_int8_tensor(graph, node.outputs[0]) is commutes
+    joined = any(
+        node.outputs[0] in grp.tensors and node.inputs[0] in grp.tensors
+        for grp in scale_groups(graph)
+    )
+    assert joined is commutes

@@ -5,6 +5,7 @@ matched anchor node, or None for a global action (``match: {scope: graph}``). Ev
 through the QGraph mutation API. In dry-run (lint) an action must not mutate: it returns the
 Changes it would make. Returning no Change means "nothing to do here"; the rule loop stops at the
 fixpoint where no rule changes anything, so an action must never report a change it did not make.
+What an action finds but cannot fix goes to ``ctx.cannot_fix`` (lint reports it, once).
 
 Adding an action is one decorated function (``registry.register_action``) in a module of this
 package (modules are imported automatically) plus a test.

@@ -9,10 +9,11 @@ alone, so lint's ``trt-bmm-input`` and the rules agree. The pair's saturation st
 
 from __future__ import annotations
 
+from ..commute import is_int8_tensor
 from ..graph import Node, QGraph
 from ..matmul_patterns import is_activation_matmul
+from ..ops import DATA_MOVEMENT_OPS
 from ..report import Change
-from ..scale_groups import DATA_MOVEMENT_OPS
 from ..trt_patterns import activation_pair
 from .clamps import bypass_keeping_saturation
 from .registry import ActionContext, register_action
@@ -29,7 +30,7 @@ def bmm_float_input(
     mm = node
     if not is_activation_matmul(graph, mm) or not graph.contains(mm):
         return []
-    int8 = [graph.is_int8_tensor(t) for t in mm.inputs]
+    int8 = [is_int8_tensor(graph, t) for t in mm.inputs]
     if sum(int8) != 1:
         return []
     t, reader = mm.inputs[int8.index(True)], mm

@@ -21,7 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..graph import Node, QGraph, Tensor, constant_value
-from ..scale_groups import DATA_MOVEMENT_OPS
+from ..ops import DATA_MOVEMENT_OPS
 
 # Ops whose output lies in a fixed interval whatever their input.
 BOUNDED_OPS = {

@@ -17,104 +17,28 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import Node, QGraph, Tensor, constant_value
+from ..graph import Node, QGraph, constant_value
+from ..ops import CONV_OPS
 from ..report import Change
-from ..trt_patterns import (
-    ACTIVATIONS,
-    CONV_OPS,
-    activation_pair,
-    is_const,
-    is_ignored,
-    is_weighted,
-    strip_qdq,
-)
+from ..trt_patterns import epilogue_pairs, is_const, is_ignored, is_weighted
 from .registry import ActionContext, register_action
 from .weighted import dequantize_np, quantize_np
-
-
-def _readers_through_pairs(graph: QGraph, t: Tensor) -> list[tuple[Node, Node, Node]]:
-    """(Q, DQ, consumer) for every consumer reading ``t`` through an activation Q/DQ pair."""
-    out = []
-    for q in graph.quantizers_of(t):
-        for dq in q.outputs[0].outputs:
-            if graph.is_dq(dq) and activation_pair(graph, dq.outputs[0]) is not None:
-                out.extend((q, dq, c) for c in dq.outputs[0].outputs)
-    return out
-
-
-def _is_silu_mul(graph: QGraph, mul: Node, x: Tensor) -> bool:
-    """``mul`` computes x * sigmoid(x) (or x * hardsigmoid(x)), inputs possibly behind pairs."""
-    if mul.op != "Mul" or len(mul.inputs) != 2:
-        return False
-    a, b = (strip_qdq(graph, t) for t in mul.inputs)
-    for u, v in ((a, b), (b, a)):
-        p = graph.producer(v)
-        if (
-            u is x
-            and p is not None
-            and p.op in ("Sigmoid", "HardSigmoid")
-            and strip_qdq(graph, p.inputs[0]) is x
-        ):
-            return True
-    return False
-
-
-def _epilogue_reader(graph: QGraph, c: Node, x: Tensor) -> bool:
-    return c.op == "BatchNormalization" or c.op in ACTIVATIONS or _is_silu_mul(graph, c, x)
-
-
-def _remove_pairs_into(
-    graph: QGraph, x: Tensor, keep, ctx: ActionContext, why: str
-) -> list[Change]:
-    """Bypass pairs on ``x`` for the consumers ``keep(consumer)`` accepts."""
-    changes: list[Change] = []
-    by_pair: dict[tuple[int, int], tuple[Node, Node, list[Node]]] = {}
-    for q, dq, c in _readers_through_pairs(graph, x):
-        if keep(c):
-            by_pair.setdefault((id(q), id(dq)), (q, dq, []))[2].append(c)
-    for q, dq, consumers in by_pair.values():
-        names = ", ".join(c.name for c in consumers)
-        changes.append(Change("remove", [q.name, dq.name], f"{why} (rewired {names})"))
-        if not ctx.dry_run:
-            graph.bypass_qdq(q, dq, consumers=consumers)
-    return changes
 
 
 @register_action("remove_epilogue_qdq", params={})
 def remove_epilogue_qdq(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
 ) -> list[Change]:
-    """Remove Q/DQ between a weighted op (the anchor) and its BN/activation, and inside SiLU."""
+    """Remove Q/DQ between a weighted op (the anchor) and its BN/activation, and inside SiLU
+    (found by ``trt_patterns.epilogue_pairs``, which lint shares)."""
     w = node
     if not is_weighted(graph, w) or is_ignored(w, ctx.ignore):
         return []
-    changes: list[Change] = []
-    x = w.outputs[0]
-    for _ in range(3):  # conv -> [BN] -> activation
-        changes += _remove_pairs_into(
-            graph,
-            x,
-            lambda c, x=x: _epilogue_reader(graph, c, x),
-            ctx,
-            f"Q/DQ between '{w.name}' and its fused epilogue",
-        )
-        readers = [c for c in x.outputs if not graph.is_q(c)]
-        if ctx.dry_run:
-            readers += [c for _, _, c in _readers_through_pairs(graph, x)]
-        bn = [c for c in readers if c.op == "BatchNormalization"]
-        if len(bn) == 1 and len(readers) == 1:
-            x = bn[0].outputs[0]
-            continue
-        for sig in [c for c in readers if c.op in ("Sigmoid", "HardSigmoid")]:
-            s = sig.outputs[0]
-            changes += _remove_pairs_into(
-                graph,
-                s,
-                lambda c, x=x: _is_silu_mul(graph, c, x),
-                ctx,
-                f"Q/DQ inside the SiLU after '{w.name}'",
-            )
-        break
+    found = epilogue_pairs(graph, w)
+    changes = [Change("remove", [f.q.name, f.dq.name], f.why) for f in found]
+    if not ctx.dry_run:
+        for f in found:
+            graph.bypass_qdq(f.q, f.dq, consumers=f.consumers)
     return changes
 
 

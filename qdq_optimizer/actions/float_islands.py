@@ -5,9 +5,11 @@
   policy does for the Detect head: the Q/DQ on their data input is bypassed for them and their
   weight becomes the float values (the original float weight in pair form, else the DQ's values).
 - ``remove_float_islands``: a Q/DQ pair whose DQ feeds only ops TensorRT runs in float (Sigmoid,
-  Softmax, Mul/Add of a decode, graph outputs), with no INT8 consumer downstream through ops that
-  commute with Q/DQ, makes the producer emit INT8 only to convert it back: it costs a Reformat and
-  buys nothing. Processed in reverse topological order, so a chain of such pairs goes in one pass.
+  Softmax, Mul/Add of a decode), with no INT8 consumer downstream through ops that commute with
+  Q/DQ, makes the producer emit INT8 only to convert it back: it costs a Reformat and buys
+  nothing. Average/global pooling is an INT8 consumer (TensorRT runs it in INT8 between Q/DQ:
+  ``ops.INT8_POOLING_OPS``), so the pair before a squeeze-excitation pool stays. Processed in
+  reverse topological order, so a chain of such pairs goes in one pass.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from ..matmul_patterns import weight_dq_reader  # xrules
 from ..report import Change
 from ..trt_patterns import (
     activation_pair,
-    feeds_int8,
     is_const,
     is_ignored,
     is_weighted,
+    island_pairs,
     weight_tensor,
+    weighted_source,
 )
 from .clamps import bypass_keeping_saturation
 from .registry import ActionContext, register_action
@@ -77,22 +80,17 @@ def dequantize_ignored(
 def remove_float_islands(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
 ) -> list[Change]:
-    """Remove the Q/DQ pairs of a Q (the anchor) whose DQ feeds no op that uses an INT8 input.
-    Anchors are visited in reverse topological order, so a chain of such pairs goes in one
-    pass; the ignore list applies to the INT8 consumers searched for, not to the Q."""
+    """Remove the Q/DQ pairs of a Q (the anchor) whose DQ feeds no op that uses an INT8 input
+    (``trt_patterns.island_pairs``, which lint shares; an average pool counts as one). Anchors
+    are visited in reverse topological order, so a chain of such pairs goes in one pass; the
+    ignore list applies to the INT8 consumers searched for, not to the Q. The output pair of a
+    weighted op belongs to weighted-output-qdq (one problem, one rule)."""
     q = node
-    if not graph.is_q(q) or is_const(q.inputs[0]) or graph.is_graph_output(q.outputs[0]):
+    if not graph.is_q(q) or weighted_source(graph, q, ctx.ignore) is not None:
         return []
-    dqs = [c for c in q.outputs[0].outputs if graph.is_dq(c)]
-    if not dqs or len(dqs) != len(q.outputs[0].outputs):
-        return []  # something reads the int8 tensor itself
-    changes: list[Change] = []
-    for dq in dqs:
-        out = dq.outputs[0]
-        if activation_pair(graph, out) is None or feeds_int8(graph, out, ctx.ignore):
-            continue
-        readers = ", ".join(c.name for c in out.outputs) or "a graph output"
-        changes.append(Change("remove", [q.name, dq.name], f"DQ feeds only float ops ({readers})"))
-        if not ctx.dry_run:
-            bypass_keeping_saturation(graph, q, dq)  # the pair's clip stays (clamps.py)
+    found = island_pairs(graph, q, ctx.ignore)
+    changes = [Change("remove", [f.q.name, f.dq.name], f.why) for f in found]
+    if not ctx.dry_run:
+        for f in found:
+            bypass_keeping_saturation(graph, f.q, f.dq)  # the pair's clip stays (clamps.py)
     return changes

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..graph import Node, QGraph, name_matches
-from ..report import Change
+from ..report import Change, Problem
 
 __all__ = ["REGISTRY", "Action", "ActionContext", "Change", "register_action"]
 
@@ -76,6 +76,9 @@ class ActionContext:
     rule_id: str = ""
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # for the user: stderr and the report
+    # Problems the rule found but cannot fix (lint and optimize's remaining problems report them
+    # under the rule's id): a find without a fix.
+    unfixable: list[Problem] = field(default_factory=list)
     # Scratch space for one rule's visit of its anchors in one iteration (a fresh context per
     # rule and iteration): an anchored action caches a whole-graph fact here, computed once.
     cache: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +95,12 @@ class ActionContext:
     def note(self, text: str) -> None:
         """Record an observation for the report (not a change)."""
         self.notes.append(text)
+
+    def cannot_fix(self, nodes: list[str], message: str) -> None:
+        """Record a problem this rule finds but cannot fix; lint reports it under the rule id."""
+        problem = Problem(self.rule_id, list(nodes), message)
+        if problem not in self.unfixable:
+            self.unfixable.append(problem)
 
     def warn(self, text: str) -> None:
         """Record something the user should act on (printed, and in the report's warnings)."""

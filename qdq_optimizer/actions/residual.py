@@ -2,8 +2,11 @@
 epilogue when the skip input arrives through DQ and the conv-branch input has no Q/DQ ("quantize
 the residual input in skip connections"; a Q/DQ on the conv branch blocks the fusion).
 
-Branches are told apart by structure (``trt_patterns.residual_inputs``): the conv branch ends in
-a weighted op's epilogue; when both do, the skip is the input the other branch descends from.
+Branches are told apart by structure (``trt_patterns.residual_inputs``, which lint shares): the
+conv branch is the input TensorRT can fuse the Add into (a weighted op's output after a fusable
+epilogue, read by nothing else); constants are never skips; between sibling conv branches a
+placement that is already right is kept. A skip with no quantizer to take a scale from is
+recorded as a problem this rule cannot fix (``ctx.cannot_fix``).
 The skip's Q/DQ uses the scale of the skip tensor's existing quantizer (the largest if several),
 else of its scale group's; later rules then unify the group and merge duplicate quantizers.
 """
@@ -18,8 +21,9 @@ from ..report import Change
 from ..scale_groups import scale_groups
 from ..trt_patterns import (
     activation_pair,
-    epilogue_source,
+    fusion_target,
     is_ignored,
+    is_int8_tensor,
     is_quantized_weighted,
     residual_inputs,
 )
@@ -76,7 +80,7 @@ def residual_add(
     if split is None:
         return []
     bi, si = split
-    conv = epilogue_source(graph, add.inputs[bi])
+    conv = fusion_target(graph, add, bi)
     if conv is None or not is_quantized_weighted(graph, conv):
         return []  # a float conv branch: nothing for TensorRT to fuse in INT8
     changes: list[Change] = []
@@ -92,7 +96,7 @@ def residual_add(
         if not ctx.dry_run:
             graph.bypass_qdq(*pair, consumers=[add])
     skip = add.inputs[si]
-    if graph.is_int8_tensor(skip):
+    if is_int8_tensor(graph, skip):
         return changes
     if conv.op in GEMM_OPS:  # xrules: a GEMM branch keeps a skip Q/DQ but gets none inserted
         return changes
@@ -100,6 +104,11 @@ def residual_add(
     scale = scale_from_samples(graph, skip, ctx) if scale is None else scale  # skip_scales.py
     if scale is None:
         ctx.note(f"skip input '{skip.name}' of '{add.name}' has no quantizer to take a scale from")
+        ctx.cannot_fix(
+            [add.name],
+            f"skip input '{skip.name}' is not quantized and has no quantizer to take a scale "
+            f"from: the Add cannot fuse into '{conv.name}' (quantize it at the producer)",
+        )
         return changes
     changes.append(
         Change("insert", [add.name], f"Q/DQ on skip input '{skip.name}' (scale {scale:.6g})")

@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 
 from ..graph import Node, QGraph, constant_value
 from ..report import Change
-from ..trt_patterns import activation_pair, feeds_int8, is_const, is_ignored, is_weighted
+from ..trt_patterns import is_const, is_ignored, is_weighted, island_pairs
 from .clamps import bypass_keeping_saturation
 from .registry import ActionContext, register_action
 
@@ -143,28 +143,23 @@ def remove_weighted_output_qdq(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
 ) -> list[Change]:
     """Remove Q/DQ on the output of a weighted op (the anchor) when its DQ feeds nothing that
-    uses INT8."""
+    uses INT8 (``trt_patterns.island_pairs``, shared with float-islands and lint)."""
     w = node
     if not is_weighted(graph, w) or is_ignored(w, ctx.ignore) or not graph.contains(w):
         return []
     changes: list[Change] = []
     for q in graph.quantizers_of(w.outputs[0]):
-        if graph.is_graph_output(q.outputs[0]):
-            continue
-        for dq in [c for c in q.outputs[0].outputs if graph.is_dq(c)]:
-            out = dq.outputs[0]
-            if activation_pair(graph, out) is None or graph.is_graph_output(out):
-                continue
-            if feeds_int8(graph, out, ctx.ignore):
-                continue
-            readers = ", ".join(c.name for c in out.outputs) or "nothing"
+        for f in island_pairs(graph, q, ctx.ignore):
+            if graph.is_graph_output(f.dq.outputs[0]):
+                continue  # the output pair stays: it defines what the graph output carries
+            readers = ", ".join(c.name for c in f.dq.outputs[0].outputs) or "nothing"
             changes.append(
                 Change(
                     "remove",
-                    [q.name, dq.name],
+                    [f.q.name, f.dq.name],
                     f"output of '{w.name}' read by {readers} in float",
                 )
             )
             if not ctx.dry_run:
-                bypass_keeping_saturation(graph, q, dq)  # the pair's clip stays (clamps.py)
+                bypass_keeping_saturation(graph, f.q, f.dq)  # the pair's clip stays (clamps.py)
     return changes

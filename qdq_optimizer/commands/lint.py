@@ -1,5 +1,7 @@
-"""``qdqopt lint IN --rules NAME``: the rule set's matches without rewriting, plus TensorRT's
-placement checks; exit 1 when there is any problem (a CI gate). IN is never modified."""
+"""``qdqopt lint IN --rules NAME``: what the rule set's rules find (what they would change, and
+what they cannot fix) without rewriting, plus TensorRT's placement checks that no rule of the set
+owns, so each problem is reported once; exit 1 when there is any problem (a CI gate). IN is never
+modified."""
 
 from __future__ import annotations
 

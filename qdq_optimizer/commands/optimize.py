@@ -13,12 +13,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import UsageError
+from ..errors import CheckFailed, UsageError
 from ..fileio import check_output_path, write_text_atomic
 from ..fixpoint import DEFAULT_MAX_ITERATIONS
 from ..report import OptimizeReport
 
 MAX_WARNINGS = 10  # the rest go to --report
+MAX_REMAINING = 10  # remaining problems printed; all are in --report
 
 
 @click.command(name="optimize")
@@ -71,6 +72,11 @@ MAX_WARNINGS = 10  # the rest go to --report
 @click.option("--allow-asymmetric", is_flag=True, help="Warn on non-zero zero points instead.")
 @click.option("--keep-weight-q", is_flag=True, help="Keep Q nodes on float weights.")
 @click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 1 when lint still finds problems in the result (OUT and the report are written).",
+)
+@click.option(
     "--max-iterations",
     type=click.IntRange(min=1),
     default=DEFAULT_MAX_ITERATIONS,
@@ -93,6 +99,7 @@ def command(
     ignore: tuple[str, ...],
     allow_asymmetric: bool,
     keep_weight_q: bool,
+    strict: bool,
     max_iterations: int,
 ) -> None:
     """Rewrite the Q/DQ placement of IN by a rule set and write OUT."""
@@ -158,6 +165,10 @@ def command(
     if report_path is not None:
         write_text_atomic(report_path, report.to_json())
     print_report(report, verbose=verbose, target=None if dry_run else output_path)
+    if strict and report.remaining_problems:
+        raise CheckFailed(
+            f"--strict: {len(report.remaining_problems)} problem(s) remain in {output_path}"
+        )
 
 
 def _db(v: float | str) -> str:
@@ -223,6 +234,27 @@ def print_report(report: OptimizeReport, *, verbose: bool, target: Path | None) 
         for r in report.results:
             for n in r.notes:
                 console.print(f"note [{r.rule_id}]: {n}", markup=False)
+    remaining = report.remaining_problems
+    if remaining is not None:
+        if remaining:
+            by_id: dict[str, int] = {}
+            for p in remaining:
+                by_id[p.rule_id] = by_id.get(p.rule_id, 0) + 1
+            counts = ", ".join(f"{k} x{v}" for k, v in by_id.items())
+            console.print(
+                f"remaining: {len(remaining)} problem(s) lint still finds ({counts})",
+                markup=False,
+                soft_wrap=True,
+            )
+            for p in remaining[:MAX_REMAINING]:
+                console.print(f"  {p}", markup=False, soft_wrap=True)
+            if len(remaining) > MAX_REMAINING:
+                console.print(
+                    f"  ... and {len(remaining) - MAX_REMAINING} more (all in --report)",
+                    markup=False,
+                )
+        else:
+            console.print("remaining: none (the result is lint-clean)", markup=False)
     if target is not None:
         console.print(f"wrote {target}", markup=False)
 

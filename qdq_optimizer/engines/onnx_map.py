@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..ops import WEIGHTED_OPS
 from ..protos import QDQ_OPS
 from .formats import INT8
 from .model import EngineReport, Layer
 from .summary import Summary, summarize
-
-WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
 @dataclass

@@ -1,0 +1,96 @@
+"""The one commute predicate: which data inputs an op joins to its output's value (a Q/DQ
+commutes through it: TensorRT propagates Q backwards and DQ forwards), and what TensorRT therefore
+sees as an INT8 tensor. Scale groups, ``is_int8_tensor``, the INT8-consumer search of the rules
+and lint, and the MatMul patterns all use these (they once kept two lists that disagreed).
+The op sets are in ``ops``. Imports only ``graph`` and ``ops``, so any pattern module can build on
+it without a cycle.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .graph import Node, QGraph, Tensor, constant_value
+from .ops import DATA_MOVEMENT_OPS
+
+
+def is_const(t: Tensor) -> bool:
+    return isinstance(t, gs.Constant) or constant_value(t) is not None
+
+
+def is_int8_qdq(graph: QGraph, node: Node) -> bool:
+    """A plain int8 Q or DQ (the only kind TensorRT's INT8 rules are about); uint8, int4, fp8 and
+    blocked quantization pass through every rule untouched."""
+    if node.attrs.get("block_size") or not set(node.attrs) <= {"axis", "output_dtype"}:
+        return False
+    try:
+        return graph.qparams(node).dtype == onnx.TensorProto.INT8
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------- commuting (one predicate)
+def _attr_str(node: Node, key: str, default: str) -> str:
+    value = node.attrs.get(key, default)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def joining_inputs(graph: QGraph, node: Node) -> list[Tensor]:
+    """Data inputs that ``node`` joins to its outputs' value, scale-wise: the inputs a Q/DQ
+    commutes through ``node`` from ([] when it does not commute). The one commute predicate:
+    scale groups, INT8-ness of a tensor and the search for INT8 consumers all use it."""
+    op = node.op
+    if op == "Concat":
+        return [t for t in node.inputs if t.name and not is_const(t)]
+    if not node.inputs or is_const(node.inputs[0]):
+        return []
+    if op in DATA_MOVEMENT_OPS:
+        return [node.inputs[0]]
+    if op == "MaxPool":
+        if len(node.outputs) > 1 and node.outputs[1].outputs:  # indices output is not a value
+            return []
+        return [node.inputs[0]]
+    if op == "Pad":
+        if _attr_str(node, "mode", "constant") != "constant":
+            return []
+        if len(node.inputs) > 2 and node.inputs[2].name:
+            value = constant_value(node.inputs[2])
+            if value is None or np.any(np.asarray(value) != 0):
+                return []
+        return [node.inputs[0]]
+    if op in ("Resize", "Upsample"):
+        return [node.inputs[0]] if _attr_str(node, "mode", "nearest") == "nearest" else []
+    return []
+
+
+def value_outputs(node: Node) -> list[Tensor]:
+    """The outputs a commuting op carries its input's value to (not MaxPool's indices)."""
+    if node.op == "MaxPool":
+        return node.outputs[:1]
+    return [t for t in node.outputs if t.name]
+
+
+def is_int8_tensor(graph: QGraph, tensor: Tensor) -> bool:
+    """True when TensorRT sees ``tensor`` as INT8: produced by DQ, directly or through ops that
+    commute with quantization (TensorRT propagates DQ forward through them)."""
+    seen: set[int] = set()
+    todo = deque([tensor])
+    while todo:
+        t = todo.popleft()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        p = graph.producer(t)
+        if p is None:
+            return False
+        if graph.is_dq(p):
+            continue
+        ins = joining_inputs(graph, p)
+        if not ins:
+            return False
+        todo.extend(ins)
+    return True

@@ -1,0 +1,47 @@
+"""The op vocabulary of TensorRT's Q/DQ handling: which ONNX ops play which part in its fusions.
+
+One home for these facts: the rule actions, the lint checks, the scale groups and ``inspect``
+read them from here. It imports nothing (``inspect`` stays free of onnx); the one commute
+predicate over it is ``commute.joining_inputs`` and the fusion patterns are in ``trt_patterns``. Sources: TensorRT's developer guide,
+"Working with Quantized Types" (Q/DQ placement, propagation, fusions), as summarised with quotes
+in ``docs/rules.md`` and ``../shared/docs/tensorrt-qdq-facts.md``; the pooling fact is from a
+real engine report (see ``INT8_POOLING_OPS``).
+"""
+
+from __future__ import annotations
+
+# Ops with weights: TensorRT expects Q/DQ on the data input and the weight, and fuses the output
+# BatchNormalization / activation (and a residual Add) into them as an epilogue.
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+CONV_OPS = frozenset({"Conv", "ConvTranspose"})
+
+# Activations TensorRT fuses into the preceding conv/gemm. SiLU appears as Sigmoid + Mul and
+# hard-swish as HardSigmoid + Mul (``trt_patterns.silu_parts`` recognises both).
+FUSED_ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSwish", "HardSigmoid"})
+# The gates of a gated activation x * gate(x).
+GATES = frozenset({"Sigmoid", "HardSigmoid"})
+# What may sit between a weighted op and its activation and still fold/fuse (Mul: the SiLU's).
+EPILOGUE_OPS = FUSED_ACTIVATIONS | {"BatchNormalization", "Mul"}
+
+# Ops whose data input and outputs are one value to TensorRT: a Q/DQ commutes through them
+# (it propagates Q backwards and DQ forwards) unconditionally.
+DATA_MOVEMENT_OPS = frozenset(
+    {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Identity"}
+)
+# Ops Q/DQ commute through only under a condition ``commute.joining_inputs`` checks:
+# MaxPool (positive scale; not its indices output), Pad (constant mode, zero padding),
+# Resize/Upsample (nearest mode), Concat (all data inputs join its output's scale).
+CONDITIONAL_COMMUTING_OPS = frozenset({"MaxPool", "Pad", "Resize", "Upsample", "Concat"})
+COMMUTING_OPS = DATA_MOVEMENT_OPS | CONDITIONAL_COMMUTING_OPS
+
+# Average pooling runs in INT8 when Q/DQ surround it: in TensorRT 8.4's ResNet-18 QAT engine
+# with a quantized global pool (NVIDIA/TensorRT @ b8b46f21,
+# examples/pytorch/resnet/A100/qat-residual-qgap; ../shared/trt-engines), layer
+# ``GlobalAveragePool_300`` is a CudaPooling layer with Int8 input and Int8 output. So a Q/DQ pair
+# in front of a pool is not a float island: removing it moves the pool (and what reads it) to
+# float. It does not commute like MaxPool (the average is requantized), so it is no scale-group
+# join.
+INT8_POOLING_OPS = frozenset({"GlobalAveragePool", "AveragePool"})
+
+# Residual Add: TensorRT fuses ``Add(conv_branch, skip)`` into the conv as an INT8 epilogue.
+RESIDUAL_OPS = frozenset({"Add"})
