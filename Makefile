@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test golden bench fuzz lint format clean system-deps corpus-transformers
+.PHONY: install demo test golden bench fuzz lint format clean system-deps corpus corpus-transformers
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,7 @@ system-deps:
 	      || echo "warning: could not install graphviz; svg output will be unavailable"; \
 	  else echo "note: graphviz (dot) not installed; svg output will be unavailable"; fi; }
 
-$(STAMP): setup.cfg pyproject.toml | $(BIN)/python
+$(STAMP): setup.py setup.cfg pyproject.toml MANIFEST.in | $(BIN)/python
 	$(BIN)/pip install -q -e '.[train,dev]'
 	touch $(STAMP)
 
@@ -69,6 +69,33 @@ lint: install
 
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+# The corpus of Q/DQ graphs from other producers (fixtures/corpus/README in the main README): each
+# producer runs in its own venv from its pinned requirements file (ModelOpt's [onnx] extra pins onnx
+# and pulls onnxruntime-gpu). Deterministic: rebuilds the committed files and manifest.json.
+CORPUS_VENVS ?= .venv-corpus
+CORPUS_OUT ?= fixtures/corpus/cnn
+CORPUS_PRODUCERS := torch ort modelopt nncf ultralytics
+CV := $(CORPUS_VENVS)
+
+$(CV)/%/.installed: fixtures/corpus/requirements-%.txt
+	rm -rf $(CV)/$*
+	$(PY) -m venv $(CV)/$*
+	$(CV)/$*/bin/pip install -q -r $<
+	touch $@
+
+corpus: $(foreach p,$(CORPUS_PRODUCERS),$(CV)/$(p)/.installed)
+	mkdir -p $(CORPUS_OUT)
+	rm -rf $(CORPUS_OUT)/_made
+	export CORPUS_OUT=$(abspath $(CORPUS_OUT)) OMP_NUM_THREADS=1 PYTHONPATH=$(CURDIR); \
+	$(CV)/torch/bin/python fixtures/corpus/photos.py && \
+	$(CV)/torch/bin/python fixtures/corpus/make_cnn.py && \
+	$(CV)/ultralytics/bin/python fixtures/corpus/producers/ultralytics_export.py && \
+	$(CV)/ort/bin/python fixtures/corpus/producers/ort_qdq.py && \
+	$(CV)/modelopt/bin/python fixtures/corpus/producers/modelopt_ptq.py && \
+	$(CV)/nncf/bin/python fixtures/corpus/producers/nncf_ptq.py && \
+	$(CV)/ort/bin/python fixtures/corpus/make_manifest.py
+	rm -rf $(CORPUS_OUT)/_made
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis

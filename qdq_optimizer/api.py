@@ -16,6 +16,7 @@ from .errors import UsageError
 from .fixpoint import DEFAULT_MAX_ITERATIONS, apply_rules
 from .graph import DEQUANTIZE, QUANTIZE, QGraph, name_matches
 from .model_io import finalize
+from .opset_upgrade import upgrade_opset
 from .report import OptimizeReport, Problem
 from .ruleset import RuleSet, compile_ignore, load_ruleset
 from .scale_groups import scale_groups
@@ -69,6 +70,8 @@ def optimize(
     single rule is to blame.
     With ``lint_result`` (default) the result is linted with the same rule set and ignore list
     (one dry-run pass plus the checks no rule owns): ``report.remaining_problems``.
+    ``allow_asymmetric`` is deprecated and ignored: uint8 and asymmetric int8 are always accepted
+    (the ``symmetric-int8`` rule converts them).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -100,6 +103,7 @@ def optimize(
     model = load(model_or_path)
     timings["load"] = _ms(t)
 
+    model, upgraded = upgrade_opset(model)  # opset 10-12 -> 13 (exact), before anything reads it
     if calibration_data is not None:  # the pre-pass: the rules get ranges, never run a model
         calibration_data.check(model)  # bad samples fail here, before any rule runs
         t = time.perf_counter()
@@ -118,6 +122,7 @@ def optimize(
             dict(timings),
             t0,
             lint_result,
+            [upgraded] if upgraded else [],
         )
 
     if samples is not None and not dry_run:  # bad samples fail before any rule runs
@@ -187,12 +192,14 @@ def _optimize_loaded(
     timings: dict[str, float],
     t0: float,
     lint_result: bool = True,
+    input_warnings: list[str] | None = None,
 ) -> tuple[onnx.ModelProto, OptimizeReport]:
     """One run of a rule set over a loaded model (left unmodified: the graph is a copy)."""
     from .validate import validate_model
 
     t = time.perf_counter()
-    warnings = list(validate_model(model, allow_asymmetric=allow_asymmetric))
+    warnings = list(input_warnings or [])
+    warnings.extend(validate_model(model))
     graph = QGraph.from_model(model)
     before = _stats(graph)
     timings["validate_import"] = _ms(t)

@@ -52,14 +52,18 @@ class CalibrationData:
 
 def bypass_activation_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` in which every Q -> DQ pair on an activation is skipped (weights keep
-    their Q/DQ): what the model computes with activation quantization switched off."""
+    their Q/DQ): what the model computes with activation quantization switched off. The clamp a
+    uint8/asymmetric range implied (ONNX Runtime deletes that Relu/Clip) is kept as a Clip."""
     return _bypass(model)[0]
 
 
 def _bypass(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
     """``bypass_activation_qdq`` and its aliases: bypassed DQ output name -> the Q's input."""
+    from .asymmetric import materialize_implied_clamps
+
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    materialize_implied_clamps(out)
     g = out.graph
     constants = {t.name for t in g.initializer} | {
         o for n in g.node if n.op_type == "Constant" for o in n.output

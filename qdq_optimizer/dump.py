@@ -126,6 +126,39 @@ def canonical_order(model: onnx.ModelProto, keys: dict[str, str] | None = None) 
     return order
 
 
+def structure_problems(model: onnx.ModelProto) -> list[str]:
+    """Why the graph is not a valid DAG (dangling inputs such as a missing initializer, nodes on a
+    cycle, outputs nothing produces), one line each; [] for a valid graph. The dump still prints
+    such a graph (``?name`` for a dangling tensor, cycle nodes last in file order), but its order
+    is then not canonical, so the command warns."""
+    g = model.graph
+    nodes = list(g.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    available = producer.keys() | {t.name for t in g.initializer} | {i.name for i in g.input}
+    problems: list[str] = []
+    dangling = sorted({x for n in nodes for x in n.input if x and x not in available})
+    if dangling:
+        shown = ", ".join(dangling[:3]) + (
+            f" and {len(dangling) - 3} more" if len(dangling) > 3 else ""
+        )
+        problems.append(
+            f"{len(dangling)} tensor(s) read but not produced by any node, initializer or graph "
+            f"input (missing initializers?): {shown}"
+        )
+    order, _ = kahn_order(nodes, producer)
+    if len(order) < len(nodes):
+        placed = set(order)
+        stuck = [nodes[i].name or f"#{i}" for i in range(len(nodes)) if i not in placed]
+        shown = ", ".join(stuck[:3]) + (f" and {len(stuck) - 3} more" if len(stuck) > 3 else "")
+        problems.append(
+            f"{len(stuck)} node(s) on or behind a cycle (dumped last, in file order): {shown}"
+        )
+    missing = [o.name for o in g.output if o.name not in available]
+    if missing:
+        problems.append(f"graph output(s) not produced: {', '.join(missing[:3])}")
+    return problems
+
+
 def dump_model(model: onnx.ModelProto, *, precision: int = 6, names: bool = False) -> str:
     """The canonical text. ``names=True`` appends each node's original name as a comment."""
     g = model.graph

@@ -92,6 +92,7 @@ class QGraph:
         self._touched: dict[int, Node] | None = None
         self._qparams_cache: dict[int, tuple[tuple, QParams]] = {}
         self.read_only = False  # set by the engine during dry-run: edits then raise
+        self._float_type: np.dtype | None = None
 
     # ------------------------------------------------------------------ construction / export
     @classmethod
@@ -125,6 +126,25 @@ class QGraph:
     @property
     def opset(self) -> int:
         return int(self.gs.opset)
+
+    # ------------------------------------------------------------------ float type
+    @property
+    def float_type(self) -> np.dtype:
+        """The float type the graph computes in (fp32, fp16 or bf16): that of its Q/DQ scales,
+        else of its first float graph input, else float32. Every constant a rewrite writes
+        (scales, biases, folded weights) uses it, or ONNX type inference rejects the model."""
+        if self._float_type is None:
+            self._float_type = _detect_float_type(self.gs)
+        return self._float_type
+
+    def to_float_type(self, value: np.ndarray | float) -> np.ndarray:
+        """``value`` cast to the graph's float type (a no-op for fp32 graphs and fp32 values)."""
+        arr = np.asarray(value)
+        return arr if arr.dtype == self.float_type else arr.astype(self.float_type)
+
+    def float_constant(self, prefix: str, value: np.ndarray | float) -> gs.Constant:
+        """A new constant (uniquely named from ``prefix``) in the graph's float type."""
+        return gs.Constant(self.unique_name(prefix), self.to_float_type(value))
 
     # ------------------------------------------------------------------ index
     def _compact(self) -> None:
@@ -370,7 +390,19 @@ class QGraph:
         return node
 
     def set_input(self, node: Node, index: int, tensor: Tensor) -> None:
-        """Point one input of one node at ``tensor`` (other consumers are untouched)."""
+        """Point one input of one node at ``tensor`` (other consumers are untouched).
+
+        A new float32 constant is cast to the graph's float type (fp16/bf16 graphs), so a
+        rewrite that computed a weight or bias in float32 still writes a valid graph."""
+        if (
+            isinstance(tensor, gs.Constant)
+            and not tensor.inputs
+            and not tensor.outputs
+            and not isinstance(tensor._values, LazyValues)
+            and np.asarray(tensor.values).dtype == np.float32
+            and self.float_type != np.float32
+        ):
+            tensor.values = self.to_float_type(tensor.values)
         self._mark(node.inputs[index])
         node.inputs[index] = tensor
         self._mark(tensor)
@@ -418,7 +450,7 @@ class QGraph:
         base = name or tensor.name
         targets = list(tensor.outputs if consumers is None else consumers)
         zp = np.zeros_like(np.asarray(scale), dtype=np.int8) if zero_point is None else zero_point
-        s_c = self.constant(f"{base}_scale", np.asarray(scale, dtype=np.float32))
+        s_c = self.float_constant(f"{base}_scale", np.asarray(scale, dtype=np.float32))
         z_c = self.constant(f"{base}_zero_point", zp)
         q_out = gs.Variable(self.unique_name(f"{base}_quantized"), dtype=np.asarray(zp).dtype)
         dq_out = gs.Variable(
@@ -459,7 +491,9 @@ class QGraph:
         """Give a Q or DQ node a new scale constant (its own, so shared constants are safe)."""
         self._mark(node.inputs[0])
         self._mark(node.outputs[0])
-        node.inputs[1] = self.constant(f"{node.name}_scale", np.asarray(scale, dtype=np.float32))
+        node.inputs[1] = self.float_constant(
+            f"{node.name}_scale", np.asarray(scale, dtype=np.float32)
+        )
         self.touch()
 
     def cleanup(self) -> int:
@@ -534,6 +568,51 @@ def name_matches(name: str | None, patterns: Iterable[re.Pattern]) -> bool:
 
 
 _LazyValues = gs.ir.tensor.LazyValues
+
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT: np.dtype(np.float32),
+    onnx.TensorProto.FLOAT16: np.dtype(np.float16),
+    onnx.TensorProto.DOUBLE: np.dtype(np.float64),
+}
+
+
+def _bfloat16() -> np.dtype:
+    import ml_dtypes  # onnx's own dependency for bfloat16 arrays
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def _tensor_float_type(t: Tensor) -> np.dtype | None:
+    if isinstance(t, gs.Constant):
+        lazy = t._values
+        dt = lazy.tensor.data_type if isinstance(lazy, _LazyValues) else None
+        if dt == onnx.TensorProto.BFLOAT16:
+            return _bfloat16()
+        if dt is not None:
+            return _FLOAT_TYPES.get(dt)
+        kind = np.asarray(t.values).dtype
+        return kind if kind.kind == "f" or kind.name == "bfloat16" else None
+    if t.dtype is None:
+        return None
+    try:
+        dt = np.dtype(t.dtype)
+    except TypeError:
+        return None
+    return dt if dt.kind == "f" or dt.name == "bfloat16" else None
+
+
+def _detect_float_type(graph: gs.Graph) -> np.dtype:
+    """See ``QGraph.float_type``: the first Q/DQ scale's type, else the first float input's."""
+    for n in graph.nodes:
+        if n.op in (QUANTIZE, DEQUANTIZE) and len(n.inputs) > 1:
+            found = _tensor_float_type(n.inputs[1])
+            if found is not None:
+                return found
+    for t in graph.inputs:
+        found = _tensor_float_type(t)
+        if found is not None:
+            return found
+    return np.dtype(np.float32)
 
 
 def _qparams_key(node: Node) -> tuple | None:

@@ -1,7 +1,9 @@
 """YAML rule sets: find, load, validate and flatten (``extends``) them before any work starts.
 
 ``--rules NAME`` looks for ``NAME.yaml`` in the folders of ``QDQOPT_RULES_PATH`` (os.pathsep
-separated) and then in the repository's ``rules/`` folder; ``--rules PATH`` loads a user file.
+separated) and then in the built-in rule sets: ``qdq_optimizer/rules`` in an installed wheel (setup.py
+maps the repository's ``rules/`` there), the repository's ``rules/`` in a source or editable
+checkout. ``--rules PATH`` loads a user file.
 Every mistake (unknown field or action, bad regex, duplicate id, extends cycle) is a RuleSetError
 naming the file and rule, raised at load time. The schema is documented in docs/rules.md.
 """
@@ -19,8 +21,19 @@ import yaml
 from .actions import get_action, registered_actions
 from .errors import RuleSetError
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 RULES_PATH_ENV = "QDQOPT_RULES_PATH"
+
+
+def _builtin_rules_dir() -> Path:
+    """The built-in rule sets: inside the installed package, else the checkout's ``rules/``."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "rules"
+    if (packaged / "tensorrt.yaml").is_file():
+        return packaged
+    return here.parent / "rules"  # source or editable checkout (rules/ beside the package)
+
+
+RULES_DIR = _builtin_rules_dir()
 
 _SET_KEYS = {"name", "description", "extends", "ignore", "settings", "disable", "rules"}
 _RULE_KEYS = {"id", "why", "match", "action", "params", "enabled"}
@@ -91,13 +104,14 @@ class RuleSet:
 
 # ---------------------------------------------------------------------- finding files
 def search_dirs() -> list[Path]:
-    """Folders searched for ``NAME.yaml``: $QDQOPT_RULES_PATH entries first, then rules/."""
+    """Folders searched for ``NAME.yaml``: $QDQOPT_RULES_PATH entries first, then the built-ins."""
     dirs = [Path(p) for p in os.environ.get(RULES_PATH_ENV, "").split(os.pathsep) if p]
     dirs.append(RULES_DIR)
     return dirs
 
 
 def available_rulesets() -> list[str]:
+    """Names ``--rules NAME`` accepts, from every searched folder, sorted."""
     names: dict[str, None] = {}
     for d in search_dirs():
         if d.is_dir():
@@ -127,8 +141,11 @@ def resolve(spec: str | os.PathLike, relative_to: Path | None = None) -> Path:
     for d in search_dirs():
         if (d / f"{text}.yaml").is_file():
             return d / f"{text}.yaml"
-    known = ", ".join(available_rulesets()) or "none"
-    raise RuleSetError(f"unknown rule set '{text}' (available: {known})")
+    known = ", ".join(available_rulesets()) or f"none: no built-in rule sets in {RULES_DIR}"
+    raise RuleSetError(
+        f"unknown rule set '{text}' (available: {known}; more folders via ${RULES_PATH_ENV}, "
+        "or pass a .yaml path)"
+    )
 
 
 # ---------------------------------------------------------------------- loading

@@ -330,8 +330,11 @@ def island_pairs(graph: QGraph, q: Node, ignore: Iterable[re.Pattern] = ()) -> l
 
 def weighted_source(graph: QGraph, q: Node, ignore: Iterable[re.Pattern] = ()) -> Node | None:
     """The weighted op (not ignored) whose output ``q`` quantizes: its output pair belongs to
-    weighted-output-qdq, not to float-islands."""
+    weighted-output-qdq, not to float-islands. A pair in front of a graph output is not
+    weighted-output-qdq's (it keeps those): float-islands removes it, as it always has."""
     src = graph.producer(q.inputs[0])
-    if is_weighted(graph, src) and not is_ignored(src, ignore):
-        return src
-    return None
+    if not is_weighted(graph, src) or is_ignored(src, ignore):
+        return None
+    if any(graph.is_graph_output(c.outputs[0]) for c in q.outputs[0].outputs if graph.is_dq(c)):
+        return None
+    return src

@@ -3,7 +3,8 @@
 Every check is one linear pass over the graph (dicts keyed by tensor name, Kahn's algorithm for
 cycles, no recursion over nodes), so a 100k-node model validates in about a second. Problems
 raise :class:`~qdq_optimizer.errors.InputError` naming the node; things that are allowed but
-left alone (uint8/int4/fp8 Q/DQ, asymmetric int8 with ``allow_asymmetric``) come back as warnings.
+left alone (int4/fp8/int16 Q/DQ, blocked quantization) come back as warnings. uint8 and asymmetric
+int8 are accepted: the ``symmetric-int8`` rule converts them.
 Unknown ops (custom domains, ops the installed onnx does not know) pass through untouched.
 """
 
@@ -30,7 +31,7 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 _SCALE_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
 
-def validate_model(model: onnx.ModelProto, *, allow_asymmetric: bool = False) -> list[str]:
+def validate_model(model: onnx.ModelProto) -> list[str]:
     """Check ``model`` for everything qdqopt relies on; return warnings, raise InputError."""
     warnings: list[str] = []
     opset = _check_opset(model)
@@ -99,7 +100,7 @@ def validate_model(model: onnx.ModelProto, *, allow_asymmetric: bool = False) ->
     for i, node in enumerate(nodes):
         _check_schema(node, i, ctx, opset)
         if node.op_type in (QUANTIZE, DEQUANTIZE) and node.domain in _DEFAULT_DOMAINS:
-            _check_qdq(node, i, nodes, producer, inits, shapes, allow_asymmetric, warnings)
+            _check_qdq(node, i, nodes, producer, inits, shapes, warnings)
     return warnings
 
 
@@ -232,7 +233,6 @@ def _check_qdq(
     producer: dict[str, int],
     inits: dict[str, TensorProto],
     shapes: dict[str, list],
-    allow_asymmetric: bool,
     warnings: list[str],
 ) -> None:
     label = _label(node, i)
@@ -247,14 +247,16 @@ def _check_qdq(
     if isinstance(scale_src, TensorProto) and scale_src.data_type not in _SCALE_TYPES:
         raise InputError(f"{label} scale has type {_dtype_name(scale_src.data_type)}, not float")
     scale = _to_array(scale_src, f"{label} scale")
-    if scale.dtype.kind != "f":
+    if scale.dtype.kind != "f" and scale.dtype.name != "bfloat16":
         raise InputError(f"{label} scale has dtype {scale.dtype}, not float")
     if scale.size == 0:
         raise InputError(f"{label} has an empty scale")
     s32 = scale.astype(np.float64)
     if not np.all(np.isfinite(s32)):
         raise InputError(f"{label} has a NaN or infinite scale")
-    if np.any(s32 <= 0):
+    if np.any(s32 < 0) or (
+        np.any(s32 == 0) and not _zero_scales_on_zero_channels(node, s32, nodes, producer, inits)
+    ):
         raise InputError(f"{label} has a zero or negative scale (min {float(s32.min()):g})")
     if scale.ndim > 1:
         warnings.append(
@@ -282,16 +284,11 @@ def _check_qdq(
     else:
         dtype = implicit_quant_dtype(node, nodes, producer, inits)
 
-    if dtype == TensorProto.INT8:
-        if zp is not None and np.any(zp.astype(np.int64) != 0):
-            msg = f"{label} is int8 with a non-zero zero point (TensorRT needs symmetric int8)"
-            if not allow_asymmetric:
-                raise InputError(msg + "; --allow-asymmetric downgrades this to a warning")
-            warnings.append(msg + "; passed through untouched")
-    elif dtype is not None:
+    if dtype not in (TensorProto.INT8, TensorProto.UINT8) and dtype is not None:
+        # int8 and uint8, symmetric or not, are handled (symmetric-int8 converts the latter)
         warnings.append(
             f"{label}: {_dtype_name(dtype)} Q/DQ is not handled by the rules "
-            "(they handle int8); passed through untouched"
+            "(they handle int8 and uint8); passed through untouched"
         )
 
     block = attr_int(node, "block_size", 0)
@@ -312,3 +309,29 @@ def _check_qdq(
                 )
         elif axis < -8 or axis > 8:
             raise InputError(f"{label} has an implausible axis {axis}")
+
+
+def _zero_scales_on_zero_channels(
+    node: onnx.NodeProto,
+    scale: np.ndarray,
+    nodes: list[onnx.NodeProto],
+    producer: dict[str, int],
+    inits: dict[str, TensorProto],
+) -> bool:
+    """A zero scale is accepted only on a per-channel weight whose channel is all zero: any
+    positive scale is exact there, and the ``zero-scale-channels`` rule puts one in."""
+    if scale.ndim != 1 or scale.size < 2:
+        return False
+    src = constant_payload(node.input[0], nodes, producer, inits)
+    if src is None and node.op_type == DEQUANTIZE:  # pair form: DQ(Q(W float))
+        j = producer.get(node.input[0])
+        if j is not None and nodes[j].op_type == QUANTIZE:
+            src = constant_payload(nodes[j].input[0], nodes, producer, inits)
+    if src is None:
+        return False
+    w = _to_array(src, f"{_label(node, 0)} input")
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    if w.ndim == 0 or not -w.ndim <= axis < w.ndim or w.shape[axis] != scale.size:
+        return False
+    per_channel = np.moveaxis(w, axis, 0).reshape(scale.size, -1)
+    return bool(np.all(per_channel[scale == 0] == 0))

@@ -95,7 +95,10 @@ def test_verify_with_inputs_file(tmp_path, messy_path, capsys):
 def test_dry_run_writes_nothing(tmp_path, messy_path, capsys):
     out = tmp_path / "o.onnx"
     assert cli.main(["optimize", str(messy_path), str(out), "--rules", "cleanup", "--dry-run"]) == 0
-    assert "(dry run)" in capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(dry run: first pass only)" in text
+    # one read-only pass cannot know the fixpoint: the summary must not claim one
+    assert "would make" in text and "first pass" in text and "fixpoint" not in text
     assert not out.exists()
     assert cli.main(["optimize", str(messy_path), "--rules", "cleanup", "--dry-run"]) == 0
 
@@ -196,3 +199,17 @@ def test_verify_against_float_reference(tmp_path, messy_path, capsys):
     assert "out vs ref dB" in capsys.readouterr().out
     entry = json.loads(rep.read_text())["verify"][0]
     assert entry["sqnr_vs_reference_db"] == {"input": "inf", "output": "inf"}
+
+
+def test_allow_asymmetric_is_an_accepted_no_op(tmp_path, messy_path, capsys):
+    """Deprecated (issue 10): asymmetric input is always converted; old scripts keep working
+    and get the same model."""
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    assert cli.main(["optimize", str(messy_path), str(a), "--rules", "tensorrt"]) == 0
+    assert (
+        cli.main(["optimize", str(messy_path), str(b), "--rules", "tensorrt", "--allow-asymmetric"])
+        == 0
+    )
+    assert _digest(a) == _digest(b)
+    assert cli.main(["lint", str(b), "--rules", "tensorrt", "--allow-asymmetric"]) == 0
+    assert "--allow-asymmetric" not in capsys.readouterr().out

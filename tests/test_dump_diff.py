@@ -260,3 +260,39 @@ def test_dump_and_diff_show_invalid_parameters_without_crashing():
             t.CopyFrom(numpy_helper.from_array(np.zeros(0, dtype=np.float32), t.name))
     assert "scale=float32[0]" in dump_model(m)
     assert diff_models(m, m).differ is False
+
+
+def test_cli_dump_warns_on_a_graph_that_is_not_a_dag(tmp_path, messy, capsys):
+    """A cycle or a missing initializer is still dumped, but never silently as 'canonical'."""
+    good = tmp_path / "good.onnx"
+    onnx.save(messy, good)
+    assert cli.main(["dump", str(good)]) == 0
+    assert capsys.readouterr().err == ""  # a valid graph: no warning
+
+    no_init = onnx.ModelProto()
+    no_init.CopyFrom(messy)
+    lost = no_init.graph.initializer[0].name
+    del no_init.graph.initializer[0]
+    p = tmp_path / "missing-init.onnx"
+    onnx.save(no_init, p)
+    assert cli.main(["dump", str(p)]) == 0
+    captured = capsys.readouterr()
+    assert f"?{lost}" in captured.out
+    assert "warning:" in captured.err and "not a valid graph" in captured.err
+    assert "missing initializers?" in captured.err and lost in captured.err
+
+    b = Builder()
+    x = b.input("x", [1, 4])
+    b.output(b.node("Relu", [x]))
+    cyclic = b.build()
+    first, second = (
+        onnx.helper.make_node("Add", ["x", "loop_b"], ["loop_a"], name="loop_add"),
+        onnx.helper.make_node("Relu", ["loop_a"], ["loop_b"], name="loop_relu"),
+    )
+    cyclic.graph.node.extend([first, second])
+    p = tmp_path / "cycle.onnx"
+    onnx.save(cyclic, p)
+    assert cli.main(["dump", str(p)]) == 0
+    err = capsys.readouterr().err
+    assert "2 node(s) on or behind a cycle" in err and "loop_add" in err
+    assert len(err.strip().splitlines()) == 1

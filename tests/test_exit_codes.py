@@ -120,11 +120,11 @@ def run(argv: list[str], capsys) -> tuple[int, str]:
 
 
 def assert_one_error_line(err: str) -> None:
-    """One error line; click's usage errors may add their 'Usage:' and 'Try --help' lines."""
+    """Exactly one line on stderr, the documented ``qdqopt: error: ...`` (usage errors too)."""
     lines = [line for line in err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith(("qdqopt: ", "Error: "))]
-    assert len(errors) == 1, err
-    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("qdqopt: error: "), err
+    assert "Traceback" not in err and "Usage:" not in err
 
 
 def test_every_command_is_covered() -> None:
@@ -132,24 +132,53 @@ def test_every_command_is_covered() -> None:
 
 
 @pytest.mark.parametrize("name", list(cli.SUBCOMMANDS))
-def test_help_exits_0(name: str, capsys) -> None:
+def test_help_exits_0_with_examples_and_exit_codes(name: str, capsys) -> None:
     rc = cli.main([name, "--help"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "Usage:" in out
+    examples = out.split("Examples:", 1)[1].split("Exit codes:", 1)[0]
+    assert f"qdqopt {name} " in examples  # at least one example of this very command
+    codes = out.split("Exit codes:", 1)[1]
+    assert "0  " in codes and "2  bad usage" in codes and "3  internal error" in codes
 
 
 def test_top_level_help_and_version(capsys) -> None:
     assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Examples:" in out and "Exit codes:" in out and "1  a check found problems" in out
     assert cli.main(["--version"]) == 0
+    capsys.readouterr()
     assert cli.main(["no-such-command"]) == 2
+    assert_one_error_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("name", list(cli.SUBCOMMANDS))
 def test_bad_usage_exits_2(name: str, capsys) -> None:
     rc, err = run([name, "--no-such-option-xyz"], capsys)
     assert rc == 2
-    assert "Traceback" not in err
+    assert_one_error_line(err)
+    assert "--no-such-option-xyz" in err and f"'qdqopt {name} --help'" in err
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["optimize", "{dir}", "{out}.onnx"], "is a directory"),  # a folder as IN
+        (["optimize", "{in}", "{dir}"], "is a directory"),  # a folder as OUT
+        (["lint", "{in}", "--format", "yaml"], "'yaml' is not one of"),
+        (["dump", "{in}", "--precision", "99"], "--precision"),
+        (["lint"], "Missing argument 'IN'"),
+        (["diff", "{in}"], "Missing argument 'B'"),
+        (["export", "{ckpt}"], "Missing option '--save'"),
+    ],
+)
+def test_usage_errors_are_one_line(argv, needle, work, capsys) -> None:
+    rc, err = run(fill(argv, work), capsys)
+    assert rc == 2
+    assert_one_error_line(err)
+    assert needle in err
+    assert not Path(work["out"] + ".onnx").exists()
 
 
 @pytest.mark.parametrize("name", sorted(PRIMARY_INPUT))

@@ -130,9 +130,26 @@ def test_plan_without_tensorrt(tmp_path: Path, monkeypatch, capsys) -> None:
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"\x00ptrt")
     assert main(["inspect", str(plan)]) == 2
-    err = capsys.readouterr().err
-    assert "--profilingVerbosity=detailed --exportLayerInfo=model.graph.json" in err
+    err = " ".join(capsys.readouterr().err.split())
+    stem = tmp_path / "model"
+    assert f"trtexec --onnx={stem}.onnx --int8" in err  # the plan's own name, not a stock one
+    assert f"--profilingVerbosity=detailed --exportLayerInfo={stem}.graph.json" in err
     assert "TensorRT 11 has no --int8 flag" in err
+
+
+def test_build_hint_names_the_users_model(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    onnx_in = tmp_path / "my-detector.onnx"
+    onnx_in.write_bytes((FIX / "tiny-qdq.onnx").read_bytes())
+    assert main(["build", str(onnx_in), "--engine", str(tmp_path / "e.plan")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("qdqopt: error:") and err.count("qdqopt: error:") == 1
+    # the user's model in, and the files where build would have written them
+    assert f"trtexec --onnx={onnx_in} --saveEngine={tmp_path / 'e.plan'} " in err
+    assert f"--exportLayerInfo={tmp_path / 'e.graph.json'}" in err
+    assert f"--exportProfile={tmp_path / 'e.profile.json'}" in err
+    assert "model.onnx" not in err
+    assert not (tmp_path / "e.plan").exists()
 
 
 class FakeBuilder:
@@ -194,3 +211,33 @@ def test_build_cli_with_fake_and_without_tensorrt(tmp_path: Path, monkeypatch, c
         TensorRTBuilder().build(FIX / "tiny-qdq.onnx", fp16=False)
     assert main(args) == 2
     assert "needs the tensorrt Python package" in capsys.readouterr().err
+
+
+def test_cut_layer_names_end_in_an_ellipsis(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Names cut to fit (summary 70, table 120 characters) are marked, never passed off as real."""
+    monkeypatch.setenv("COLUMNS", "260")  # wide enough that rich does not wrap the name cell
+    long_name = "/model.1/conv/Conv + /model.1/act/Relu + " * 3 + "/model.2/Add + Relu"
+    short_name = "/model.9/conv/Conv"
+    assert len(long_name) > 120
+
+    def layer(name: str, dtype: str) -> dict:
+        return {
+            "Name": name,
+            "LayerType": "CaskConvolution",
+            "Inputs": [{"Name": "x", "Format/Datatype": f"Row major linear {dtype}"}],
+            "Outputs": [{"Name": "y", "Format/Datatype": f"Row major linear {dtype}"}],
+        }
+
+    report = tmp_path / "long.graph.json"
+    report.write_text(
+        json.dumps(
+            {"Layers": [layer(long_name, "FP32"), layer(short_name, "FP32")], "Bindings": []}
+        )
+    )
+    assert main(["inspect", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert long_name not in out
+    assert long_name[:69] + "…" in out  # the summary's non-INT8 list
+    table_lines = [line for line in out.splitlines() if long_name[:100] in line]
+    assert any(long_name[:119] + "…" in line for line in table_lines), out
+    assert short_name in out and short_name + "…" not in out  # short names stay whole

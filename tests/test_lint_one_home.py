@@ -85,10 +85,10 @@ def test_rule_lint_and_check_lint_find_the_same_placement_problems(make) -> None
 
 
 def test_optimize_reports_what_is_left() -> None:
-    """A uint8 activation pair is passed through (no rule handles it): the result still has a
+    """An int16 activation pair is passed through (no rule handles it): the result still has a
     problem, and the report says so under the check's id."""
     g = G()
-    y = g.conv(g.q("x", 0.05, "u8", dtype=np.uint8), name="conv")
+    y = g.conv(g.q("x", 0.05, "i16", dtype=np.int16), name="conv")
     out, rep = optimize(g.model([y]), "tensorrt")
     ids = {p.rule_id for p in rep.remaining_problems}
     assert "trt-qdq-type" in ids
@@ -117,9 +117,9 @@ def test_cli_strict_and_summary(tmp_path, capsys) -> None:
     out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
     assert cli.main(["optimize", str(src), str(out), "--rules", "yolov8", "--strict"]) == 0
     assert "remaining: none" in capsys.readouterr().out
-    # a uint8 pair no rule converts: optimize succeeds, says what is left; --strict fails
+    # an int16 pair no rule converts: optimize succeeds, says what is left; --strict fails
     g = G()
-    y = g.conv(g.q("x", 0.05, "u8", dtype=np.uint8), name="conv")
+    y = g.conv(g.q("x", 0.05, "i16", dtype=np.int16), name="conv")
     bad = tmp_path / "u8.onnx"
     bad.write_bytes(g.model([y]).SerializeToString())
     assert cli.main(["optimize", str(bad), str(out), "--report", str(rep)]) == 0

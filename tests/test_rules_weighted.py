@@ -75,3 +75,154 @@ def test_keep_weight_q_from_rule_params() -> None:
     out, rep = optimize(m, "tensorrt", settings={"keep_weight_q": True})
     assert rep.result("weight-int8").count == 0
     assert count(out, "QuantizeLinear") == count(m, "QuantizeLinear")  # weight Qs kept
+
+
+# ------------------------------------------------------------ weight forms (issue 10, item 7)
+def _weighted_graph(
+    op: str, w: np.ndarray, scale: np.ndarray | None, axis: int, form: str = "int8"
+):
+    """x -> Q/DQ -> op(W) -> y, W as an int8 DQ, a Q/DQ pair over float W, or float W."""
+    from onnx import TensorProto, helper
+
+    inits = [
+        numpy_helper.from_array(np.float32(0.05), "xs"),
+        numpy_helper.from_array(np.int8(0), "xz"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="xq"),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"], name="xd"),
+    ]
+    if form == "float":
+        inits.append(numpy_helper.from_array(w, "w"))
+        wname = "w"
+    else:
+        inits += [
+            numpy_helper.from_array(scale.astype(np.float32), "ws"),
+            numpy_helper.from_array(np.zeros(scale.shape, np.int8), "wz"),
+        ]
+        if form == "pair":
+            inits.append(numpy_helper.from_array(w, "w"))
+            nodes.append(
+                helper.make_node("QuantizeLinear", ["w", "ws", "wz"], ["wq"], name="wQ", axis=axis)
+            )
+            src = "wq"
+        else:
+            sh = [1] * w.ndim
+            sh[axis] = -1
+            s = np.where(scale > 0, scale, 1).reshape(sh)
+            inits.append(
+                numpy_helper.from_array(np.clip(np.rint(w / s), -127, 127).astype(np.int8), "w")
+            )
+            src = "w"
+        nodes.append(
+            helper.make_node("DequantizeLinear", [src, "ws", "wz"], ["wd"], name="wDQ", axis=axis)
+        )
+        wname = "wd"
+    cin = w.shape[0] if op == "ConvTranspose" else w.shape[1]
+    nodes.append(helper.make_node(op, ["xd", wname], ["y"], name="op"))
+    g = helper.make_graph(
+        nodes,
+        "w",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _raw(model, x):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return s.run(None, {"x": x})[0]
+
+
+def _x(c: int) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((1, c, 4, 4)).astype(np.float32)
+
+
+def test_zero_scale_on_all_zero_channel_is_accepted_and_fixed_exactly() -> None:
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((4, 3, 3, 3)) * 0.2).astype(np.float32)
+    w[2] = 0  # a pruned filter: max|w| / 127 = 0
+    scale = (np.abs(w).reshape(4, -1).max(1) / 127).astype(np.float32)
+    assert scale[2] == 0
+    m = _weighted_graph("Conv", w, scale, 0)
+    out, rep = optimize(m, "cleanup")
+    assert rep.result("zero-scale-channels").count == 1
+    s = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    dq = next(n for n in out.graph.node if n.name == "wDQ")
+    assert np.all(s[dq.input[1]] > 0)
+    np.testing.assert_array_equal(_raw(m, _x(3)), _raw(out, _x(3)))
+    trt, _ = optimize(m, "tensorrt")  # the TensorRT set runs on it too
+    np.testing.assert_array_equal(_raw(m, _x(3)), _raw(trt, _x(3)))
+
+
+def test_zero_scale_on_a_non_zero_channel_is_still_refused() -> None:
+    import pytest
+
+    from qdq_optimizer.errors import InputError
+
+    w = np.ones((4, 3, 1, 1), np.float32)
+    scale = np.float32([0.01, 0.01, 0.0, 0.01])
+    with pytest.raises(InputError, match="zero or negative"):
+        optimize(_weighted_graph("Conv", w, scale, 0), "cleanup")
+
+
+def _ct_weight(cin: int = 4, cout: int = 6) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    # output channels with very different magnitudes: axis-0 scales fit them badly
+    return (
+        rng.standard_normal((cin, cout, 2, 2)) * np.geomspace(0.01, 1, cout)[None, :, None, None]
+    ).astype(np.float32)
+
+
+def _sqnr(ref: np.ndarray, x: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(ref**2) / np.sum((ref - x) ** 2)))
+
+
+def test_convtranspose_axis0_weights_requantized_on_axis1_from_float() -> None:
+    w = _ct_weight()
+    s0 = (np.abs(w).reshape(4, -1).max(1) / 127).astype(np.float32)
+    m = _weighted_graph("ConvTranspose", w, s0, 0, form="pair")
+    out, rep = optimize(m, "tensorrt")
+    assert rep.result("convtranspose-weight-axis").count == 1
+    dq = next(
+        n
+        for n in out.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.output[0]
+        in {i for c in out.graph.node if c.op_type == "ConvTranspose" for i in c.input[1:2]}
+    )
+    assert {a.name: a.i for a in dq.attribute}["axis"] == 1
+    ref = _raw(_weighted_graph("ConvTranspose", w, None, 0, form="float"), _x(4))
+    before, after = _sqnr(ref, _raw(m, _x(4))), _sqnr(ref, _raw(out, _x(4)))
+    assert after > before + 3, (before, after)  # measured: per-output-channel fits the weights
+
+
+def test_float_weight_conv_with_int8_input_gets_int8_per_channel_weights() -> None:
+    w = (np.random.default_rng(5).standard_normal((6, 4, 3, 3)) * 0.2).astype(np.float32)
+    m = _weighted_graph("Conv", w, None, 0, form="float")
+    out, rep = optimize(m, "tensorrt")
+    assert rep.result("quantize-float-weights").count == 1
+    assert any("quantize-float-weights" in x for x in rep.warnings)
+    conv = next(n for n in out.graph.node if n.op_type == "Conv")
+    prod = {o: n for n in out.graph.node for o in n.output}
+    dq = prod[conv.input[1]]
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].dtype == np.int8
+    assert inits[dq.input[1]].shape == (6,)
+    ref = _raw(m, _x(4))
+    assert _sqnr(ref, _raw(out, _x(4))) > 30  # measured rounding of max/127 per channel
+    again, rep2 = optimize(out, "tensorrt")
+    assert rep2.result("quantize-float-weights").count == 0
+
+
+def test_float_weight_conv_on_the_ignore_list_stays_float() -> None:
+    w = (np.random.default_rng(5).standard_normal((6, 4, 3, 3)) * 0.2).astype(np.float32)
+    out, rep = optimize(
+        _weighted_graph("Conv", w, None, 0, form="float"), "tensorrt", ignore=["^op$"]
+    )
+    assert rep.result("quantize-float-weights").count == 0

@@ -29,7 +29,17 @@ def test_builtin_cleanup_by_name_and_by_path():
     by_name = load_ruleset("cleanup")
     by_path = load_ruleset(str(RULES_DIR / "cleanup.yaml"))
     ids = [r.id for r in by_name.rules]
-    assert ids == ["collapse-dq-q", "merge-duplicate-q", "merge-duplicate-dq", "drop-dead-qdq"]
+    assert ids == [
+        "constant-to-initializer",
+        "remove-identity",
+        "fold-constant-layout",
+        "fold-dq-constant",
+        "zero-scale-channels",
+        "collapse-dq-q",
+        "merge-duplicate-q",
+        "merge-duplicate-dq",
+        "drop-dead-qdq",
+    ]
     assert [r.id for r in by_path.rules] == ids
     assert by_name.chain == ["cleanup"]
     assert "cleanup" in available_rulesets()

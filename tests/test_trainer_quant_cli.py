@@ -118,3 +118,63 @@ def test_float_export_and_device_check(setup, tmp_path, capsys):
         )
         assert "CUDA is not available" in capsys.readouterr().err
     assert cli.main(_quant_args(weights, data, "--calib-method", "nope")) == 2
+
+
+def test_sensitive_same_seed_same_results_and_quiet_log(setup, tmp_path, capsys):
+    """Two runs with one --seed agree byte for byte; into a non-TTY nothing but the table."""
+    root, data, weights = setup
+    outs = [tmp_path / "a.json", tmp_path / "b.json"]
+    for out in outs:
+        args = ["sensitive", str(weights), "--data", str(data), "--img-size", str(SIZE),
+                "--batch-size", "2", "--calib-batches", "2", "--num-image", "3",
+                "--layers", "0,77", "--seed", "5", "--summary", str(out)]  # fmt: skip
+        assert cli.main(args) == 0
+        captured = capsys.readouterr()
+        assert captured.err == ""  # no progress bars, no blank lines (stderr is not a TTY)
+        assert "" not in captured.out.splitlines()[1:-1]  # the table has no blank lines either
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+def test_loader_seed_fixes_order_and_augmentation(setup):
+    from trainer.data import create_dataloader, load_dataset
+
+    _, data, _ = setup
+
+    def epoch(seed):
+        ds = load_dataset(data, SIZE, augment=True)
+        loader = create_dataloader(ds, SIZE, 2, shuffle=True, seed=seed)
+        batches = list(loader)
+        ids = [m["image_id"] for _, _, metas in batches for m in metas]
+        return ids, torch.cat([x for x, _, _ in batches])
+
+    ids_a, px_a = epoch(11)
+    ids_b, px_b = epoch(11)
+    ids_c, px_c = epoch(12)
+    assert ids_a == ids_b and torch.equal(px_a, px_b)  # same shuffle, same augmentations
+    assert ids_a != ids_c  # another seed, another order (6 images: checked once, fixed seeds)
+
+
+def test_sizes_default_to_the_checkpoints(setup, tmp_path, capsys):
+    """quantize / sensitive / export without a size use the one the checkpoint records."""
+    _, data, weights = setup
+    from trainer.evaluate import stored_img_size
+
+    recorded = stored_img_size(weights)
+    if recorded is None:
+        pytest.skip("the fixture checkpoint is absent (a fresh model records no size)")
+    ptq = tmp_path / "ptq.pt"
+    args = ["quantize", str(weights), "--data", str(data), "--batch-size", "3",
+            "--calib-batches", "1", "--no-progress", "--ptq", str(ptq), "--rules", "yolov7-tiny"]  # fmt: skip
+    assert cli.main(args) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["options"]["img_size"] == recorded == stored_img_size(ptq)
+    capsys.readouterr()
+    onnx_out = tmp_path / "ptq.onnx"
+    assert cli.main(["export", str(ptq), "--save", str(onnx_out)]) == 0  # size from PTQ meta
+    assert f"({recorded} px)" in capsys.readouterr().out
+    dims = onnx.load(str(onnx_out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims][2:] == [recorded, recorded]
+    args = ["sensitive", str(weights), "--data", str(data), "--batch-size", "3",
+            "--calib-batches", "1", "--num-image", "2", "--layers", "0"]  # fmt: skip
+    assert cli.main(args) == 0
+    assert f"at {recorded} px" in capsys.readouterr().out

@@ -90,3 +90,18 @@ def test_cli_train_and_bad_input(tiny_set, tmp_path, capsys):
     assert main(["train", "--data", str(tiny_set), "--save", str(tmp_path / "no" / "x.pt")]) == 2
     assert not bad.exists()
     assert "error" in capsys.readouterr().err
+
+
+def test_train_seed_repeats_shuffle_and_augmentation(tiny_set, tmp_path):
+    """Same --seed, same weights: the shuffle and the augmentation are both seeded."""
+    from trainer.train import train
+
+    def weights(seed: int, name: str) -> dict:
+        out = tmp_path / name
+        train(tiny_set, out, width=0.25, img_size=64, epochs=1, batch_size=4, seed=seed,
+              progress=False, log=lambda s: None)  # fmt: skip
+        return load_model(out).state_dict()
+
+    a, b, c = weights(3, "a.pt"), weights(3, "b.pt"), weights(4, "c.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

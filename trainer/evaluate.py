@@ -2,7 +2,9 @@
 
 Every model is reduced to one function ``images [B,3,S,S] -> outputs [B,N,5+nc]`` (the tensor the
 ONNX export names ``outputs``), so PyTorch and ONNX numbers come from the same NMS, the same box
-mapping back through the letterbox and the same pycocotools COCOeval.
+mapping back through the letterbox and the same pycocotools COCOeval. Batches, NMS and box mapping
+are numpy, so an ONNX model is evaluated without importing torch; torch is imported only for a
+module or a ``.pt`` checkpoint.
 """
 
 from __future__ import annotations
@@ -13,29 +15,34 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from qdq_optimizer.errors import InputError
 
-from .data import DetectionDataset, create_dataloader, load_dataset
+from .data import DetectionDataset, iter_batches, load_dataset
 from .nms import non_max_suppression
 
-Predictor = Callable[[torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:
+    from torch import nn
+
+# images [B, 3, S, S] float32 -> decoded head output [B, N, 5 + nc] float32
+Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 def torch_predictor(model: nn.Module, device: str = "cpu") -> Predictor:
     """Wrap a module; tuple outputs (upstream style ``(pred, raw)``) are reduced to ``pred``."""
+    import torch
+
     model.eval().to(device)
 
     @torch.no_grad()
-    def run(x: torch.Tensor) -> torch.Tensor:
-        y = model(x.to(device))
+    def run(x: np.ndarray) -> np.ndarray:
+        y = model(torch.from_numpy(x).to(device))
         if isinstance(y, (tuple, list)):
             y = y[0]
-        return y.float().cpu()
+        return y.float().cpu().numpy()
 
     return run
 
@@ -56,8 +63,8 @@ def onnx_predictor(path: str | os.PathLike) -> tuple[Predictor, int | None]:
     fixed_batch = shape[0] if isinstance(shape[0], int) else None
     fixed_size = shape[2] if len(shape) == 4 and isinstance(shape[2], int) else None
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        arr = x.numpy().astype(np.float32)
+    def run(x: np.ndarray) -> np.ndarray:
+        arr = np.asarray(x, dtype=np.float32)
         if fixed_batch is not None and fixed_batch != len(arr):
             chunks = [arr[i : i + fixed_batch] for i in range(0, len(arr), fixed_batch)]
             if len(chunks[-1]) != fixed_batch:  # pad the last partial batch
@@ -66,7 +73,7 @@ def onnx_predictor(path: str | os.PathLike) -> tuple[Predictor, int | None]:
             y = np.concatenate([sess.run([out_name], {in_name: c})[0] for c in chunks])[: len(arr)]
         else:
             y = sess.run([out_name], {in_name: arr})[0]
-        return torch.from_numpy(y)
+        return np.asarray(y, dtype=np.float32)
 
     return run, fixed_size
 
@@ -104,10 +111,11 @@ def evaluate(
         ds = DetectionDataset(
             ds.records[:max_images], img_size, ds.category_ids, ds.names, False, ds.source
         )
-    loader = create_dataloader(ds, img_size, batch_size)
+    batches = iter_batches(ds, batch_size)
+    total = -(-len(ds) // batch_size)
     results: list[dict] = []
     nc_checked = False
-    for imgs, _targets, metas in _track(loader, progress, "evaluating"):
+    for imgs, metas in _track(batches, progress, "evaluating", total):
         pred = predictor(imgs)
         if pred.ndim != 3 or pred.shape[-1] < 6:
             raise InputError(f"model output has shape {tuple(pred.shape)}, expected [B, N, 5 + nc]")
@@ -144,7 +152,7 @@ def coco_map(ds: DetectionDataset, results: list[dict], image_ids: list[int]) ->
 
 
 def _predictor(model, img_size: int, device: str, trust: bool, repo) -> tuple[Predictor, int]:
-    if isinstance(model, nn.Module):
+    if not isinstance(model, (str, os.PathLike)):  # a torch module
         return torch_predictor(model, device), img_size
     p = Path(model)
     if not p.is_file():
@@ -168,15 +176,15 @@ def _category_ids(ds: DetectionDataset, nc: int) -> list[int]:
     raise InputError(f"the model predicts {nc} classes but {ds.source} has {ds.nc} categories")
 
 
-def _to_coco(det: torch.Tensor, meta: dict, cat_ids: list[int]) -> list[dict]:
+def _to_coco(det: np.ndarray, meta: dict, cat_ids: list[int]) -> list[dict]:
     """Undo the letterbox, clip to the image, convert to COCO ``[x, y, w, h]`` result dicts."""
     if not len(det):
         return []
     lb = meta["letterbox"]
     h, w = lb.orig_hw
-    box = det[:, :4].clone()
-    box[:, [0, 2]] = ((box[:, [0, 2]] - lb.pad[0]) / lb.ratio).clamp(0, w)
-    box[:, [1, 3]] = ((box[:, [1, 3]] - lb.pad[1]) / lb.ratio).clamp(0, h)
+    box = det[:, :4].copy()
+    box[:, [0, 2]] = ((box[:, [0, 2]] - np.float32(lb.pad[0])) / np.float32(lb.ratio)).clip(0, w)
+    box[:, [1, 3]] = ((box[:, [1, 3]] - np.float32(lb.pad[1])) / np.float32(lb.ratio)).clip(0, h)
     out = []
     for b, score, cls in zip(box.tolist(), det[:, 4].tolist(), det[:, 5].tolist(), strict=True):
         out.append(
@@ -195,9 +203,11 @@ def _to_coco(det: torch.Tensor, meta: dict, cat_ids: list[int]) -> list[dict]:
     return out
 
 
-def _track(iterable, enabled: bool, label: str):
-    """A rich progress bar on stderr (transient), or the bare iterable."""
-    if not enabled:
+def _track(iterable, enabled: bool, label: str, total: int):
+    """A rich progress bar on stderr (transient) when it is a terminal, or the bare iterable."""
+    import sys
+
+    if not enabled or not sys.stderr.isatty():
         yield from iterable
         return
     from rich.console import Console
@@ -208,12 +218,13 @@ def _track(iterable, enabled: bool, label: str):
         description=label,
         console=Console(stderr=True),
         transient=True,
-        total=len(iterable),
+        total=total,
     )
 
 
 def stored_img_size(model: str | os.PathLike) -> int | None:
-    """The input size a model was made for: a fixed ONNX input, or a checkpoint's ``img_size``."""
+    """The input size a model was made for: a fixed ONNX input, or a checkpoint's ``img_size``
+    (a quantized checkpoint's ``meta.img_size``); None when it records none."""
     p = Path(model)
     if not p.is_file():
         return None
@@ -229,9 +240,16 @@ def stored_img_size(model: str | os.PathLike) -> int | None:
         except Exception:  # noqa: BLE001 - unreadable models are reported by evaluate()
             return None
         return dims[2].dim_value if len(dims) == 4 and dims[2].dim_value > 0 else None
+    import torch
+
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - unreadable files are reported by evaluate()
         return None
-    size = obj.get("img_size") if isinstance(obj, dict) else None
-    return int(size) if isinstance(size, int) else None
+    if not isinstance(obj, dict):
+        return None
+    size = obj.get("img_size")
+    meta = obj.get("meta")
+    if size is None and isinstance(meta, dict):  # qdqopt quantize's PTQ/QAT checkpoints
+        size = meta.get("img_size")
+    return int(size) if isinstance(size, int) and size > 0 else None

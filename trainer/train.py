@@ -110,7 +110,10 @@ def train(
         model = build_model(model_name, train_ds.nc, width)
     model.names = list(train_ds.names)
     model.to(device).train()
-    loader = create_dataloader(train_ds, img_size, batch_size, shuffle=True, workers=workers)
+    # seeded shuffle and augmentation (per worker from the loader's seed): --seed repeats a run
+    loader = create_dataloader(
+        train_ds, img_size, batch_size, shuffle=True, workers=workers, seed=seed
+    )
     criterion = YoloLoss(model, img_size=img_size)
     opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999))
     total = epochs * len(loader)

@@ -110,7 +110,7 @@ def _fold_plan(graph: QGraph, conv: Node, g: np.ndarray, h: np.ndarray) -> dict 
     new_bias = (np.asarray(bias, np.float32) * g + h).astype(np.float32)
 
     def set_bias() -> None:
-        c = gs.Constant(graph.unique_name(f"{conv.name}_bias"), new_bias)
+        c = graph.float_constant(f"{conv.name}_bias", new_bias)
         if len(conv.inputs) > 2:
             graph.set_input(conv, 2, c)
         else:
@@ -124,7 +124,7 @@ def _fold_plan(graph: QGraph, conv: Node, g: np.ndarray, h: np.ndarray) -> dict 
         new_w = (np.asarray(w, np.float32) * g.reshape(shape)).astype(np.float32)
 
         def apply_float() -> None:
-            graph.set_input(conv, 1, gs.Constant(graph.unique_name(f"{w_t.name}_bn"), new_w))
+            graph.set_input(conv, 1, graph.float_constant(f"{w_t.name}_bn", new_w))
             set_bias()
 
         return {"form": "float", "apply": apply_float}
@@ -153,13 +153,14 @@ def _fold_plan(graph: QGraph, conv: Node, g: np.ndarray, h: np.ndarray) -> dict 
     if np.any((wq == -128) & (sign < 0)):
         return "an int8 weight of -128 would be negated (not representable)"
     new_wq = (wq * sign).astype(np.int8)
-    new_scale = (scale * np.abs(g)).astype(np.float32)
+    # rounded to the graph's float type first, so the pair form below dequantizes exactly
+    new_scale = graph.to_float_type(scale * np.abs(g)).astype(np.float32)
     if np.any(new_scale <= 0) or not np.all(np.isfinite(new_scale)):
         return "gamma/sigma is zero or not finite for some channel"
     zp = np.zeros(cout, np.int8)
 
     def apply_q() -> None:
-        s_c = gs.Constant(graph.unique_name(f"{w_t.name}_scale"), new_scale)
+        s_c = graph.float_constant(f"{w_t.name}_scale", new_scale)
         z_c = gs.Constant(graph.unique_name(f"{w_t.name}_zero_point"), zp)
         nodes = [q, dq] if pair_form else [dq]
         for n in nodes:
@@ -171,7 +172,7 @@ def _fold_plan(graph: QGraph, conv: Node, g: np.ndarray, h: np.ndarray) -> dict 
             n.attrs["axis"] = axis
         if pair_form:
             w_float = dequantize_np(new_wq, new_scale, None, axis)
-            q.inputs[0] = gs.Constant(graph.unique_name(f"{w_t.name}_bn"), w_float)
+            q.inputs[0] = graph.float_constant(f"{w_t.name}_bn", w_float)
         else:
             dq.inputs[0] = gs.Constant(graph.unique_name(f"{w_t.name}_bn"), new_wq)
         graph.touch()

@@ -7,7 +7,7 @@ import every action module (``load_actions``) without an import cycle.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +95,10 @@ class ActionContext:
     def note(self, text: str) -> None:
         """Record an observation for the report (not a change)."""
         self.notes.append(text)
+
+    def any_ignored(self, nodes: Iterable[Node]) -> bool:
+        """True when any of ``nodes`` is on the ignore list."""
+        return any(self.is_ignored(n) for n in nodes)
 
     def cannot_fix(self, nodes: list[str], message: str) -> None:
         """Record a problem this rule finds but cannot fix; lint reports it under the rule id."""

@@ -133,7 +133,7 @@ def float_bias(graph: QGraph, node: Node | None, params: dict, ctx: ActionContex
     if ctx.dry_run:
         return [change]
     values = dequantize_np(raw, p.scale, p.zero_point, p.axis)
-    graph.set_input(w, 2, gs.Constant(graph.unique_name(f"{w.name}_bias"), values))
+    graph.set_input(w, 2, graph.float_constant(f"{w.name}_bias", values))
     graph.drop_if_unused(dq)
     return [change]
 

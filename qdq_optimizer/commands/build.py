@@ -5,9 +5,17 @@ from __future__ import annotations
 import click
 
 from ..engines.build import build_engine
+from .cli_help import epilog
 
 
-@click.command(name="build")
+@click.command(
+    name="build",
+    epilog=epilog(
+        "qdqopt build out/model-opt.onnx --engine out/model-opt.plan",
+        "qdqopt build model.onnx --engine model.plan --report model.graph.json --fp16",
+        ok="engine and report written (exit 2 also when tensorrt or a GPU is missing)",
+    ),
+)
 @click.argument("onnx_model", type=click.Path(dir_okay=False))
 @click.option(
     "--engine",

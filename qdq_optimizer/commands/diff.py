@@ -8,9 +8,17 @@ from pathlib import Path
 import click
 
 from ..errors import CheckFailed
+from .cli_help import epilog
 
 
-@click.command(name="diff")
+@click.command(
+    name="diff",
+    epilog=epilog(
+        "qdqopt diff model.onnx out/model-opt.onnx",
+        "qdqopt diff a.onnx b.onnx --format json --precision 4",
+        check="the models differ",
+    ),
+)
 @click.argument("a_path", metavar="A", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("b_path", metavar="B", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -21,7 +29,12 @@ from ..errors import CheckFailed
     help="Significant digits used to compare scales.",
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output as text or JSON.",
 )
 def command(a_path: Path, b_path: Path, precision: int, fmt: str) -> None:
     """Summarise Q/DQ pairs added/removed/moved, scales changed, other nodes added/removed."""

@@ -24,6 +24,7 @@ from ..engines.render import (
 )
 from ..errors import CheckFailed, UsageError
 from ..fileio import check_output_path, write_text_atomic
+from .cli_help import epilog
 
 
 def _load(path: str, profile: str | None, fold: bool):
@@ -33,7 +34,15 @@ def _load(path: str, profile: str | None, fold: bool):
     return report
 
 
-@click.command(name="inspect")
+@click.command(
+    name="inspect",
+    epilog=epilog(
+        "qdqopt inspect model.graph.json --expect int8 --onnx model.onnx",
+        "qdqopt inspect model.plan --profile model.profile.json --summary-only",
+        "qdqopt inspect opt.graph.json --compare naive.graph.json --format markdown",
+        check="--expect int8 found non-INT8 layers",
+    ),
+)
 @click.argument("report", type=click.Path(dir_okay=False))
 @click.option(
     "--profile",
@@ -71,7 +80,14 @@ def _load(path: str, profile: str | None, fold: bool):
     metavar="REGEX",
     help="Layers (name or ONNX node) allowed to stay non-INT8 (repeatable).",
 )
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+    help="table (rich), json (stable schema), markdown, dot or svg (needs graphviz).",
+)
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False), help="Write to this file instead of stdout."
 )

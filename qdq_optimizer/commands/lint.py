@@ -11,16 +11,39 @@ from pathlib import Path
 import click
 
 from ..errors import CheckFailed
+from .cli_help import epilog, rules_option
 
 
-@click.command(name="lint")
-@click.argument("input_path", metavar="IN", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--rules", default="tensorrt", show_default=True, help="Rule set name or YAML path.")
-@click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+@click.command(
+    name="lint",
+    epilog=epilog(
+        "qdqopt lint out/model-opt.onnx --rules yolov7",
+        "qdqopt lint model.onnx --rules tensorrt --format json > problems.json",
+        check="problems found (a CI gate)",
+    ),
 )
-@click.option("--ignore", multiple=True, metavar="REGEX", help="Leave matching nodes alone.")
-@click.option("--allow-asymmetric", is_flag=True, help="Warn on non-zero zero points instead.")
+@click.argument("input_path", metavar="IN", type=click.Path(dir_okay=False, path_type=Path))
+@rules_option()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Problems as text lines or one JSON document.",
+)
+@click.option(
+    "--ignore",
+    multiple=True,
+    metavar="REGEX",
+    help="Leave nodes whose name matches REGEX alone (repeatable: --ignore A --ignore B).",
+)
+@click.option(
+    "--allow-asymmetric",
+    is_flag=True,
+    hidden=True,
+    help="Deprecated, no effect: uint8 and asymmetric int8 are converted (rule symmetric-int8).",
+)
 @click.option(
     "--checks",
     type=click.Choice(["auto", "on", "off"]),

@@ -17,17 +17,27 @@ from ..errors import CheckFailed, UsageError
 from ..fileio import check_output_path, write_text_atomic
 from ..fixpoint import DEFAULT_MAX_ITERATIONS
 from ..report import OptimizeReport
+from .cli_help import epilog, rules_option
 
 MAX_WARNINGS = 10  # the rest go to --report
 MAX_REMAINING = 10  # remaining problems printed; all are in --report
 
 
-@click.command(name="optimize")
+@click.command(
+    name="optimize",
+    epilog=epilog(
+        "qdqopt optimize model.onnx out/model-opt.onnx --rules yolov7",
+        "qdqopt optimize model.onnx out/model-opt.onnx --rules yolov8 \\",
+        "    --calibration-data calib.npz --inputs val.npz --reference float.onnx",
+        "qdqopt optimize model.onnx --dry-run -v --ignore 'model\\.77\\.'",
+        ok="OUT written (or the dry run reported)",
+    ),
+)
 @click.argument("input_path", metavar="IN", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument(
     "output_path", metavar="OUT", required=False, type=click.Path(dir_okay=False, path_type=Path)
 )
-@click.option("--rules", default="tensorrt", show_default=True, help="Rule set name or YAML path.")
+@rules_option()
 @click.option(
     "--report",
     "report_path",
@@ -66,10 +76,24 @@ MAX_REMAINING = 10  # remaining problems printed; all are in --report
     "and write nothing when no single rule is to blame. Needs --inputs or --calibration-data.",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the random --verify inputs.")
-@click.option("--dry-run", is_flag=True, help="Report what would change; write no model.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Run one pass of the rules and report what it would change; write no model.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="List the nodes each rule touched.")
-@click.option("--ignore", multiple=True, metavar="REGEX", help="Leave matching nodes alone.")
-@click.option("--allow-asymmetric", is_flag=True, help="Warn on non-zero zero points instead.")
+@click.option(
+    "--ignore",
+    multiple=True,
+    metavar="REGEX",
+    help="Leave nodes whose name matches REGEX alone (repeatable: --ignore A --ignore B).",
+)
+@click.option(
+    "--allow-asymmetric",
+    is_flag=True,
+    hidden=True,
+    help="Deprecated, no effect: uint8 and asymmetric int8 are converted (rule symmetric-int8).",
+)
 @click.option("--keep-weight-q", is_flag=True, help="Keep Q nodes on float weights.")
 @click.option(
     "--strict",
@@ -181,10 +205,33 @@ def _finite(v: float) -> float | str:
     return "inf" if math.isinf(v) else v
 
 
+def summary_line(report: OptimizeReport) -> str:
+    """Counts before/after and how the loop ended; a dry run says what one pass can know."""
+    s = report.stats
+    if report.dry_run:
+        # the rules saw only the unchanged graph: later passes (after the first one's rewrites)
+        # find more or fewer matches, so no fixpoint or final node count is known
+        return (
+            f"nodes {s['nodes_before']}, Q {s['quantize_before']}, "
+            f"DQ {s['dequantize_before']}; would make {report.total_changes} change(s) in the "
+            "first pass (dry run: the real run repeats passes until nothing changes, so its "
+            "count can differ)"
+        )
+    loop = "fixpoint" if report.converged else "bound hit"
+    return (
+        f"nodes {s['nodes_before']} -> {s['nodes_after']}, "
+        f"Q {s['quantize_before']} -> {s['quantize_after']}, "
+        f"DQ {s['dequantize_before']} -> {s['dequantize_after']}; "
+        f"{report.total_changes} change(s) in {report.iterations} iteration(s) ({loop})"
+    )
+
+
 def print_report(report: OptimizeReport, *, verbose: bool, target: Path | None) -> None:
     console = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
-    title = f"rules: {' > '.join(report.rule_chain)}" + (" (dry run)" if report.dry_run else "")
+    title = f"rules: {' > '.join(report.rule_chain)}" + (
+        " (dry run: first pass only)" if report.dry_run else ""
+    )
     table = Table(title=title, title_justify="left")
     table.add_column("rule")
     table.add_column("action")
@@ -197,15 +244,7 @@ def print_report(report: OptimizeReport, *, verbose: bool, target: Path | None) 
             row.append(", ".join(r.node_names()) or "-")
         table.add_row(*row)
     console.print(table)
-    s = report.stats
-    loop = "fixpoint" if report.converged else "bound hit"
-    console.print(
-        f"nodes {s['nodes_before']} -> {s['nodes_after']}, "
-        f"Q {s['quantize_before']} -> {s['quantize_after']}, "
-        f"DQ {s['dequantize_before']} -> {s['dequantize_after']}; "
-        f"{report.total_changes} change(s) in {report.iterations} iteration(s) ({loop})",
-        soft_wrap=True,
-    )
+    console.print(summary_line(report), soft_wrap=True)
     if report.verify is not None:
         vt = Table(title="verify (ONNX Runtime, input vs output)", title_justify="left")
         with_ref = any("sqnr_vs_reference_db" in c for c in report.verify)

@@ -13,16 +13,16 @@ from pathlib import Path
 from ..errors import InputError, UsageError
 from ..fileio import check_output_path, write_bytes_atomic, write_text_atomic
 from .layer_report import parse_json_documents, report_from_documents
-from .tensorrt_api import EngineBuilder, TensorRTBuilder
+from .tensorrt_api import (
+    EngineBuilder,
+    TensorRTBuilder,
+    default_report_path,
+    import_tensorrt,
+    trtexec_hint,
+)
 
 #: The builder the CLI uses; tests replace it with a fake.
 default_builder: EngineBuilder = TensorRTBuilder()
-
-
-def default_report_path(engine_path: str | os.PathLike) -> Path:
-    """OUT.plan -> OUT.graph.json beside it (trtexec/TREx naming)."""
-    p = Path(engine_path)
-    return p.with_name(p.stem + ".graph.json")
 
 
 @dataclass
@@ -53,6 +53,10 @@ def build_engine(
     )
     if report_p.resolve() == engine_p.resolve():
         raise UsageError("--report must differ from --engine")
+    if builder is None and isinstance(default_builder, TensorRTBuilder):
+        # fail before any work, with a trtexec line that writes where build would have
+        hint = trtexec_hint(onnx_path, engine_path=engine_path, report_path=report_path)
+        import_tensorrt("qdqopt build", hint)
     result = (builder or default_builder).build(onnx_p, fp16=fp16)
     report = report_from_documents(
         parse_json_documents(result.layer_info, str(report_p)), str(report_p)

@@ -19,6 +19,7 @@ from .onnx_map import OnnxMapping
 from .summary import Summary
 
 SCHEMA_VERSION = 1
+ELLIPSIS = "…"
 FORMATS = ("table", "json", "markdown", "dot", "svg")
 COLORS = {  # precision -> (rich style, graphviz fill)
     "INT8": ("green", "#b7e1a1"),
@@ -124,7 +125,7 @@ def render_table(
                 ),
                 "weights": la.weights_dtype or "",
             }
-            row = [str(la.index), la.name[:120], *(cells[c] for c in cols)]
+            row = [str(la.index), cut(la.name, 120), *(cells[c] for c in cols)]
             if timed:
                 row.append(
                     f"{_ms(la.time_ms)} ({_pct(la.time_share)})" if la.time_ms is not None else ""
@@ -180,10 +181,16 @@ def render_table(
             console.print(Text("--expect: passed", style="bold green"))
 
 
+def cut(name: str, width: int) -> str:
+    """``name`` in at most ``width`` characters; a cut one ends in an ellipsis, so a cut name
+    never reads as a real one (``... + Relu`` cut at an operator)."""
+    return name if len(name) <= width else name[: width - 1] + ELLIPSIS
+
+
 def _names(items: list[tuple[str, str]], limit: int = 12) -> str:
     if not items:
         return "none"
-    shown = "; ".join(f"{n[:70]} ({r})" for n, r in items[:limit])
+    shown = "; ".join(f"{cut(n, 70)} ({r})" for n, r in items[:limit])
     more = f"; ... {len(items) - limit} more" if len(items) > limit else ""
     return f"{len(items)}: {shown}{more}"
 
@@ -320,7 +327,7 @@ def render_dot(report: EngineReport) -> str:
         )
     for la in report.layers:
         fill = COLORS.get(la.precision or "", _NO_COLOR)[1]
-        label = f"{la.name[:60]}\n{la.type} ({la.kernel})\n{_prec(la)}"
+        label = f"{cut(la.name, 60)}\n{la.type} ({la.kernel})\n{_prec(la)}"
         if la.time_ms is not None:
             label += f"\n{la.time_ms:.4f} ms"
         attrs = [f"label={_dot_str(label)}", f'fillcolor="{fill}"']

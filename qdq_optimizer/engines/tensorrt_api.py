@@ -16,12 +16,37 @@ from typing import Any, Protocol
 
 from ..errors import InputError, MissingDependencyError, UsageError
 
-TRTEXEC_HINT = (
-    "produce the layer report with trtexec instead: trtexec --onnx=model.onnx --int8 "
-    "--profilingVerbosity=detailed --exportLayerInfo=model.graph.json "
-    "--exportProfile=model.profile.json (TensorRT 11 has no --int8 flag: drop it there, "
-    "the Q/DQ nodes alone make the engine INT8)"
-)
+
+def default_report_path(engine_path: str | os.PathLike) -> Path:
+    """OUT.plan -> OUT.graph.json beside it (trtexec/TREx naming)."""
+    p = Path(engine_path)
+    return p.with_name(p.stem + ".graph.json")
+
+
+def trtexec_hint(
+    onnx_path: str | os.PathLike | None = None,
+    *,
+    engine_path: str | os.PathLike | None = None,
+    report_path: str | os.PathLike | None = None,
+) -> str:
+    """How to get the same layer report from trtexec, naming the user's files when known: the
+    report (and profile) go where ``qdqopt build`` would have put them, else beside the model."""
+    model = str(onnx_path) if onnx_path is not None else "MODEL.onnx"
+    if report_path is not None:
+        report = Path(report_path)
+    elif engine_path is not None:
+        report = default_report_path(engine_path)
+    else:
+        report = Path(model).with_suffix(".graph.json")
+    stem = report.name.removesuffix(".graph.json").removesuffix(".json")
+    profile = report.with_name(stem + ".profile.json")
+    engine = f" --saveEngine={engine_path}" if engine_path is not None else ""
+    return (
+        f"produce the layer report with trtexec instead: trtexec --onnx={model}{engine} --int8 "
+        f"--profilingVerbosity=detailed --exportLayerInfo={report} "
+        f"--exportProfile={profile} (TensorRT 11 has no --int8 flag: drop it there, "
+        "the Q/DQ nodes alone make the engine INT8)"
+    )
 
 
 @dataclass
@@ -36,19 +61,19 @@ class EngineBuilder(Protocol):
     def build(self, onnx_path: Path, *, fp16: bool) -> BuildResult: ...
 
 
-def import_tensorrt(purpose: str) -> Any:
+def import_tensorrt(purpose: str, hint: str | None = None) -> Any:
     """The tensorrt module, or a MissingDependencyError naming the trtexec alternative."""
     try:
         import tensorrt as trt  # type: ignore[import-not-found]
     except ImportError:
         raise MissingDependencyError(
             f"{purpose} needs the tensorrt Python package and an NVIDIA GPU "
-            f"(pip install 'qdqopt[trt]'); or {TRTEXEC_HINT}"
+            f"(pip install 'qdqopt[trt]'); or {hint or trtexec_hint()}"
         ) from None
     return trt
 
 
-def _start(factory: Any, *args: Any) -> Any:
+def _start(factory: Any, *args: Any, onnx_path: str | os.PathLike | None = None) -> Any:
     """trt.Builder / trt.Runtime, which fail (nullptr factory, CUDA init) without a usable GPU."""
     try:
         obj = factory(*args)
@@ -59,7 +84,7 @@ def _start(factory: Any, *args: Any) -> Any:
     if obj is None:
         raise MissingDependencyError(
             f"TensorRT could not start ({' '.join(detail.split())[:120]}): a CUDA GPU and driver "
-            f"are needed; or {TRTEXEC_HINT}"
+            f"are needed; or {trtexec_hint(onnx_path)}"
         )
     return obj
 
@@ -97,9 +122,9 @@ class TensorRTBuilder:
         self.workspace_mib = workspace_mib
 
     def build(self, onnx_path: Path, *, fp16: bool) -> BuildResult:
-        trt = import_tensorrt("qdqopt build")
+        trt = import_tensorrt("qdqopt build", trtexec_hint(onnx_path))
         logger = trt.Logger(trt.Logger.WARNING)
-        builder = _start(trt.Builder, logger)
+        builder = _start(trt.Builder, logger, onnx_path=onnx_path)
         flags = 0
         ncf = trt.NetworkDefinitionCreationFlag
         if _major(trt) < 10:
@@ -140,7 +165,7 @@ class TensorRTBuilder:
         if serialized is None:
             raise InputError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
         engine_bytes = bytes(serialized)
-        runtime = _start(trt.Runtime, logger)
+        runtime = _start(trt.Runtime, logger, onnx_path=onnx_path)
         engine = runtime.deserialize_cuda_engine(engine_bytes)
         return BuildResult(engine=engine_bytes, layer_info=_inspector_json(trt, engine))
 
@@ -150,13 +175,14 @@ def read_plan_json(path: str | os.PathLike) -> str:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"engine not found: {p}")
-    trt = import_tensorrt(f"reading {p.name}")
+    source = p.with_suffix(".onnx")  # the model the plan was presumably built from
+    trt = import_tensorrt(f"reading {p.name}", trtexec_hint(source))
     logger = trt.Logger(trt.Logger.ERROR)
-    runtime = _start(trt.Runtime, logger)
+    runtime = _start(trt.Runtime, logger, onnx_path=source)
     engine = runtime.deserialize_cuda_engine(p.read_bytes())
     if engine is None:
         raise InputError(
             f"{p}: TensorRT {trt.__version__} cannot deserialize this engine (built by another "
-            f"TensorRT version or for another GPU?); or {TRTEXEC_HINT}"
+            f"TensorRT version or for another GPU?); or {trtexec_hint(source)}"
         )
     return _inspector_json(trt, engine)

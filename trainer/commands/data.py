@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import click
 
+from qdq_optimizer.commands.cli_help import epilog
 
-@click.group(name="data")
+
+@click.group(name="data", epilog=epilog("qdqopt data synth out/shapes-val -n 64 --size 160"))
 def command() -> None:
     """Data set helpers."""
 
 
-@command.command(name="synth")
+@command.command(
+    name="synth",
+    epilog=epilog(
+        "qdqopt data synth out/shapes-val -n 64 --size 160",
+        "qdqopt data synth out/shapes-train -n 512 --size 160 --seed 1",
+    ),
+)
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--images", "-n", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--images", "-n", type=click.IntRange(min=1), default=64, show_default=True, help="Images."
+)
 @click.option(
     "--size",
     type=click.IntRange(min=32),

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import click
 
+from qdq_optimizer.commands.cli_help import epilog
 
-@click.command(name="eval")
+
+@click.command(
+    name="eval",
+    epilog=epilog(
+        "qdqopt eval fixtures/checkpoints/yolov7-tiny-synth.pt --data out/shapes-val",
+        "qdqopt eval out/ptq.onnx --data out/shapes-val --json   (no torch needed for .onnx)",
+    ),
+)
 @click.argument("model", type=click.Path())
 @click.option(
     "--data", required=True, type=click.Path(), help="COCO folder/json or yolov7 txt list."
@@ -18,8 +26,16 @@ import click
     default=None,
     help="Input size (default: the checkpoint's, else 640; fixed-size ONNX models use theirs).",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Images a batch.",
+)
+@click.option(
+    "--device", default="cpu", show_default=True, help="cpu or cuda[:N] (.pt models; .onnx: CPU)."
+)
 @click.option(
     "--trust-checkpoint",
     is_flag=True,

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import click
 
+from qdq_optimizer.commands.cli_help import epilog, rules_option
+
 from ._common import (
     calib_batches_option,
     calib_method_option,
     checkpoint_options,
     data_option,
+    img_size_option,
+    no_progress_option,
+    resolve_img_size,
+    show_progress,
 )
 
 _COMMON_HELP = "Under torchrun with several GPUs each rank trains with DistributedDataParallel."
 
 
-@click.command(help=f"Insert Q/DQ, calibrate (PTQ) and fine-tune (QAT). {_COMMON_HELP}")
+@click.command(
+    help=f"Insert Q/DQ, calibrate (PTQ) and fine-tune (QAT). {_COMMON_HELP}",
+    epilog=epilog(
+        "qdqopt quantize fixtures/checkpoints/yolov7-tiny-synth.pt --data out/shapes-val \\",
+        "    --ptq out/ptq.pt --calib-batches 4 --rules yolov7-tiny",
+        "qdqopt quantize best.pt --data train.txt --val val.txt --qat out/qat.pt --epochs 10",
+    ),
+)
 @click.argument("weights", type=click.Path(dir_okay=False))
 @data_option
 @click.option(
@@ -34,23 +47,30 @@ _COMMON_HELP = "Under torchrun with several GPUs each rank trains with Distribut
 @click.option(
     "--ignore-policy", multiple=True, help="Regex on module paths to keep float (repeatable)."
 )
-@click.option("--supervision-stride", default=1, show_default=True, type=int)
+@click.option(
+    "--supervision-stride",
+    default=1,
+    show_default=True,
+    type=int,
+    help="QAT distils every N-th top-level layer's output from the float model.",
+)
 @click.option("--iters", default=200, show_default=True, type=int, help="QAT steps per epoch.")
-@click.option("--epochs", default=10, show_default=True, type=int)
+@click.option("--epochs", default=10, show_default=True, type=int, help="QAT epochs.")
 @calib_method_option
 @calib_batches_option
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
-@click.option(
-    "--rules",
+@rules_option(
     default="yolov7",
-    show_default=True,
-    help="Rule set export --optimize will apply: the scale groups it unifies are tied before calibration.",
+    help="Rule set export --optimize will apply: the scale groups it unifies are tied before "
+    "calibration.",
 )
-@click.option("--img-size", default=640, show_default=True, type=int)
-@click.option("--batch-size", default=10, show_default=True, type=int)
+@img_size_option()
+@click.option(
+    "--batch-size", default=10, show_default=True, type=int, help="Images per calibration/QAT step."
+)
 @click.option("--nproc", default=1, show_default=True, type=int, help="CPU processes (gloo DDP).")
 @checkpoint_options
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@no_progress_option
 def command(weights: str, **kw) -> None:
     from rich.console import Console
 
@@ -58,7 +78,8 @@ def command(weights: str, **kw) -> None:
 
     console = Console(stderr=True)
     kw["ignore_policy"] = list(kw.pop("ignore_policy"))
-    kw["progress"] = not kw.pop("no_progress")
+    kw["progress"] = show_progress(kw.pop("no_progress"))
+    kw["img_size"] = resolve_img_size(weights, kw["img_size"])
     opts = QuantizeOptions(**kw)
     summary = run_quantize(weights, opts, log=console.print)
     _print_table(summary)

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import click
 
+from qdq_optimizer.commands.cli_help import epilog
 
-@click.command(name="train")
+
+@click.command(
+    name="train",
+    epilog=epilog(
+        "qdqopt data synth out/shapes-train -n 256 --size 160",
+        "qdqopt train --data out/shapes-train --val out/shapes-val --save out/tiny.pt --epochs 30",
+    ),
+)
 @click.option(
     "--data", required=True, type=click.Path(), help="Training set (COCO folder/json or txt list)."
 )
@@ -21,16 +29,33 @@ import click
     type=click.Choice(["yolov7-tiny", "yolov7"]),
     default="yolov7-tiny",
     show_default=True,
+    help="Built-in architecture.",
 )
 @click.option("--width", type=float, default=0.25, show_default=True, help="Channel multiplier.")
 @click.option("--weights", type=click.Path(), help="Start from this checkpoint instead of scratch.")
-@click.option("--img-size", type=int, default=160, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--lr", type=float, default=2e-3, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--img-size",
+    type=int,
+    default=160,
+    show_default=True,
+    help="Input height and width (a multiple of 32); saved in the checkpoint.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Epochs.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Images a step."
+)
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Learning rate.")
+@click.option(
+    "--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Loader processes."
+)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seeds weights, shuffling and augmentation.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def command(
     data,

@@ -6,6 +6,7 @@ from .dataset import (
     Record,
     collate,
     create_dataloader,
+    iter_batches,
     letterbox,
     load_dataset,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "Record",
     "collate",
     "create_dataloader",
+    "iter_batches",
     "letterbox",
     "load_dataset",
     "synth_dataset",

@@ -3,7 +3,8 @@
 Both layouts become one in-memory form: per image a path, an id, its size, pixel ``xyxy`` boxes and
 model class indexes, plus a COCO ground-truth dict so evaluation always goes through pycocotools.
 Model class ``k`` maps to the ``k``-th smallest COCO category id (for COCO 2017: the usual
-80-to-91 mapping).
+80-to-91 mapping). Loading and letterboxing are numpy only (``iter_batches``), so evaluating an ONNX
+model needs no torch; items, ``collate`` and ``create_dataloader`` build torch tensors for training.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from qdq_optimizer.errors import InputError, MissingDependencyError
 
@@ -29,7 +29,9 @@ def _pil_image():
     try:
         from PIL import Image
     except ModuleNotFoundError as exc:  # pragma: no cover - Pillow is in the train extra
-        raise MissingDependencyError("reading images needs Pillow (pip install pillow)") from exc
+        raise MissingDependencyError(
+            "reading images needs Pillow, which is not installed: install qdqopt[train]"
+        ) from exc
     return Image
 
 
@@ -67,11 +69,13 @@ def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
 
 
 @dataclass
-class DetectionDataset(Dataset):
-    """Images + labels; items are ``(CHW float image, targets [n, 6], meta)``.
+class DetectionDataset:
+    """Images + labels; items are ``(CHW float image, targets [n, 6], meta)`` torch tensors.
 
     ``targets`` rows are ``(batch index placeholder, class, cx, cy, w, h)`` normalised to the
     letterboxed square, the layout the loss expects; ``meta`` has ``image_id`` and ``letterbox``.
+    A map-style set for torch's DataLoader; ``sample`` is the same item in numpy. ``rng`` drives
+    the augmentation (``create_dataloader`` seeds it; unseeded when None).
     """
 
     records: list[Record]
@@ -81,6 +85,7 @@ class DetectionDataset(Dataset):
     augment: bool = False
     source: str = ""
     _coco: object | None = field(default=None, repr=False)
+    rng: np.random.Generator | None = field(default=None, repr=False, compare=False)
 
     @property
     def nc(self) -> int:
@@ -98,25 +103,32 @@ class DetectionDataset(Dataset):
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read image {rec.path}: {exc}") from exc
 
-    def __getitem__(self, i: int):
+    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Image ``i`` as (CHW float32 in [0, 1], letterboxed xyxy pixel boxes, meta), numpy only."""
         rec = self.records[i]
         img = self.load_image(i)
         boxes = rec.boxes.astype(np.float32).copy()
         if self.augment:
-            img, boxes = _augment(img, boxes, np.random.default_rng())
+            img, boxes = _augment(img, boxes, self.rng or np.random.default_rng())
         lb_img, lb = letterbox(img, self.img_size)
         boxes = boxes * lb.ratio + np.array([*lb.pad, *lb.pad], dtype=np.float32)
+        x = np.ascontiguousarray(lb_img.transpose(2, 0, 1)).astype(np.float32) / np.float32(255.0)
+        return x, boxes, {"image_id": rec.image_id, "letterbox": lb}
+
+    def __getitem__(self, i: int):
+        import torch
+
+        x, boxes, meta = self.sample(i)
         n = len(boxes)
         t = torch.zeros((n, 6))
         if n:
             b = torch.from_numpy(boxes)
-            t[:, 1] = torch.from_numpy(rec.classes.astype(np.float32))
+            t[:, 1] = torch.from_numpy(self.records[i].classes.astype(np.float32))
             t[:, 2] = (b[:, 0] + b[:, 2]) / 2 / self.img_size
             t[:, 3] = (b[:, 1] + b[:, 3]) / 2 / self.img_size
             t[:, 4] = (b[:, 2] - b[:, 0]) / self.img_size
             t[:, 5] = (b[:, 3] - b[:, 1]) / self.img_size
-        x = torch.from_numpy(np.ascontiguousarray(lb_img.transpose(2, 0, 1))).float() / 255.0
-        return x, t, {"image_id": rec.image_id, "letterbox": lb}
+        return torch.from_numpy(x), t, meta
 
     def coco_gt(self) -> dict:
         """Ground truth as a COCO dict (for pycocotools), whatever the source layout was."""
@@ -172,6 +184,8 @@ def _augment(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator):
 
 def collate(batch):
     """Stack images; concatenate targets, writing each row's image index into column 0."""
+    import torch
+
     imgs, targets, metas = zip(*batch, strict=True)
     ts = []
     for i, t in enumerate(targets):
@@ -372,6 +386,21 @@ def _from_yolo_files(files: list[Path], source: Path, img_size: int, augment: bo
     )
 
 
+def iter_batches(ds: DetectionDataset, batch_size: int) -> Iterator[tuple[np.ndarray, list[dict]]]:
+    """In-order batches ``(images [B, 3, S, S] float32, metas)`` in numpy (evaluation, no torch)."""
+    for start in range(0, len(ds), batch_size):
+        items = [ds.sample(i) for i in range(start, min(start + batch_size, len(ds)))]
+        yield np.stack([x for x, _, _ in items]), [m for _, _, m in items]
+
+
+def _seed_worker_rng(worker_id: int) -> None:
+    """DataLoader workers: each draws its augmentations from its own seeded generator."""
+    import torch.utils.data
+
+    info = torch.utils.data.get_worker_info()
+    info.dataset.rng = np.random.default_rng(info.seed)  # torch derives it from the loader's seed
+
+
 def create_dataloader(
     path: str | os.PathLike | DetectionDataset,
     img_size: int,
@@ -379,9 +408,21 @@ def create_dataloader(
     shuffle: bool = False,
     workers: int = 0,
     augment: bool = False,
-) -> DataLoader:
-    """A DataLoader over :func:`load_dataset` (or an already loaded set); ``.dataset`` is the set."""
+    seed: int | None = None,
+):
+    """A torch DataLoader over :func:`load_dataset` (or a loaded set); ``.dataset`` is the set.
+
+    With ``seed`` the shuffle order and the augmentations are the same on every run (the
+    generator is consumed as the loader iterates, so epochs still differ from each other).
+    """
+    from torch import Generator
+    from torch.utils.data import DataLoader
+
     ds = path if isinstance(path, DetectionDataset) else load_dataset(path, img_size, augment)
+    generator = None
+    if seed is not None:
+        generator = Generator().manual_seed(seed)
+        ds.rng = np.random.default_rng(seed)
     loader = DataLoader(
         ds,
         batch_size=batch_size,
@@ -390,5 +431,7 @@ def create_dataloader(
         collate_fn=collate,
         drop_last=False,
         persistent_workers=workers > 0,
+        generator=generator,
+        worker_init_fn=_seed_worker_rng if seed is not None and workers > 0 else None,
     )
     return loader

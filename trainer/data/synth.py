@@ -26,7 +26,7 @@ def _pil():
         from PIL import Image, ImageDraw, ImageFilter
     except ModuleNotFoundError as exc:  # pragma: no cover - Pillow is in the train extra
         raise MissingDependencyError(
-            "the synthetic data set needs Pillow (pip install pillow)"
+            "the synthetic data set needs Pillow, which is not installed: install qdqopt[train]"
         ) from exc
     return Image, ImageDraw, ImageFilter
 

@@ -123,10 +123,10 @@ def _fmt(res: dict) -> str:
     return f"mAP@0.5 {res['map50']:.4f}, mAP@0.5:0.95 {res['map']:.4f}"
 
 
-def _loader(data: str, img_size: int, batch_size: int, shuffle: bool):
+def _loader(data: str, img_size: int, batch_size: int, shuffle: bool, seed: int | None = None):
     from trainer.data import create_dataloader
 
-    return create_dataloader(data, img_size, batch_size, shuffle=shuffle)
+    return create_dataloader(data, img_size, batch_size, shuffle=shuffle, seed=seed)
 
 
 @dataclass
@@ -155,10 +155,18 @@ class QuantizeOptions:
 
 
 def _progress_iter(label: str, enabled: bool):
+    from rich.console import Console
     from rich.progress import track
 
     def wrap(it, total):
-        return track(it, description=label, total=total, disable=not enabled, transient=False)
+        return track(
+            it,
+            description=label,
+            total=total,
+            disable=not enabled,
+            transient=False,
+            console=Console(stderr=True),
+        )
 
     return wrap
 
@@ -284,11 +292,17 @@ def run_sensitivity(
     trust_checkpoint: bool = False,
     yolov7_repo: str | None = None,
     layers: set[int] | None = None,
+    seed: int = 0,
 ) -> dict:
-    """Quantize every layer (no ignore policy), calibrate, then disable one layer at a time."""
+    """Quantize every layer (no ignore policy), calibrate, then disable one layer at a time.
+
+    ``seed`` fixes the calibration batches (the shuffled loader) and torch's RNG, so two runs with
+    the same seed give the same numbers.
+    """
     device = check_device(device)
-    loader = _loader(data, img_size, batch_size, shuffle=True)
+    loader = _loader(data, img_size, batch_size, shuffle=True, seed=seed)
     model, quantized = load_any(weights, trust_checkpoint, yolov7_repo)
+    torch.manual_seed(seed)
     if not quantized:
         model = fuse_model(model).cpu().eval()
         insert_quantizers(model, None)
@@ -298,7 +312,7 @@ def run_sensitivity(
         calibrate(model, loader, calib_batches, calib_method, device,
                   _progress_iter("Calibrating", progress))  # fmt: skip
     model.to(device).eval()
-    evaluate_fn = evaluator(data, img_size, batch_size, device, num_image)
+    evaluate_fn = evaluator(data, img_size, batch_size, device, num_image, progress=progress)
     return layer_sensitivity(model, evaluate_fn, on_layer=on_layer, only=layers)
 
 

@@ -1,0 +1,77 @@
+"""The corpus table: every graph of every ``fixtures/corpus/*/manifest.json``, judged by the one
+criterion (``qdq_optimizer.testing.corpus.evaluate``): producer x architecture, lint problems
+before/after, INT8 weighted ops, SQNR against the float model before/after, task metric, time.
+
+Usage: ``python benchmarks/bench_corpus.py [--json OUT.json] [--markdown] [NAME_SUBSTRING ...]``.
+``QDQOPT_CORPUS_ROOT`` points it at another corpus folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from qdq_optimizer.testing.corpus import evaluate, load_manifests  # noqa: E402
+
+COLUMNS = (
+    "graph", "producer", "problems in->out", "INT8 ops in->out", "SQNR in->out dB", "task in->out",
+    "CPU s", "result",
+)  # fmt: skip
+
+
+def _num(v: float | None, fmt: str = "{:.2f}") -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
+
+
+def row(r) -> list[str]:
+    task = (
+        "-"
+        if r.task_before is None
+        else f"{_num(r.task_before, '{:.3f}')}->{_num(r.task_after, '{:.3f}')}"
+    )
+    result = "pass" if r.passed else "FAIL: " + "; ".join(r.reasons)
+    return [
+        r.name,
+        r.producer,
+        f"{'refused' if r.problems_before is None else r.problems_before}->{_num(r.problems_after, '{}')}",
+        f"{r.int8_ops_before}->{_num(r.int8_ops_after, '{}')}",
+        f"{_num(r.sqnr_before)}->{_num(r.sqnr_after)}",
+        task,
+        _num(r.cpu_seconds),
+        result,
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("only", nargs="*", help="keep entries whose name contains one of these")
+    ap.add_argument("--json", type=Path, help="write every result record here")
+    ap.add_argument("--markdown", action="store_true", help="a Markdown table (for the README)")
+    args = ap.parse_args()
+    entries = [e for e in load_manifests() if not args.only or any(s in e.name for s in args.only)]
+    results = []
+    for e in entries:
+        r = evaluate(e)
+        results.append(r)
+        if not args.markdown:
+            print(" | ".join(row(r)), flush=True)
+    if args.markdown:
+        print("| " + " | ".join(COLUMNS) + " |")
+        print("|" + "---|" * len(COLUMNS))
+        for r in results:
+            print("| " + " | ".join(c.replace("|", "/") for c in row(r)) + " |")
+    passed = sum(r.passed for r in results)
+    print(f"\n{passed} of {len(results)} pass")
+    if args.json:
+        args.json.write_text(json.dumps([r.to_dict() for r in results], indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

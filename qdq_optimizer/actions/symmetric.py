@@ -1,0 +1,269 @@
+"""Rule ``symmetric-int8``: uint8, asymmetric int8 and per-channel activation quantizers become
+the signed symmetric per-tensor int8 TensorRT runs; asymmetric/uint8 weights are re-quantized
+symmetric int8 per output channel from their float values.
+
+Each activation pair keeps every value it represented (scale ``max(|lo|, |hi|) / 127``). The clamp
+a range edge at exactly 0 implied (ONNX Runtime deletes the Relu/Clip a uint8 zero point 0 already
+performs) is put back as a Clip in front of the Q first: the conversion never loses an activation
+(``qdq_optimizer.asymmetric`` explains which edges count). The grid gets coarser (a uint8 [0, a]
+range had steps a/255, the int8 one a/127): the rule warns with how many pairs it converted and
+the worst step ratio, since only the producer can avoid that cost (quantize symmetric int8).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .. import asymmetric as asym
+from ..graph import DEQUANTIZE, QUANTIZE, Node, QGraph, QParams, constant_value
+from ..report import Change
+from .registry import ActionContext, register_action
+from .weighted import dequantize_np, quantize_np
+
+_ATTRS_DROPPED = ("axis", "output_dtype")
+
+
+def _plain(node: Node) -> bool:
+    return not node.attrs.get("block_size") and set(node.attrs) <= {"axis", "output_dtype"}
+
+
+def _params(graph: QGraph, node: Node) -> QParams | None:
+    try:
+        return graph.qparams(node)
+    except ValueError:
+        return None
+
+
+def _is_constant(graph: QGraph, t: gs.Tensor) -> bool:
+    """An initializer or a Constant node's output, without loading its values."""
+    p = graph.producer(t)
+    return isinstance(t, gs.Constant) or (p is not None and p.op == "Constant")
+
+
+def non_negative(graph: QGraph, tensor: gs.Tensor, memo: dict) -> bool:
+    """Is ``tensor`` >= 0 by construction? (``asymmetric.non_negative`` over this graph.)"""
+
+    def constant(t: gs.Tensor):
+        return constant_value(t) if t.name and _is_constant(graph, t) else None
+
+    def producer(t: gs.Tensor):
+        p = graph.producer(t)
+        return None if p is None else (p.op, [i if i.name else None for i in p.inputs])
+
+    return asym.non_negative(tensor, producer, constant, memo, key=id)
+
+
+def _needs_conversion(p: QParams) -> bool:
+    return asym.convertible(p.dtype) and not asym.is_symmetric_int8(p.scale, p.zero_point, p.dtype)
+
+
+def weight_axis(graph: QGraph, t: gs.Tensor) -> int | None:
+    """The output-channel axis of a weight read by a Conv/ConvTranspose/Gemm/MatMul (None: the
+    tensor is not such a weight, quantize it per-tensor)."""
+    readers = [c for c in t.outputs]
+    axes = set()
+    for c in readers:
+        if len(c.inputs) < 2 or c.inputs[1] is not t:
+            return None
+        if c.op == "Conv":
+            axes.add(0)
+        elif c.op == "ConvTranspose":
+            axes.add(1)
+        elif c.op == "Gemm":
+            axes.add(0 if c.attrs.get("transB", 0) else 1)
+        elif c.op == "MatMul":
+            rank = len(t.shape) if t.shape is not None else 2
+            axes.add(rank - 1)
+        else:
+            return None
+    return axes.pop() if len(axes) == 1 else None
+
+
+def symmetric_weight(w: np.ndarray, axis: int | None, graph: QGraph) -> tuple[np.ndarray, ...]:
+    """(int8 values, scales) of ``w`` quantized symmetric int8, per channel on ``axis`` (max/127;
+    an all-zero channel gets scale 1: any positive scale is exact for it)."""
+    w = np.asarray(w, np.float32)
+    if axis is None:
+        amax = np.asarray([np.abs(w).max() if w.size else 0.0])
+    else:
+        amax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
+    scale = np.where(amax > 0, amax / 127.0, 1.0)
+    scale = graph.to_float_type(scale).astype(np.float32)  # what the graph will hold
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    q = quantize_np(w, scale, None, axis if axis is not None else None)
+    return q, (scale if axis is not None else scale.reshape(()))
+
+
+def _set_params(graph: QGraph, node: Node, scale, zp, axis: int | None) -> None:
+    node.inputs[1] = graph.float_constant(f"{node.name}_scale", scale)
+    zp_c = gs.Constant(graph.unique_name(f"{node.name}_zero_point"), np.asarray(zp, np.int8))
+    if len(node.inputs) > 2:
+        node.inputs[2] = zp_c
+    else:
+        node.inputs.append(zp_c)
+    for a in _ATTRS_DROPPED:
+        node.attrs.pop(a, None)
+    if axis is not None:
+        node.attrs["axis"] = int(axis)
+    graph.touch()
+
+
+def _insert_clamp(graph: QGraph, q: Node, clamp: tuple[float | None, float | None]) -> None:
+    x = q.inputs[0]
+    ins = [x]
+    for edge, value in zip(("min", "max"), clamp, strict=True):
+        ins.append(
+            gs.Variable.empty()
+            if value is None
+            else graph.float_constant(f"{q.name}_{edge}", value)
+        )
+    while len(ins) > 1 and isinstance(ins[-1], gs.Variable) and not ins[-1].name:
+        ins.pop()
+    out = gs.Variable(graph.unique_name(f"{x.name}_clamped"), dtype=x.dtype, shape=x.shape)
+    graph.add_node("Clip", ins, [out], graph.unique_name(f"{q.name}_implied_clamp"))
+    graph.set_input(q, 0, out)
+
+
+def _convert_activation(
+    graph: QGraph, q: Node, ctx: ActionContext, stats: dict, memo: dict[int, bool]
+) -> Change | None:
+    p = _params(graph, q)
+    if p is None or not _needs_conversion(p) or not _plain(q):
+        return None
+    dqs = list(q.outputs[0].outputs)
+    if not dqs or not all(graph.is_dq(d) and _plain(d) for d in dqs):
+        return None
+    if graph.is_graph_output(q.outputs[0]):
+        return None
+    r = asym.represented_range(p.scale, p.zero_point, p.dtype)
+    if r.amax <= 0 or not np.isfinite(r.amax):
+        return None
+    scale = asym.target_scale(p.scale, p.zero_point, p.dtype)
+    clamp = asym.implied_clamp(r)
+    producer = graph.producer(q.inputs[0])
+    # ORT deletes activations, never graph inputs: a graph input's range edge clamps nothing;
+    # nor does a zero edge on a tensor that is non-negative by construction (a decode head)
+    add_clamp = (
+        producer is not None
+        and asym.clamp_needed(clamp, producer.op)
+        and not (clamp[0] == 0.0 and non_negative(graph, q.inputs[0], memo))
+    )
+    ratio = asym.step_ratio(scale, p.scale)
+    kind = (
+        "uint8"
+        if p.dtype == onnx.TensorProto.UINT8
+        else ("per-channel int8" if p.per_axis else "asymmetric int8")
+    )
+    stats["pairs"] += 1
+    stats[kind] = stats.get(kind, 0) + 1
+    stats["clamps"] += int(add_clamp)
+    stats["ratio"] = max(stats["ratio"], ratio)
+    edges = [f"{e} {v:g}" for e, v in zip(("min", "max"), clamp, strict=True) if v is not None]
+    detail = (
+        f"{kind} [{float(r.lo.min()):.4g}, {float(r.hi.max()):.4g}] -> int8 scale {scale:.4g} "
+        f"(step x{ratio:.2f})" + (f"; Clip({', '.join(edges)}) re-inserted" if add_clamp else "")
+    )
+    change = Change("requantize", [q.name, *(d.name for d in dqs)], detail)
+    if ctx.dry_run:
+        return change
+    if add_clamp:
+        _insert_clamp(graph, q, clamp)
+    for n in (q, *dqs):
+        _set_params(graph, n, np.float32(scale), np.int8(0), None)
+    q.outputs[0].dtype = np.int8
+    return change
+
+
+def _convert_weight(graph: QGraph, dq: Node, ctx: ActionContext, stats: dict) -> Change | None:
+    """A DQ over a constant (int form) or over Q(float constant) (pair form) with uint8 or
+    asymmetric parameters: re-quantized symmetric int8 from its float values."""
+    src = dq.inputs[0]
+    q = graph.producer(src)
+    pair = graph.is_q(q) and _is_constant(graph, q.inputs[0])
+    if not (pair or _is_constant(graph, src)) or not _plain(dq) or (pair and not _plain(q)):
+        return None
+    p = _params(graph, q if pair else dq)  # parameters first: weights load only when converted
+    if p is None or not asym.convertible(p.dtype):
+        return None
+    zp_zero = p.zero_point is None or not np.any(p.zero_point != 0)
+    if p.dtype == onnx.TensorProto.INT8 and zp_zero:
+        return None  # symmetric already (per-tensor or per-channel: both are TensorRT weights)
+    if pair and len(src.outputs) != 1:
+        return None
+    raw = constant_value(q.inputs[0] if pair else src)
+    if raw is None:
+        return None
+    w = np.asarray(raw, np.float32) if pair else dequantize_np(raw, p.scale, p.zero_point, p.axis)
+    axis = weight_axis(graph, dq.outputs[0])
+    stats["weights"] += 1
+    change = Change(
+        "requantize",
+        [n.name for n in ((q, dq) if pair else (dq,))],
+        f"{onnx.TensorProto.DataType.Name(p.dtype).lower()} weight "
+        f"'{(q.inputs[0] if pair else src).name}' -> symmetric int8 "
+        + (f"per-channel (axis {axis})" if axis is not None else "per-tensor"),
+    )
+    if ctx.dry_run:
+        return change
+    wq, scale = symmetric_weight(w, axis, graph)
+    zp = np.zeros(np.shape(scale), np.int8)
+    if pair:
+        for n in (q, dq):
+            _set_params(graph, n, scale, zp, axis)
+        q.outputs[0].dtype = np.int8
+    else:
+        graph.set_input(dq, 0, gs.Constant(graph.unique_name(f"{src.name}_int8"), wq))
+        _set_params(graph, dq, scale, zp, axis)
+    return change
+
+
+@register_action("symmetric_int8", params={})
+def symmetric_int8(
+    graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
+) -> list[Change]:
+    """Convert uint8/asymmetric/per-channel activation Q/DQ to symmetric per-tensor int8 (the
+    clamp a zero range edge implied re-inserted first) and re-quantize asymmetric weights."""
+    stats = {"pairs": 0, "clamps": 0, "weights": 0, "ratio": 0.0}
+    memo: dict[int, bool] = {}
+    changes: list[Change] = []
+    for q in graph.nodes_of(QUANTIZE):
+        if not graph.contains(q) or ctx.is_ignored(q):
+            continue
+        if _is_constant(graph, q.inputs[0]):
+            continue  # weights: handled from their DQ below
+        change = _convert_activation(graph, q, ctx, stats, memo)
+        if change is not None:
+            changes.append(change)
+    for dq in graph.nodes_of(DEQUANTIZE):
+        # weights of ignored ops stay as they are: keep-ignored-float turns them float exactly
+        if graph.contains(dq) and not ctx.any_ignored([dq, *dq.outputs[0].outputs]):
+            change = _convert_weight(graph, dq, ctx, stats)
+            if change is not None:
+                changes.append(change)
+    if changes and not ctx.dry_run:
+        ctx.warn(_cost(stats))
+    return changes
+
+
+def _cost(stats: dict) -> str:
+    kinds = ", ".join(
+        f"{stats[k]} {k}" for k in ("uint8", "asymmetric int8", "per-channel int8") if stats.get(k)
+    )
+    parts = []
+    if stats["pairs"]:
+        db = 20 * np.log10(stats["ratio"]) if stats["ratio"] > 0 else 0.0
+        parts.append(
+            f"{stats['pairs']} activation Q/DQ ({kinds}) converted to symmetric int8, "
+            f"{stats['clamps']} implied clamp(s) re-inserted as Clip; the int8 step is up to "
+            f"{stats['ratio']:.2f}x the original ({db:.1f} dB less resolution at worst)"
+        )
+    if stats["weights"]:
+        parts.append(f"{stats['weights']} uint8/asymmetric weight(s) re-quantized symmetric int8")
+    return (
+        "symmetric-int8: "
+        + "; ".join(parts)
+        + ". TensorRT runs only symmetric int8: quantize symmetric at the producer to avoid this "
+        "cost (measure it with --verify)"
+    )

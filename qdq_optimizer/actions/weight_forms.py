@@ -1,0 +1,202 @@
+"""Weight forms producers write that TensorRT cannot take as they are (issue 10, item 7).
+
+- ``zero_scale_channels`` (cleanup, exact): a per-channel weight scale of 0 on an all-zero channel
+  (pruned filters: max|w| / 127 = 0). Any positive scale represents that channel exactly, so the
+  zero (which TensorRT and ONNX reject) becomes the largest scale of the other channels.
+- ``convtranspose_weight_axis``: pytorch-quantization 2.1.3 quantizes ConvTranspose weights on
+  axis 0 (input channels); TensorRT needs the output-channel axis 1. The weight is re-quantized
+  symmetric per channel on axis 1 from its float values (the Q's float input in the pair form;
+  the dequantized values in the int8 form).
+- ``quantize_float_weights``: a Conv/ConvTranspose/Gemm/MatMul whose input arrives quantized but
+  whose weight is a float constant (ModelOpt leaves one in YOLO11n) runs in float in TensorRT,
+  with Reformats around it. The weight gets symmetric per-channel int8 (max/127).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..commute import is_int8_tensor
+from ..graph import DEQUANTIZE, Node, QGraph, constant_value
+from ..report import Change
+from ..trt_patterns import is_ignored
+from .registry import ActionContext, register_action
+from .symmetric import symmetric_weight, weight_axis
+from .weighted import dequantize_np
+
+
+def _weight_pair(graph: QGraph, dq: Node) -> tuple[Node | None, np.ndarray] | None:
+    """(Q or None, raw constant) behind a weight DQ: int form (DQ over a constant) or pair form
+    (DQ over Q over a float constant); None for anything else."""
+    src = dq.inputs[0]
+    raw = constant_value(src)
+    if raw is not None:
+        return None, np.asarray(raw)
+    q = graph.producer(src)
+    if graph.is_q(q) and len(src.outputs) == 1:
+        raw = constant_value(q.inputs[0])
+        if raw is not None:
+            return q, np.asarray(raw)
+    return None
+
+
+def _set_scale(graph: QGraph, nodes, scale: np.ndarray, axis: int | None) -> None:
+    s_c = graph.float_constant(f"{nodes[-1].name}_scale", scale)
+    z_c = gs.Constant(
+        graph.unique_name(f"{nodes[-1].name}_zero_point"), np.zeros(scale.shape, np.int8)
+    )
+    for n in nodes:
+        n.inputs[1] = s_c
+        if len(n.inputs) > 2:
+            n.inputs[2] = z_c
+        else:
+            n.inputs.append(z_c)
+        n.attrs.pop("axis", None)
+        if axis is not None:
+            n.attrs["axis"] = int(axis)
+    graph.touch()
+
+
+@register_action("zero_scale_channels", params={}, local=True)
+def zero_scale_channels(
+    graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
+) -> list[Change]:
+    """Give an all-zero weight channel with scale 0 (the anchor DQ's) a positive scale."""
+    dq = node
+    if dq is None or dq.op != DEQUANTIZE:
+        return []
+    try:
+        p = graph.qparams(dq)
+    except ValueError:
+        return []
+    zero = p.scale == 0
+    if not p.per_axis or not zero.any() or p.axis is None:
+        return []  # the common case: decided without loading the weight
+    found = _weight_pair(graph, dq)
+    if found is None:
+        return []
+    q, raw = found
+    if q is not None and not np.array_equal(graph.qparams(q).scale, p.scale):
+        return []
+    channels = np.moveaxis(raw, p.axis, 0).reshape(p.scale.size, -1)
+    if np.any(channels[zero] != 0):
+        return []  # a non-zero value with scale 0 is no pruned channel: validation refuses it
+    positive = p.scale[~zero]
+    fill = float(positive.max()) if positive.size else 1.0
+    change = Change(
+        "rescale",
+        [n.name for n in (q, dq) if n is not None],
+        f"{int(zero.sum())} all-zero weight channel(s) with scale 0 -> scale {fill:.4g} (exact)",
+    )
+    if ctx.dry_run:
+        return [change]
+    new_scale = np.where(zero, np.float32(fill), p.scale).astype(np.float32)
+    nodes = [n for n in (q, dq) if n is not None]
+    s_c = graph.float_constant(f"{dq.name}_scale", new_scale)
+    for n in nodes:
+        n.inputs[1] = s_c
+    graph.touch()
+    return [change]
+
+
+@register_action("convtranspose_weight_axis", params={})
+def convtranspose_weight_axis(
+    graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
+) -> list[Change]:
+    """Re-quantize a ConvTranspose (the anchor) weight quantized on axis 0 on axis 1."""
+    ct = node
+    if ct is None or ct.op != "ConvTranspose" or len(ct.inputs) < 2:
+        return []
+    if int(ct.attrs.get("group", 1)) != 1 or is_ignored(ct, ctx.ignore):
+        return []
+    w_t = ct.inputs[1]
+    dq = graph.producer(w_t)
+    if not graph.is_dq(dq) or len(w_t.outputs) != 1:
+        return []
+    found = _weight_pair(graph, dq)
+    if found is None:
+        return []
+    q, raw = found
+    p = graph.qparams(dq)
+    if not p.per_axis or p.axis != 0 or raw.ndim < 2:
+        return []
+    w = (
+        np.asarray(raw, np.float32)
+        if q is not None
+        else dequantize_np(raw, p.scale, p.zero_point, 0)
+    )
+    source = "float weights" if q is not None else "dequantized int8 weights"
+    change = Change(
+        "requantize",
+        [n.name for n in (q, dq) if n is not None],
+        f"ConvTranspose '{ct.name}' weight per-channel axis 0 -> 1 (output channels), from "
+        f"its {source}",
+    )
+    if ctx.dry_run:
+        return [change]
+    wq, scale = symmetric_weight(w, 1, graph)
+    if q is None:
+        graph.set_input(dq, 0, gs.Constant(graph.unique_name(f"{w_t.name}_int8"), wq))
+        _set_scale(graph, [dq], scale, 1)
+    else:
+        _set_scale(graph, [q, dq], scale, 1)
+    return [change]
+
+
+def _quantized_input(graph: QGraph, t: gs.Tensor) -> bool:
+    return is_int8_tensor(graph, t)
+
+
+@register_action("quantize_float_weights", params={})
+def quantize_float_weights(
+    graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
+) -> list[Change]:
+    """Quantize the float constant weight of a weighted op (the anchor) whose input is INT8."""
+    w = node
+    if w is None or w.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(w.inputs) < 2:
+        return []
+    if is_ignored(w, ctx.ignore):
+        return []
+    x, wt = w.inputs[0], w.inputs[1]
+    value = constant_value(wt)
+    if value is None or np.asarray(value).dtype.kind != "f" or not _quantized_input(graph, x):
+        return []
+    if w.op == "ConvTranspose" and int(w.attrs.get("group", 1)) != 1:
+        return []
+    value = np.asarray(value, np.float32)
+    if w.op == "MatMul" and value.ndim != 2:
+        return []
+    if w.op == "Gemm" and (w.attrs.get("transA", 0) or value.ndim != 2):
+        return []
+    axis = weight_axis(graph, wt)
+    if axis is None:
+        return []
+    change = Change(
+        "quantize",
+        [w.name],
+        f"float weight '{wt.name}' {list(value.shape)} of an INT8-input {w.op} -> symmetric "
+        f"int8 per-channel (axis {axis}, max/127)",
+    )
+    if ctx.dry_run:
+        return [change]
+    wq, scale = symmetric_weight(value, axis, graph)
+    s_c = graph.float_constant(f"{wt.name}_scale", scale)
+    z_c = gs.Constant(graph.unique_name(f"{wt.name}_zero_point"), np.zeros(scale.shape, np.int8))
+    out = gs.Variable(
+        graph.unique_name(f"{wt.name}_dequantized"), dtype=graph.float_type, shape=value.shape
+    )
+    c = gs.Constant(graph.unique_name(f"{wt.name}_int8"), wq)
+    graph.add_node(
+        DEQUANTIZE,
+        [c, s_c, z_c],
+        [out],
+        graph.unique_name(f"{wt.name}_DequantizeLinear"),
+        {"axis": int(axis)},
+    )
+    graph.set_input(w, 1, out)
+    ctx.warn(
+        f"quantize-float-weights: '{w.name}' had float weights behind an INT8 input; they are "
+        "now int8 per-channel (max/127): the output moves by that rounding (--verify measures it)"
+    )
+    return [change]

@@ -1,0 +1,120 @@
+"""The corpus criterion on every graph of every ``fixtures/corpus/*/manifest.json``.
+
+One test per graph from another producer (pytorch-quantization, ONNX Runtime, ModelOpt, NNCF, ...):
+``optimize`` succeeds, its output is valid and lint-clean, loses no quantized conv/GEMM, keeps
+SQNR (and the task metric) within tolerance of the input's, is idempotent and fast
+(``qdq_optimizer.testing.corpus.evaluate``). Graphs that fail today for a known rule bug are
+strict xfails with the measured reason (``fixtures/corpus/known_failures.json``): fixing the rule
+turns them into XPASS failures, and the entry is then deleted from that file.
+"""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from qdq_optimizer.testing import corpus
+
+ENTRIES = corpus.load_manifests()
+KNOWN = corpus.load_known_failures()
+
+
+def _param(entry: corpus.CorpusEntry):
+    marks = []
+    if entry.name in KNOWN:
+        marks.append(pytest.mark.xfail(strict=True, reason=KNOWN[entry.name]))
+    return pytest.param(entry, id=entry.name, marks=marks)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.mark.parametrize("entry", [_param(e) for e in ENTRIES])
+def test_corpus_graph(entry: corpus.CorpusEntry) -> None:
+    assert not corpus.changed_files(entry), "corpus file differs from manifest.json's sha256"
+    result = corpus.evaluate(entry, input_lint=False)
+    assert result.passed, "; ".join(result.reasons)
+
+
+def test_known_failures_name_corpus_graphs() -> None:
+    """A stale name in known_failures.json would silently stop guarding anything."""
+    names = {e.name for e in ENTRIES}
+    assert not set(KNOWN) - names if ENTRIES else True
+
+
+def test_corpus_files_present() -> None:
+    """Every manifest path exists (a missing file must fail loudly, not be skipped)."""
+    for e in ENTRIES:
+        for path in (e.model, e.reference, e.inputs, e.calibration):
+            assert path is None or path.is_file(), f"{e.name}: {path} missing"
+
+
+# ----------------------------------------------------------------------------- the harness itself
+def _conv_model(quantize_weight: bool) -> onnx.ModelProto:
+    """x -> Q -> DQ -> Conv(w) -> y, the weight behind its own DQ or a plain float initializer."""
+    f32 = TensorProto.FLOAT
+    inits = [
+        helper.make_tensor("s", f32, [], [0.1]),
+        helper.make_tensor("z", TensorProto.INT8, [], [0]),
+        helper.make_tensor("w8", TensorProto.INT8, [2, 1, 1, 1], [1, -1]),
+        helper.make_tensor("wf", f32, [2, 1, 1, 1], [0.1, -0.1]),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+    ]
+    if quantize_weight:
+        nodes.append(helper.make_node("DequantizeLinear", ["w8", "s", "z"], ["wd"], name="wdq"))
+        nodes.append(helper.make_node("Identity", ["wd"], ["wi"], name="id"))
+    nodes.append(
+        helper.make_node("Conv", ["xd", "wi" if quantize_weight else "wf"], ["y"], name="c")
+    )
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", f32, [1, 1, 2, 2])],
+        [helper.make_tensor_value_info("y", f32, [1, 2, 2, 2])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_quantized_weighted_ops_needs_both_inputs_quantized() -> None:
+    assert corpus.quantized_weighted_ops(_conv_model(True)) == ["c"]
+    assert corpus.quantized_weighted_ops(_conv_model(False)) == []
+
+
+def test_manifests_merge_and_reject_duplicate_names(tmp_path) -> None:
+    for folder, name in (("a", "g1"), ("b", "g2")):
+        (tmp_path / folder).mkdir()
+        entry = {"name": name, "producer": "p", "model": "m.onnx", "reference": "f.onnx"}
+        (tmp_path / folder / "manifest.json").write_text(json.dumps({"entries": [entry]}))
+    entries = corpus.load_manifests(tmp_path)
+    assert [e.name for e in entries] == ["g1", "g2"]
+    assert entries[1].model == (tmp_path / "b" / "m.onnx").resolve()
+    (tmp_path / "b" / "manifest.json").write_text(
+        json.dumps([{"name": "g1", "producer": "p", "model": "m.onnx", "reference": "f.onnx"}])
+    )
+    with pytest.raises(ValueError, match="g1"):
+        corpus.load_manifests(tmp_path)
+
+
+def test_task_hook_is_loaded_from_the_manifest_folder(tmp_path) -> None:
+    (tmp_path / "tasks.py").write_text("def score(model, inputs):\n    return len(model) / 1000\n")
+    entry = corpus.CorpusEntry.from_dict(
+        {
+            "name": "t",
+            "producer": "p",
+            "model": "m.onnx",
+            "reference": "f.onnx",
+            "task": "tasks:score",
+        },
+        tmp_path,
+        tmp_path / "manifest.json",
+    )
+    assert corpus.task_function(entry)("abcd", "x") == pytest.approx(0.004)
