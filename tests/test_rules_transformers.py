@@ -72,6 +72,24 @@ def test_pq_linear_keeps_its_input_pair_and_is_lint_clean():
     assert report.total_changes == 0
 
 
+def test_gemm_weight_behind_a_reshape_that_no_rule_folds_keeps_its_input_pair():
+    """A per-channel weight DQ behind a Reshape (cleanup does not fold it: a reshape could split
+    the channel axis) is still a weight: the GEMM's input pair stays, lint is clean (a Reshape on
+    the path hides the weight axis: not reported)."""
+    b = Builder()
+    x = b.input("x", [1, 4, 8])
+    w8 = np.clip(np.rint(W.T / WS), -127, 127).astype(np.int8)  # [in, out], scales per column
+    wd = b.dq(b.const(w8, "W8"), WS, axis=1, name="fc_wDQ")
+    wr = b.node("Reshape", [wd, b.const(np.array([1, 8, 8], np.int64), "shape")], name="fc_wR")
+    b.output(b.node("MatMul", [b.qdq(x, 0.05, name="fc_in"), wr], name="fc"))
+    out, _ = optimize(b.build(), "tensorrt")
+    g = QGraph.from_model(out)
+    assert _producer_op(g, "fc", 1) == "Reshape", "the Reshape is still there"
+    assert _producer_op(g, "fc", 0) == "DequantizeLinear"
+    assert is_quantized_weighted(g, g.node("fc"))
+    assert lint(out, "tensorrt") == []
+
+
 def test_weight_axis_lint_follows_the_transpose():
     b = Builder()
     x = b.input("x", [1, 4, 8])
@@ -272,10 +290,11 @@ def test_transformer_residual_gets_no_skip_quantizer_inserted():
 
 # ---------------------------------------------------------------- the transformer corpus
 ENTRIES = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else []
-# Graphs the tensorrt rules optimize today (NNCF's asymmetric presets, the zero-scale DETR head
-# and the ModelOpt fp16 scale type are other helpers' work; see docs/transformers.md section 5).
-CORPUS = ["vit-pq", "vit-ort", "vit-modelopt-fp32", "bert-pq", "bert-ort", "bert-modelopt-fp32"]
-CORPUS += ["bert-modelopt-fp16", "detr-ort", "detr-modelopt-fp32", "c2psa-ort"]
+CORPUS = [e["name"] for e in ENTRIES]
+# C2PSA's `attention + pe(v)` Add is a conv residual (the depthwise pe conv is the branch) whose
+# skip, the attention output, has no quantizer to take a scale from in these two graphs: the
+# residual-add rule says it cannot fix it without --calibration-data (docs/transformers.md 3.5).
+UNFIXABLE = {"c2psa-pq": {"residual-add": 1}, "c2psa-nncf": {"residual-add": 1}}
 
 
 def _bench():
@@ -304,7 +323,7 @@ def test_corpus_keeps_every_int8_gemm_and_bmm(name):
     for what in (row.gemm, row.bmm):
         before, after, _ = _ratio(what)
         assert after >= before, f"{name}: INT8 lost ({what})"
-    assert row.lint_after == 0, row.lint_rules_after
+    assert row.lint_rules_after == UNFIXABLE.get(name, {}), row.lint_rules_after
     assert row.sqnr_out >= row.sqnr_in - 0.5
     assert row.idempotent
 
