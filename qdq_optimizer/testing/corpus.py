@@ -50,17 +50,16 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..ops import WEIGHTED_OPS
+
 SQNR_TOLERANCE_DB = 0.5
 TASK_TOLERANCE = 0.03
 TIME_LIMIT_S = 2.0
-WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 # single-input data movement a quantized weight or activation may pass through on its way in
 _PASS_THROUGH = frozenset({"Identity", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
 # the repository's corpus; QDQOPT_CORPUS_ROOT points the tests and the benchmark elsewhere
-CORPUS_ROOT = Path(
-    os.environ.get("QDQOPT_CORPUS_ROOT")
-    or Path(__file__).resolve().parents[2] / "fixtures" / "corpus"
-)
+REPO = Path(__file__).resolve().parents[2]
+CORPUS_ROOT = Path(os.environ.get("QDQOPT_CORPUS_ROOT") or REPO / "fixtures" / "corpus")
 
 
 @dataclass
@@ -84,8 +83,14 @@ class CorpusEntry:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], folder: Path, manifest: Path | None = None):
+        d = {ALIASES.get(k, k): v for k, v in d.items()}
+
         def path(key: str) -> Path | None:
-            return (folder / d[key]).resolve() if d.get(key) else None
+            if not d.get(key):
+                return None
+            p = Path(d[key])  # relative to the manifest's folder, or to the repository root
+            base = REPO if p.parts[0] == "fixtures" else folder
+            return (base / p).resolve()
 
         return cls(
             name=d["name"],
@@ -100,9 +105,13 @@ class CorpusEntry:
             ignore=list(d.get("ignore", [])),
             task=d.get("task"),
             notes=d.get("notes", ""),
-            sha256=dict(d.get("sha256", {})),
+            sha256={ALIASES.get(k, k): v for k, v in d.get("sha256", {}).items()},
             manifest=manifest,
         )
+
+
+# The transformer and trained-model manifests name the files "quantized" and "float".
+ALIASES = {"quantized": "model", "float": "reference"}
 
 
 def load_manifests(root: Path = CORPUS_ROOT) -> list[CorpusEntry]:
@@ -213,7 +222,7 @@ def quantized_weighted_ops(model: onnx.ModelProto) -> list[str]:
 def model_error(model: onnx.ModelProto) -> str | None:
     """None when the model passes the checker's full check, strict shape inference and loads in
     ONNX Runtime; else the first failure in one line."""
-    from ..verify import session
+    from ..runtime import session
 
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -225,7 +234,7 @@ def model_error(model: onnx.ModelProto) -> str | None:
 
 
 def _outputs(model: onnx.ModelProto | str, inputs: str) -> tuple[np.ndarray, ...]:
-    from ..verify import load_inputs, run
+    from ..runtime import load_inputs, run
 
     outs = run(model, load_inputs(inputs))
     return tuple(outs[k] for k in sorted(outs))
