@@ -36,6 +36,7 @@ from .ruleset import Rule, RuleSet
 # `cleanup` set is exact by that set's contract too.
 EXACT_ACTIONS = frozenset(
     {"collapse_dq_q", "merge_duplicates", "drop_dead_qdq", "fold_weight_q", "float_bias"}
+    | {"float_params"}  # xrules: norm_params.py, bit-exact like float_bias
 )
 EXACT_SETS = frozenset({"cleanup"})
 # Actions the guard measures but never backs out, with the reason given when one is the cost:

@@ -231,3 +231,37 @@ def attention_matmul(graph: QGraph, node: Node | None) -> AttentionMatMul | None
     if hit is not None:
         return AttentionMatMul(node, "qk", hit[0], hit[1])
     return None
+
+
+def weight_dq_reader(graph: QGraph, node: Node | None) -> tuple[Node, Node] | None:
+    """(weight DQ, the node that reads its output) of a weighted GEMM with a quantized weight:
+    the GEMM itself, or the first Transpose/Identity/Reshape on the weight's path. Actions that
+    replace the DQ by float values (the ignore list) edit that reader's input."""
+    wm = weighted_matmul(graph, node)
+    if wm is None or wm.weight.dq is None:
+        return None
+    return wm.weight.dq, (wm.weight.through[0] if wm.weight.through else wm.node)
+
+
+GEMM_OPS = frozenset({"MatMul", "Gemm"})
+
+
+def is_constant_input(graph: QGraph, t: Tensor) -> bool:
+    """A constant in any form a producer writes: an initializer, or one behind a DQ (ORT's int8
+    bias of an Add), Identity (ModelOpt's deduplicated biases), Transpose or Reshape."""
+    return weight_path(graph, t) is not None
+
+
+def gemm_bias_data(graph: QGraph, add: Node | None) -> Tensor | None:
+    """The GEMM-side input of a bias Add: ``Add(GEMM(x) [-> Q/DQ], b)`` with ``b`` constant in
+    any form (``is_constant_input``) and a weighted MatMul/Gemm behind the other input (through at
+    most one Q/DQ pair: ORT quantizes every MatMul output). TensorRT runs the bias Add in the
+    GEMM's kernel (docs/transformers.md 1.3), so the pair is one GEMM with a bias. None otherwise."""
+    if add is None or add.op != "Add" or len(add.inputs) != 2:
+        return None
+    consts = [is_constant_input(graph, t) for t in add.inputs]
+    if sum(consts) != 1:
+        return None
+    data = add.inputs[consts.index(False)]
+    p = graph.producer(_skip_qdq_back(graph, data))
+    return data if p is not None and p.op in GEMM_OPS and weighted_matmul(graph, p) else None

@@ -34,6 +34,8 @@ import numpy as np
 import onnx
 
 from .graph import Node, QGraph
+from .matmul_checks import check_matmuls  # xrules
+from .matmul_patterns import GEMM_OPS  # xrules
 from .report import Problem
 from .scale_groups import scale_groups
 from .trt_patterns import (
@@ -63,6 +65,7 @@ FIXED_BY: dict[str, str] = {
     "trt-weighted-output": "remove_weighted_output_qdq",
     "trt-float-island": "remove_float_islands",
     "trt-scale-group": "unify_scale_groups",
+    "trt-bmm-input": "bmm_float_input",  # xrules
 }
 CHECK_IDS = (
     "trt-qdq-type",
@@ -74,6 +77,7 @@ CHECK_IDS = (
     "trt-float-island",
     "trt-scale-group",
     "trt-maxpool-scale",
+    "trt-bmm-input",  # xrules
 )
 
 
@@ -117,6 +121,8 @@ def check_graph(
         problems += _groups(graph)
     if "trt-maxpool-scale" in run:
         problems += _maxpools(graph)
+    if run & {"trt-qdq-axis", "trt-bmm-input"}:  # xrules: GEMM weight axis, BMM inputs
+        problems += [p for p in check_matmuls(graph, patterns) if p.rule_id in run]
     return problems
 
 
@@ -161,6 +167,8 @@ def _qdq_types(graph: QGraph) -> list[Problem]:
         users = dq.outputs[0].outputs if dq is not None else []
         for u in users:
             if not is_weighted(graph, u) or weight_tensor(graph, u) is not dq.outputs[0]:
+                continue
+            if u.op in ("Gemm", "MatMul"):  # xrules: matmul_checks follows the weight's path
                 continue
             want = 1 if u.op == "ConvTranspose" else 0
             if u.op in ("Gemm", "MatMul"):
@@ -231,7 +239,7 @@ def _residuals(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:
                     "the INT8 Add fusion",
                 )
             )
-        if not is_int8_tensor(graph, add.inputs[si]):
+        if not is_int8_tensor(graph, add.inputs[si]) and conv.op not in GEMM_OPS:  # xrules
             out.append(
                 Problem(
                     "trt-residual-add",

@@ -17,6 +17,13 @@ from dataclasses import dataclass
 
 from .commute import is_const, is_int8_qdq, is_int8_tensor, joining_inputs, value_outputs
 from .graph import Node, QGraph, Tensor, name_matches
+from .matmul_patterns import (  # xrules
+    gemm_bias_data,
+    is_activation_matmul,
+    is_constant_input,
+    is_int8_matmul,
+    weighted_matmul,
+)
 from .ops import CONV_OPS, FUSED_ACTIVATIONS, GATES, INT8_POOLING_OPS
 
 # Longest conv epilogue walked back from an Add input: BatchNormalization, activation(s), SiLU.
@@ -87,9 +94,8 @@ def weight_tensor(graph: QGraph, node: Node) -> Tensor | None:
     if node.op in CONV_OPS:
         return node.inputs[1] if len(node.inputs) > 1 else None
     if node.op in ("Gemm", "MatMul") and len(node.inputs) > 1:
-        w = node.inputs[1]
-        if is_const(w) or is_weight_dq(graph, graph.producer(w)):
-            return w
+        if weighted_matmul(graph, node) is not None:  # xrules: every export form of the weight
+            return node.inputs[1]
     return None
 
 
@@ -98,6 +104,8 @@ def is_weighted(graph: QGraph, node: Node | None) -> bool:
 
 
 def weight_quantized(graph: QGraph, node: Node) -> bool:
+    if node.op in ("Gemm", "MatMul"):  # xrules: the weight DQ may sit behind Transpose/Reshape
+        return (wm := weighted_matmul(graph, node)) is not None and wm.weight.quantized
     w = weight_tensor(graph, node)
     return w is not None and is_weight_dq(graph, graph.producer(w))
 
@@ -227,6 +235,11 @@ def fusion_target(graph: QGraph, add: Node, index: int) -> Node | None:
             if not _read_only_by(graph, t, [p]):
                 return None
             continue
+        if (bias_data := gemm_bias_data(graph, p)) is not None:  # xrules: GEMM + its bias Add
+            t = strip_qdq(graph, bias_data)
+            if not _read_only_by(graph, t, [p]):
+                return None
+            continue
         parts = silu_parts(graph, p)
         if parts is None:
             return None
@@ -247,6 +260,8 @@ def residual_inputs(graph: QGraph, add: Node) -> tuple[int, int] | None:
     a producer's correct quantizers stay; otherwise the branch is the input whose conv comes
     later in topological order. Exact and stable: applying the answer keeps it."""
     if add.op != "Add" or len(add.inputs) != 2 or any(is_const(t) for t in add.inputs):
+        return None
+    if any(is_constant_input(graph, t) for t in add.inputs):  # xrules: a bias Add, any form
         return None
     a, b = (strip_qdq(graph, t) for t in add.inputs)
     if a is b:
@@ -279,6 +294,8 @@ def feeds_int8(graph: QGraph, t: Tensor, ignore: Iterable[re.Pattern] = ()) -> b
         seen.add(id(cur))
         for c in cur.outputs:
             if graph.is_q(c) or c.op in INT8_POOLING_OPS:
+                return True
+            if is_activation_matmul(graph, c) and is_int8_matmul(graph, c):  # xrules: INT8 BMM
                 return True
             if is_weighted(graph, c) and c.inputs[0] is cur and not is_ignored(c, ignore):
                 return True

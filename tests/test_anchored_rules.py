@@ -21,12 +21,14 @@ from qdq_optimizer.testing.graphgen import FloatBuilder, naive_qdq
 TRT_ANCHORS = {
     "keep-ignored-float": {"Conv", "ConvTranspose", "Gemm", "MatMul"},
     "float-bias": {"Conv", "ConvTranspose", "Gemm"},
+    "float-params": {"DequantizeLinear"},
     "epilogue-qdq": {"Conv", "ConvTranspose", "Gemm", "MatMul"},
     "fold-bn": {"BatchNormalization"},
     "weight-int8": {"QuantizeLinear"},
     "residual-add": {"Add"},
     "weighted-output-qdq": {"Conv", "ConvTranspose", "Gemm", "MatMul"},
     "float-islands": {"QuantizeLinear"},
+    "bmm-input": {"MatMul"},
 }
 
 

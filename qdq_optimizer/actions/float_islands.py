@@ -17,6 +17,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from ..graph import Node, QGraph, constant_value
+from ..matmul_patterns import weight_dq_reader  # xrules
 from ..report import Change
 from ..trt_patterns import (
     activation_pair,
@@ -49,6 +50,7 @@ def dequantize_ignored(
             graph.bypass_qdq(*pair, consumers=[w])
     wt = weight_tensor(graph, w)
     dq = graph.producer(wt) if wt is not None else None
+    dq, reader = weight_dq_reader(graph, w) or (dq, w)  # xrules: DQ behind Transpose/Reshape
     if graph.is_dq(dq):
         src = dq.inputs[0]
         q = graph.producer(src)
@@ -62,9 +64,9 @@ def dequantize_ignored(
         if values is not None:
             done.append(f"weight DQ {dq.name}")
             if not ctx.dry_run:
-                index = next(i for i, t in enumerate(w.inputs) if t is wt)
+                index = next(i for i, t in enumerate(reader.inputs) if t is dq.outputs[0])
                 graph.set_input(
-                    w, index, gs.Constant(graph.unique_name(f"{wt.name}_float"), values)
+                    reader, index, gs.Constant(graph.unique_name(f"{wt.name}_float"), values)
                 )
                 graph.drop_if_unused(dq)
                 if graph.is_q(q):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Node, QGraph, Tensor
+from ..matmul_patterns import GEMM_OPS  # xrules
 from ..report import Change
 from ..scale_groups import scale_groups
 from ..trt_patterns import (
@@ -96,6 +97,8 @@ def residual_add(
             graph.bypass_qdq(*pair, consumers=[add])
     skip = add.inputs[si]
     if is_int8_tensor(graph, skip):
+        return changes
+    if conv.op in GEMM_OPS:  # xrules: a GEMM branch keeps a skip Q/DQ but gets none inserted
         return changes
     scale = _skip_scale(graph, skip, _groups(graph, ctx))
     scale = scale_from_samples(graph, skip, ctx) if scale is None else scale  # skip_scales.py
