@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from .commute import is_const, is_int8_tensor
 from .graph import Node, QGraph, Tensor, constant_value
+from .ops import GEMM_OPS
 
 # Ops that may sit between a weight's DQ and the GEMM input and still leave a constant weight
 # (TensorRT folds them into the weights; ModelOpt's FP8 exporter pre-transposes them instead).
@@ -241,9 +242,6 @@ def weight_dq_reader(graph: QGraph, node: Node | None) -> tuple[Node, Node] | No
     if wm is None or wm.weight.dq is None:
         return None
     return wm.weight.dq, (wm.weight.through[0] if wm.weight.through else wm.node)
-
-
-GEMM_OPS = frozenset({"MatMul", "Gemm"})
 
 
 def is_constant_input(graph: QGraph, t: Tensor) -> bool:

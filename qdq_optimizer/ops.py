@@ -45,3 +45,11 @@ INT8_POOLING_OPS = frozenset({"GlobalAveragePool", "AveragePool"})
 
 # Residual Add: TensorRT fuses ``Add(conv_branch, skip)`` into the conv as an INT8 epilogue.
 RESIDUAL_OPS = frozenset({"Add"})
+
+# GEMMs: a MatMul/Gemm is weighted when one input is a constant (possibly behind DQ and layout
+# ops: ``matmul_patterns.weighted_matmul``), an attention BMM when both inputs are activations.
+GEMM_OPS = frozenset({"MatMul", "Gemm"})
+
+# Normalizations TensorRT runs in FP16/FP32 (docs/transformers.md 1.3): their scale and bias are
+# float parameters, never Q/DQ'd int32/int8 (ORT quantizes LayerNormalization's bias).
+NORM_OPS = frozenset({"LayerNormalization", "InstanceNormalization", "GroupNormalization"})

@@ -35,7 +35,7 @@ import onnx
 
 from .graph import Node, QGraph
 from .matmul_checks import check_matmuls  # xrules
-from .matmul_patterns import GEMM_OPS  # xrules
+from .ops import GEMM_OPS
 from .report import Problem
 from .scale_groups import scale_groups
 from .trt_patterns import (

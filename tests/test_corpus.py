@@ -50,6 +50,7 @@ def test_known_failures_name_corpus_graphs() -> None:
 def test_corpus_files_present() -> None:
     """Every manifest path exists (a missing file must fail loudly, not be skipped)."""
     for e in ENTRIES:
+        corpus.prepare(e)
         for path in (e.model, e.reference, e.inputs, e.calibration):
             assert path is None or path.is_file(), f"{e.name}: {path} missing"
 

