@@ -1,0 +1,107 @@
+"""How much an output SQNR moves for reasons that have nothing to do with accuracy.
+
+A model whose activations are quantized coarsely (trained classifiers with per-tensor int8
+activations often sit at 4-7 dB SQNR inside) propagates rounding errors non-linearly: which way
+the final error moves when one rounding step is removed or changed is close to a coin toss, and on
+a few dozen samples of a softmax output a handful of samples near the decision boundary decide
+the pooled SQNR. A rule that removes Q/DQ pairs TensorRT would run in float drops rounding steps,
+so its measured effect is only meaningful beyond that spread.
+
+The control used here changes nothing anyone would call accuracy: every activation scale (the
+scale of a Q/DQ pair on a computed tensor; weight and bias scales stay) is multiplied by a factor
+within +-2 %. The spread of the output SQNR over those factors is the noise floor of the
+criterion on that model and sample set (issue 10, item 6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+DEFAULT_FACTORS = (0.98, 0.99, 0.995, 1.005, 1.01, 1.02)
+
+
+def activation_scale_names(model: onnx.ModelProto) -> set[str]:
+    """Names of the scale tensors of Q/DQ pairs on computed (non-constant) tensors that no
+    weight or bias Q/DQ shares (rescaling a shared one would change a weight too)."""
+    g = model.graph
+    consts = {i.name for i in g.initializer} | {
+        o for n in g.node if n.op_type == "Constant" for o in n.output
+    }
+    producer = {o: n for n in g.node for o in n.output}
+    act: set[str] = set()
+    other: set[str] = set()
+    for n in g.node:
+        if n.op_type == "QuantizeLinear" and len(n.input) > 1:
+            (other if n.input[0] in consts else act).add(n.input[1])
+        elif n.op_type == "DequantizeLinear" and len(n.input) > 1:
+            q = producer.get(n.input[0])
+            computed = q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in consts
+            (act if computed else other).add(n.input[1])
+    return act - other
+
+
+def rescale_activation_scales(model: onnx.ModelProto, factor: float) -> onnx.ModelProto:
+    """A copy of ``model`` whose activation Q/DQ scales are multiplied by ``factor`` (scale
+    initializers and Constant nodes; each shared scale once, so Q and DQ stay a pair)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    names = activation_scale_names(out)
+
+    def scaled(t: onnx.TensorProto) -> onnx.TensorProto:
+        a = numpy_helper.to_array(t)
+        return numpy_helper.from_array(np.asarray(a * factor, dtype=a.dtype), t.name)
+
+    for init in out.graph.initializer:
+        if init.name in names:
+            init.CopyFrom(scaled(init))
+    for node in out.graph.node:
+        if node.op_type == "Constant" and node.output[0] in names:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    attr.t.CopyFrom(scaled(attr.t))
+    return out
+
+
+@dataclass
+class NoiseFloor:
+    """Output SQNR (dB) of a model against its float reference, and its shift under each
+    activation-scale factor."""
+
+    sqnr_db: float
+    shifts_db: dict[float, float]
+
+    @property
+    def spread_db(self) -> float:
+        """Largest minus smallest SQNR over the model and its rescaled copies."""
+        values = [0.0, *self.shifts_db.values()]
+        return max(values) - min(values)
+
+    @property
+    def worst_shift_db(self) -> float:
+        """The largest loss a rescaled copy shows (<= 0)."""
+        return min([0.0, *self.shifts_db.values()])
+
+
+def noise_floor(
+    model: onnx.ModelProto | Path,
+    reference: Path,
+    inputs: Path,
+    factors: Iterable[float] = DEFAULT_FACTORS,
+) -> NoiseFloor:
+    """Measure the model's output SQNR against ``reference`` on ``inputs`` and how far it moves
+    when every activation scale is multiplied by each of ``factors``."""
+    from .corpus import output_sqnr
+
+    m = onnx.load(str(model)) if isinstance(model, str | Path) else model
+    base = output_sqnr(m, Path(reference), Path(inputs))
+    shifts = {
+        f: output_sqnr(rescale_activation_scales(m, f), Path(reference), Path(inputs)) - base
+        for f in factors
+    }
+    return NoiseFloor(base, shifts)

@@ -1,0 +1,79 @@
+"""The criterion's noise-floor control (qdq_optimizer.testing.noise_floor): only activation
+scales move, Q and DQ stay a pair, factor 1 is the identity, and the measured spread is real."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from qdq_optimizer.runtime import run
+from qdq_optimizer.testing.noise_floor import (
+    activation_scale_names,
+    noise_floor,
+    rescale_activation_scales,
+)
+from tests.qdq_builders import Builder
+
+
+def _model(quantized: bool = True) -> onnx.ModelProto:
+    b = Builder(seed=3)
+    x = b.input("x", [4, 3, 8, 8])
+    y = b.conv(x, 3, 8, in_scale=0.02 if quantized else None, name="c1")
+    y = b.conv(y, 8, 4, act=None, in_scale=0.05 if quantized else None, name="c2")
+    b.output(y)
+    return b.build()
+
+
+def _inits(m: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+
+
+def test_activation_scales_are_the_pairs_on_computed_tensors() -> None:
+    m = _model()
+    names = activation_scale_names(m)
+    nodes = {n.name: n for n in m.graph.node}
+    expected = {nodes[f"{c}_in_{k}"].input[1] for c in ("c1", "c2") for k in ("Q", "DQ")}
+    assert names == expected  # the per-channel weight DQ scales are not among them
+
+
+def test_rescale_moves_only_activation_scales() -> None:
+    m = _model()
+    doubled = rescale_activation_scales(m, 2.0)
+    onnx.checker.check_model(doubled, full_check=True)
+    before, after = _inits(m), _inits(doubled)
+    names = activation_scale_names(m)
+    for name, value in before.items():
+        expect = value * 2 if name in names else value
+        np.testing.assert_array_equal(after[name], expect.astype(value.dtype))
+    assert after[next(iter(names))].dtype == np.float32
+
+
+def test_factor_one_is_bit_identical() -> None:
+    m = _model()
+    x = {"x": np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)}
+    a, b = run(m, x), run(rescale_activation_scales(m, 1.0), x)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_a_scale_shared_with_a_weight_stays() -> None:
+    m = _model()
+    nodes = {n.name: n for n in m.graph.node}
+    shared = nodes["c1_in_Q"].input[1]
+    nodes["c1_wDQ"].input[1] = shared  # now a weight DQ reads it too (per-tensor)
+    assert shared not in activation_scale_names(m)
+    assert np.array_equal(_inits(rescale_activation_scales(m, 2.0))[shared], _inits(m)[shared])
+
+
+def test_noise_floor_measures_a_spread(tmp_path) -> None:
+    q, ref = tmp_path / "q.onnx", tmp_path / "ref.onnx"
+    onnx.save(_model(), q)
+    onnx.save(_model(quantized=False), ref)
+    data = tmp_path / "x.npz"
+    rng = np.random.default_rng(1)
+    np.savez(data, x=rng.standard_normal((4, 3, 8, 8)).astype(np.float32))
+    nf = noise_floor(q, ref, data, factors=(0.98, 1.02))
+    assert np.isfinite(nf.sqnr_db) and set(nf.shifts_db) == {0.98, 1.02}
+    assert nf.spread_db > 0  # another rounding grid gives another error
+    assert nf.worst_shift_db <= 0
