@@ -11,6 +11,7 @@ from qdq_optimizer.runtime import run
 from qdq_optimizer.testing.noise_floor import (
     activation_scale_names,
     noise_floor,
+    paired_change,
     rescale_activation_scales,
 )
 from tests.qdq_builders import Builder
@@ -77,3 +78,28 @@ def test_noise_floor_measures_a_spread(tmp_path) -> None:
     assert np.isfinite(nf.sqnr_db) and set(nf.shifts_db) == {0.98, 1.02}
     assert nf.spread_db > 0  # another rounding grid gives another error
     assert nf.worst_shift_db <= 0
+
+
+def test_paired_change_of_an_exact_rewrite_is_zero(tmp_path) -> None:
+    """A rewrite that changes nothing costs 0 dB on every realisation; one that drops the input
+    pair's rounding changes SQNR, differently per realisation."""
+    q, ref, data = tmp_path / "q.onnx", tmp_path / "ref.onnx", tmp_path / "x.npz"
+    onnx.save(_model(), q)
+    onnx.save(_model(quantized=False), ref)
+    np.savez(data, x=np.random.default_rng(2).standard_normal((4, 3, 8, 8)).astype(np.float32))
+    same = paired_change(q, lambda m: m, ref, data, factors=(1.0, 0.98, 1.02))
+    assert same.changes_db == {1.0: 0.0, 0.98: 0.0, 1.02: 0.0} and same.mean_db == 0.0
+
+    def drop_first_pair(m: onnx.ModelProto) -> onnx.ModelProto:
+        out = onnx.ModelProto()
+        out.CopyFrom(m)
+        nodes = {n.name: n for n in out.graph.node}
+        conv = nodes["c1"]
+        conv.input[0] = nodes["c1_in_Q"].input[0]
+        out.graph.node.remove(nodes["c1_in_DQ"])
+        out.graph.node.remove(nodes["c1_in_Q"])
+        return out
+
+    moved = paired_change(q, drop_first_pair, ref, data, factors=(1.0, 0.98, 1.02))
+    assert all(v != 0.0 for v in moved.changes_db.values())
+    assert len(set(moved.changes_db.values())) == 3

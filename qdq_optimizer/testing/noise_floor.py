@@ -10,12 +10,14 @@ so its measured effect is only meaningful beyond that spread.
 The control used here changes nothing anyone would call accuracy: every activation scale (the
 scale of a Q/DQ pair on a computed tensor; weight and bias scales stay) is multiplied by a factor
 within +-2 %. The spread of the output SQNR over those factors is the noise floor of the
-criterion on that model and sample set (issue 10, item 6).
+criterion on that model and sample set (issue 10, item 6). ``paired_change`` applies a rewrite
+to the model and to each rescaled copy: the mean of its SQNR changes over those realisations
+estimates what the rewrite itself costs, which one realisation cannot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,3 +107,35 @@ def noise_floor(
         for f in factors
     }
     return NoiseFloor(base, shifts)
+
+
+@dataclass
+class PairedChange:
+    """SQNR (dB) change a rewrite makes, measured on the model and on each rescaled copy (the
+    same rewrite, another rounding realisation): its mean estimates the rewrite's own cost."""
+
+    changes_db: dict[float, float]
+
+    @property
+    def mean_db(self) -> float:
+        return float(np.mean(list(self.changes_db.values())))
+
+
+def paired_change(
+    model: onnx.ModelProto | Path,
+    rewrite: Callable[[onnx.ModelProto], onnx.ModelProto],
+    reference: Path,
+    inputs: Path,
+    factors: Iterable[float] = (1.0, *DEFAULT_FACTORS),
+) -> PairedChange:
+    """``sqnr(rewrite(m_f)) - sqnr(m_f)`` for ``m_f`` = the model with activation scales times
+    each factor (1.0: the model itself)."""
+    from .corpus import output_sqnr
+
+    m = onnx.load(str(model)) if isinstance(model, str | Path) else model
+    changes = {}
+    for f in factors:
+        mf = rescale_activation_scales(m, f)
+        before = output_sqnr(mf, Path(reference), Path(inputs))
+        changes[f] = output_sqnr(rewrite(mf), Path(reference), Path(inputs)) - before
+    return PairedChange(changes)
