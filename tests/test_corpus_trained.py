@@ -104,7 +104,16 @@ def test_float_model_scores_one_against_itself(base):
     assert tasks.sqnr_db(f, inputs, base) == float("inf")
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
+def _one_per_task(entries: list[dict]) -> list[dict]:
+    """The first graph of each model: determinism is a property of the task function and the
+    session, so one graph per task shows it (every graph's metric runs in test_corpus.py)."""
+    seen: dict[str, dict] = {}
+    for e in entries:
+        seen.setdefault(_base(e["name"]), e)
+    return list(seen.values())
+
+
+@pytest.mark.parametrize("entry", _one_per_task(ENTRIES), ids=lambda e: e["name"])
 def test_task_metric_of_input_is_computed_and_deterministic(entry):
     base = _base(entry["name"])
     metric = tasks.METRICS[base]
