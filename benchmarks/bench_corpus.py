@@ -22,7 +22,7 @@ from qdq_optimizer.testing.corpus import evaluate, load_manifests  # noqa: E402
 
 COLUMNS = (
     "graph", "producer", "problems in->out", "INT8 ops in->out", "SQNR in->out dB", "task in->out",
-    "CPU s", "result",
+    "rules CPU s", "result",
 )  # fmt: skip
 
 
@@ -36,7 +36,8 @@ def row(r) -> list[str]:
         if r.task_before is None
         else f"{_num(r.task_before, '{:.3f}')}->{_num(r.task_after, '{:.3f}')}"
     )
-    result = "pass" if r.passed else "FAIL: " + "; ".join(r.reasons)
+    why = "; ".join(r.reasons)
+    result = "pass" if r.passed else "FAIL: " + (why if len(why) <= 90 else why[:89] + "…")
     return [
         r.name,
         r.producer,
@@ -44,7 +45,7 @@ def row(r) -> list[str]:
         f"{r.int8_ops_before}->{_num(r.int8_ops_after, '{}')}",
         f"{_num(r.sqnr_before)}->{_num(r.sqnr_after)}",
         task,
-        _num(r.cpu_seconds),
+        _num(r.cpu_seconds - r.calibration_cpu_seconds),  # what the limit judges
         result,
     ]
 
