@@ -60,3 +60,20 @@ def rules_option(default: str | None = "tensorrt", help: str = "Rule set name or
         show_default=default is not None,
         help=help,
     )
+
+
+def ignore_options(fn):
+    """``--ignore REGEX`` (repeatable) and the deprecated, hidden ``--allow-asymmetric``: the
+    options optimize and lint share."""
+    fn = click.option(
+        "--allow-asymmetric",
+        is_flag=True,
+        hidden=True,
+        help="Deprecated, no effect: uint8 and asymmetric int8 are converted (rule symmetric-int8).",
+    )(fn)
+    return click.option(
+        "--ignore",
+        multiple=True,
+        metavar="REGEX",
+        help="Leave nodes whose name matches REGEX alone (repeatable: --ignore A --ignore B).",
+    )(fn)

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ..errors import CheckFailed
-from .cli_help import epilog, rules_option
+from .cli_help import epilog, ignore_options, rules_option
 
 
 @click.command(
@@ -32,18 +32,7 @@ from .cli_help import epilog, rules_option
     show_default=True,
     help="Problems as text lines or one JSON document.",
 )
-@click.option(
-    "--ignore",
-    multiple=True,
-    metavar="REGEX",
-    help="Leave nodes whose name matches REGEX alone (repeatable: --ignore A --ignore B).",
-)
-@click.option(
-    "--allow-asymmetric",
-    is_flag=True,
-    hidden=True,
-    help="Deprecated, no effect: uint8 and asymmetric int8 are converted (rule symmetric-int8).",
-)
+@ignore_options
 @click.option(
     "--checks",
     type=click.Choice(["auto", "on", "off"]),

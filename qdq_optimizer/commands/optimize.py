@@ -17,7 +17,7 @@ from ..errors import CheckFailed, UsageError
 from ..fileio import check_output_path, write_text_atomic
 from ..fixpoint import DEFAULT_MAX_ITERATIONS
 from ..report import OptimizeReport
-from .cli_help import epilog, rules_option
+from .cli_help import epilog, ignore_options, rules_option
 
 MAX_WARNINGS = 10  # the rest go to --report
 MAX_REMAINING = 10  # remaining problems printed; all are in --report
@@ -82,18 +82,7 @@ MAX_REMAINING = 10  # remaining problems printed; all are in --report
     help="Run one pass of the rules and report what it would change; write no model.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="List the nodes each rule touched.")
-@click.option(
-    "--ignore",
-    multiple=True,
-    metavar="REGEX",
-    help="Leave nodes whose name matches REGEX alone (repeatable: --ignore A --ignore B).",
-)
-@click.option(
-    "--allow-asymmetric",
-    is_flag=True,
-    hidden=True,
-    help="Deprecated, no effect: uint8 and asymmetric int8 are converted (rule symmetric-int8).",
-)
+@ignore_options
 @click.option("--keep-weight-q", is_flag=True, help="Keep Q nodes on float weights.")
 @click.option(
     "--strict",
