@@ -496,6 +496,26 @@ class QGraph:
         )
         self.touch()
 
+    def set_weight_qparams(
+        self, nodes: list[Node], scale: np.ndarray, axis: int | None, name: str
+    ) -> None:
+        """Give a weight's DQ (and its Q, pair form) one new scale and a zero int8 zero point of
+        the scale's shape, on ``axis`` (None: per-tensor); constants are named after ``name``."""
+        s_c = self.float_constant(f"{name}_scale", scale)
+        z_c = gs.Constant(
+            self.unique_name(f"{name}_zero_point"), np.zeros(np.shape(scale), np.int8)
+        )
+        for n in nodes:
+            n.inputs[1] = s_c
+            if len(n.inputs) > 2:
+                n.inputs[2] = z_c
+            else:
+                n.inputs.append(z_c)
+            n.attrs.pop("axis", None)
+            if axis is not None:
+                n.attrs["axis"] = int(axis)
+        self.touch()
+
     def cleanup(self) -> int:
         """Remove nodes that do not contribute to a graph output (iteratively). Returns count."""
         live: set[int] = set()

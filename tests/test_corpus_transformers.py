@@ -9,14 +9,13 @@ each form they must tell apart.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from bench_util import load_benchmark
 from qdq_builders import Builder
 
 from qdq_optimizer.runtime import load_inputs, session
@@ -29,15 +28,7 @@ KEYS |= {"inputs", "notes", "sha256"}
 
 
 def _bench():
-    """benchmarks/ is not a package: load the script as a module (registered, for dataclasses)."""
-    if "bench_transformers" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "bench_transformers", ROOT / "benchmarks" / "bench_transformers.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_transformers"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_transformers"]
+    return load_benchmark("bench_transformers")
 
 
 def test_manifest_covers_every_architecture_and_producer():

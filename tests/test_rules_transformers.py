@@ -9,14 +9,13 @@ float model no worse than the input's minus 0.5 dB, idempotent.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from bench_util import load_benchmark
 from onnx import helper, numpy_helper
 from qdq_builders import Builder
 
@@ -298,14 +297,7 @@ UNFIXABLE = {"c2psa-pq": {"residual-add": 1}, "c2psa-nncf": {"residual-add": 1}}
 
 
 def _bench():
-    if "bench_transformers" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "bench_transformers", ROOT / "benchmarks" / "bench_transformers.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_transformers"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_transformers"]
+    return load_benchmark("bench_transformers")
 
 
 def _ratio(text: str) -> tuple[int, int, int]:

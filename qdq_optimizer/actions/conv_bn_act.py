@@ -157,19 +157,9 @@ def _fold_plan(graph: QGraph, conv: Node, g: np.ndarray, h: np.ndarray) -> dict 
     new_scale = graph.to_float_type(scale * np.abs(g)).astype(np.float32)
     if np.any(new_scale <= 0) or not np.all(np.isfinite(new_scale)):
         return "gamma/sigma is zero or not finite for some channel"
-    zp = np.zeros(cout, np.int8)
 
     def apply_q() -> None:
-        s_c = graph.float_constant(f"{w_t.name}_scale", new_scale)
-        z_c = gs.Constant(graph.unique_name(f"{w_t.name}_zero_point"), zp)
-        nodes = [q, dq] if pair_form else [dq]
-        for n in nodes:
-            n.inputs[1] = s_c
-            if len(n.inputs) > 2:
-                n.inputs[2] = z_c
-            else:
-                n.inputs.append(z_c)
-            n.attrs["axis"] = axis
+        graph.set_weight_qparams([q, dq] if pair_form else [dq], new_scale, axis, w_t.name)
         if pair_form:
             w_float = dequantize_np(new_wq, new_scale, None, axis)
             q.inputs[0] = graph.float_constant(f"{w_t.name}_bn", w_float)

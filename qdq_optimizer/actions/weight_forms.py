@@ -41,23 +41,6 @@ def _weight_pair(graph: QGraph, dq: Node) -> tuple[Node | None, np.ndarray] | No
     return None
 
 
-def _set_scale(graph: QGraph, nodes, scale: np.ndarray, axis: int | None) -> None:
-    s_c = graph.float_constant(f"{nodes[-1].name}_scale", scale)
-    z_c = gs.Constant(
-        graph.unique_name(f"{nodes[-1].name}_zero_point"), np.zeros(scale.shape, np.int8)
-    )
-    for n in nodes:
-        n.inputs[1] = s_c
-        if len(n.inputs) > 2:
-            n.inputs[2] = z_c
-        else:
-            n.inputs.append(z_c)
-        n.attrs.pop("axis", None)
-        if axis is not None:
-            n.attrs["axis"] = int(axis)
-    graph.touch()
-
-
 @register_action("zero_scale_channels", params={}, local=True)
 def zero_scale_channels(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
@@ -138,9 +121,9 @@ def convtranspose_weight_axis(
     wq, scale = symmetric_weight(w, 1, graph)
     if q is None:
         graph.set_input(dq, 0, gs.Constant(graph.unique_name(f"{w_t.name}_int8"), wq))
-        _set_scale(graph, [dq], scale, 1)
+        graph.set_weight_qparams([dq], scale, 1, dq.name)
     else:
-        _set_scale(graph, [q, dq], scale, 1)
+        graph.set_weight_qparams([q, dq], scale, 1, dq.name)
     return [change]
 
 
