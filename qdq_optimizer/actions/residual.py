@@ -39,40 +39,35 @@ from .skip_scales import scale_from_samples
 INSERTED_SKIP_QS = "inserted_skip_quantizers"
 
 
-def _skip_scale(graph: QGraph, t: Tensor, groups: dict[str, list[Node]]) -> float | None:
-    def per_tensor(qs: list[Node]) -> list[float]:
-        out = []
-        for q in qs:
-            try:
-                p = graph.qparams(q)
-            except ValueError:
-                continue
-            if not p.per_axis:
-                out.append(float(p.scale.reshape(-1)[0]))
-        return out
-
-    own = per_tensor(graph.quantizers_of(t))
-    if own:
-        return max(own)
-    shared = per_tensor(groups.get(t.name, []))
-    return max(shared) if shared else None
-
-
-def _sum_scale(graph: QGraph, add: Node) -> float | None:
-    """The largest per-tensor scale of the quantizers that read ``add``'s sum, directly or after
-    one Relu (C2PSA's ``proj(attn + pe(v))``, a ResNet block's ``Relu(conv + downsample)``)."""
-    out = add.outputs[0]
-    readers = graph.consumers(out)
-    if len(readers) == 1 and readers[0].op == "Relu":
-        out = readers[0].outputs[0]
-    scales = []
-    for q in graph.quantizers_of(out):
+def _per_tensor_scales(graph: QGraph, qs: list[Node]) -> list[float]:
+    """The positive per-tensor scales of ``qs`` (per-axis and non-constant ones skipped)."""
+    out = []
+    for q in qs:
         try:
             p = graph.qparams(q)
         except ValueError:
             continue
         if not p.per_axis and float(p.scale.reshape(-1)[0]) > 0:
-            scales.append(float(p.scale.reshape(-1)[0]))
+            out.append(float(p.scale.reshape(-1)[0]))
+    return out
+
+
+def _skip_scale(graph: QGraph, t: Tensor, groups: dict[str, list[Node]]) -> float | None:
+    own = _per_tensor_scales(graph, graph.quantizers_of(t))
+    if own:
+        return max(own)
+    shared = _per_tensor_scales(graph, groups.get(t.name, []))
+    return max(shared) if shared else None
+
+
+def _sum_scale(graph: QGraph, add: Node) -> float | None:
+    """The largest scale of the quantizers that read ``add``'s sum, directly or after one Relu
+    (C2PSA's ``proj(attn + pe(v))``, a ResNet block's ``Relu(conv + downsample)``)."""
+    out = add.outputs[0]
+    readers = graph.consumers(out)
+    if len(readers) == 1 and readers[0].op == "Relu":
+        out = readers[0].outputs[0]
+    scales = _per_tensor_scales(graph, graph.quantizers_of(out))
     return max(scales) if scales else None
 
 
