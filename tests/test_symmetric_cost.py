@@ -14,7 +14,14 @@ from onnx import numpy_helper
 from ort_quant import float_cnn, ort_quantize, photos
 
 from qdq_optimizer.api import optimize
-from qdq_optimizer.testing.symmetric_cost import conversion_costs, convert, convertible_pairs
+from qdq_optimizer.testing.symmetric_cost import (
+    calibration_judged_factors,
+    conversion_costs,
+    convert,
+    convertible_pairs,
+    least_error_factors,
+    rescale_pairs,
+)
 
 
 @cache
@@ -87,3 +94,45 @@ def test_costs_are_measured_on_the_outputs(files):
     # uint8 [0, a] -> int8: half the codes on four pairs; the output loses, each pair alone less
     assert c.cost_db < -0.3, c
     assert all(c.sqnr_all_db <= p.sqnr_db < c.sqnr_input_db + 0.1 for p in c.pairs), c
+
+
+def test_rescale_pairs_moves_only_the_named_pair():
+    converted = convert(quantized("relu", "uint8"))
+    before = _activation_qparams(converted)
+    after = _activation_qparams(rescale_pairs(converted, {"act1_QuantizeLinear": 0.5}))
+    assert after["act1_QuantizeLinear"][0] == pytest.approx(before["act1_QuantizeLinear"][0] / 2)
+    assert {n: p for n, p in after.items() if n != "act1_QuantizeLinear"} == {
+        n: p for n, p in before.items() if n != "act1_QuantizeLinear"
+    }
+    x = {"x": photos("val", 1)}
+    from qdq_optimizer.runtime import run
+
+    run(rescale_pairs(converted, {"act1_QuantizeLinear": 0.5}), x)  # Q and its DQ still agree
+
+
+def test_scale_alternatives_use_the_calibration_samples(tmp_path):
+    from qdq_optimizer.calibration import bypass_activation_qdq
+    from qdq_optimizer.runtime import run
+    from qdq_optimizer.verify import sqnr
+
+    q = quantized("relu", "uint8")
+    np.savez(tmp_path / "calib.npz", x=photos("calib", 4))
+    half = least_error_factors(q, tmp_path / "calib.npz")
+    flags = {name: h for _, name, _, h in convertible_pairs(q)}
+    assert half and all(flags[n] and 0.3 <= f <= 1.0 for n, f in half.items())
+    assert "conv3_QuantizeLinear" in least_error_factors(q, tmp_path / "calib.npz", False)
+
+    chosen = calibration_judged_factors(q, tmp_path / "calib.npz")
+    feeds = {"x": photos("calib", 4)}
+    ref = run(bypass_activation_qdq(q), feeds)
+
+    def score(m: onnx.ModelProto) -> float:
+        got = run(m, feeds)
+        return sqnr(
+            np.concatenate([ref[k].ravel() for k in sorted(ref)]),
+            np.concatenate([got[k].ravel() for k in sorted(got)]),
+        )
+
+    converted = convert(q)
+    assert chosen and all(f in (0.9, 0.8) for f in chosen.values())
+    assert score(rescale_pairs(converted, chosen)) >= score(converted)  # kept only if better

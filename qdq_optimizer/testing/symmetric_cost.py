@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from .. import asymmetric as asym
 from ..actions.registry import ActionContext
@@ -105,3 +107,94 @@ def conversion_costs(
         sqnr = output_sqnr(convert(model, only=i), reference, inputs)
         result.pairs.append(PairCost(i, name, detail, half, sqnr))
     return result
+
+
+# ------------------------------------------------------------------ scale alternatives (measured)
+# Each alternative is a factor on a converted pair's max/127 scale, chosen from the calibration
+# samples alone; none is adopted by the rule (docs/rules.md, Known accuracy limits, says what they
+# gave on the corpus). Kept so those numbers can be reproduced.
+
+
+def rescale_pairs(model: onnx.ModelProto, factors: dict[str, float]) -> onnx.ModelProto:
+    """A copy of a converted ``model`` whose Qs named in ``factors`` (and their DQs) have their
+    scale multiplied by the factor (a new initializer per pair: shared scales stay)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    inits = {t.name: t for t in g.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        if n.op_type == "DequantizeLinear":
+            readers.setdefault(n.input[0], []).append(n)
+    for q in g.node:
+        f = factors.get(q.name) if q.op_type == "QuantizeLinear" else None
+        if f is None or f == 1.0:
+            continue
+        old = numpy_helper.to_array(inits[q.input[1]])
+        new = numpy_helper.from_array((old * f).astype(old.dtype), f"{q.name}_scale_x{f:g}")
+        g.initializer.append(new)
+        for n in (q, *readers.get(q.output[0], [])):
+            n.input[1] = new.name
+    return out
+
+
+def least_error_factors(
+    model: onnx.ModelProto, calibration: Path, half_codes_only: bool = True
+) -> dict[str, float]:
+    """Per converted pair, the factor (0.30 ... 1.00) of its scale with the least quantization
+    error on the calibration histograms (``histogram.quantization_error``)."""
+    from ..api import calibration_pre_pass
+    from ..calibration import CalibrationData
+    from ..histogram import quantization_error
+
+    pre = calibration_pre_pass(model, CalibrationData.load(calibration))
+    hist, ranges = pre["observed_histograms"], pre["observed_ranges"]
+    source = {n.name: n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    scales = _converted_scales(convert(model))
+    factors = {}
+    for _, name, _, half in convertible_pairs(model):
+        t = source.get(name)
+        if (half_codes_only and not half) or t not in hist or name not in scales:
+            continue
+        candidates = np.linspace(0.3, 1.0, 141)
+        errors = [quantization_error(hist[t], ranges[t], f * scales[name]) for f in candidates]
+        factors[name] = float(candidates[int(np.argmin(errors))])
+    return factors
+
+
+def calibration_judged_factors(
+    model: onnx.ModelProto, calibration: Path, candidates: tuple[float, ...] = (0.9, 0.8)
+) -> dict[str, float]:
+    """Greedy over the converted pairs in graph order: a candidate factor is kept when it raises
+    the output SQNR on the calibration samples against the input with quantization off (what
+    ``optimize`` could judge with --calibration-data alone). 2 x pairs model runs."""
+    from ..calibration import bypass_activation_qdq
+    from ..runtime import load_inputs, run
+    from ..verify import sqnr
+
+    feeds = load_inputs(calibration)
+
+    def flat(m: onnx.ModelProto) -> np.ndarray:
+        outs = run(m, feeds)
+        return np.concatenate([outs[k].astype(np.float64).ravel() for k in sorted(outs)])
+
+    reference = flat(bypass_activation_qdq(model))
+    converted = convert(model)
+    factors: dict[str, float] = {}
+    best = sqnr(reference, flat(converted))
+    for f in candidates:
+        for _, name, _, _ in convertible_pairs(model):
+            trial = {**factors, name: f}
+            score = sqnr(reference, flat(rescale_pairs(converted, trial)))
+            if score > best + 0.01:
+                best, factors = score, trial
+    return factors
+
+
+def _converted_scales(converted: onnx.ModelProto) -> dict[str, float]:
+    inits = {t.name: t for t in converted.graph.initializer}
+    return {
+        n.name: float(numpy_helper.to_array(inits[n.input[1]]).reshape(-1)[0])
+        for n in converted.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[1] in inits
+    }
