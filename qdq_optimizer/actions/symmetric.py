@@ -126,9 +126,11 @@ def _insert_clamp(graph: QGraph, q: Node, clamp: tuple[float | None, float | Non
     graph.set_input(q, 0, out)
 
 
-def _convert_activation(
+def convert_activation(
     graph: QGraph, q: Node, ctx: ActionContext, stats: dict, memo: dict[int, bool]
 ) -> Change | None:
+    """Convert one activation pair (Q ``q`` and its DQs) when the rule converts it; the change,
+    or None. ``memo`` caches the non-negativity walk across calls."""
     p = _params(graph, q)
     if p is None or not _needs_conversion(p) or not _plain(q):
         return None
@@ -219,29 +221,60 @@ def _convert_weight(graph: QGraph, dq: Node, ctx: ActionContext, stats: dict) ->
     return change
 
 
-@register_action("symmetric_int8", params={})
-def symmetric_int8(
-    graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
+def new_stats() -> dict:
+    """The counters ``symmetric_int8``'s warning is written from."""
+    return {"pairs": 0, "clamps": 0, "weights": 0, "ratio": 0.0}
+
+
+def activation_quantizers(graph: QGraph, ctx: ActionContext) -> list[tuple[int, Node]]:
+    """The Qs on computed tensors the rule may convert (not ignored), each with its index among
+    the graph's Qs in graph order (the same on every import of a model)."""
+    return [
+        (i, q)
+        for i, q in enumerate(graph.nodes_of(QUANTIZE))
+        if graph.contains(q) and not ctx.is_ignored(q) and not _is_constant(graph, q.inputs[0])
+    ]  # weights are handled from their DQ (convert_weights)
+
+
+def convert_activations(
+    graph: QGraph,
+    ctx: ActionContext,
+    stats: dict,
+    only: int | None = None,
 ) -> list[Change]:
-    """Convert uint8/asymmetric/per-channel activation Q/DQ to symmetric per-tensor int8 (the
-    clamp a zero range edge implied re-inserted first) and re-quantize asymmetric weights."""
-    stats = {"pairs": 0, "clamps": 0, "weights": 0, "ratio": 0.0}
+    """Convert the activation Q/DQ pairs the rule converts; ``only``: just the pair whose Q has
+    that index (``testing.symmetric_cost`` converts one at a time to measure what each costs)."""
     memo: dict[int, bool] = {}
     changes: list[Change] = []
-    for q in graph.nodes_of(QUANTIZE):
-        if not graph.contains(q) or ctx.is_ignored(q):
-            continue
-        if _is_constant(graph, q.inputs[0]):
-            continue  # weights: handled from their DQ below
-        change = _convert_activation(graph, q, ctx, stats, memo)
-        if change is not None:
-            changes.append(change)
+    for i, q in activation_quantizers(graph, ctx):
+        if only is None or i == only:
+            change = convert_activation(graph, q, ctx, stats, memo)
+            if change is not None:
+                changes.append(change)
+    return changes
+
+
+def convert_weights(graph: QGraph, ctx: ActionContext, stats: dict) -> list[Change]:
+    """Re-quantize the uint8/asymmetric weights symmetric int8 from their float values."""
+    changes: list[Change] = []
     for dq in graph.nodes_of(DEQUANTIZE):
         # weights of ignored ops stay as they are: keep-ignored-float turns them float exactly
         if graph.contains(dq) and not ctx.any_ignored([dq, *dq.outputs[0].outputs]):
             change = _convert_weight(graph, dq, ctx, stats)
             if change is not None:
                 changes.append(change)
+    return changes
+
+
+@register_action("symmetric_int8", params={})
+def symmetric_int8(
+    graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
+) -> list[Change]:
+    """Convert uint8/asymmetric/per-channel activation Q/DQ to symmetric per-tensor int8 (the
+    clamp a zero range edge implied re-inserted first) and re-quantize asymmetric weights."""
+    stats = new_stats()
+    changes = convert_activations(graph, ctx, stats)
+    changes += convert_weights(graph, ctx, stats)
     if changes and not ctx.dry_run:
         ctx.warn(_cost(stats))
     return changes
