@@ -435,6 +435,9 @@ def attention_scale_move(graph: QGraph, bmm1: Node) -> ScaleMove | None:
     path. TensorRT wants Q or K scaled before BMM1 (docs/transformers.md 1.2)."""
     if not is_activation_matmul(graph, bmm1) or not is_int8_matmul(graph, bmm1):
         return None
+    role = attention_matmul(graph, bmm1)
+    if role is None or role.role != "qk":
+        return None  # a scalar after any other activation matmul is not the attention scale
     scale = score_scale(graph, bmm1)
     if scale is None:
         return None

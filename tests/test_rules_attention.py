@@ -107,6 +107,8 @@ def test_head_size_and_sequence_length_warnings_need_int8_and_known_shapes():
     (w,) = _warnings(_core(head=8, scale_op=None))
     assert "Q/K head size 8" in w.message and "V head size 8" in w.message
     assert "16, 32 or 64" in w.message
+    (w,) = _warnings(_core(head=8, scale_op=None, probs_second=True))  # C2PSA's v^T @ P^T
+    assert "V head size 8" in w.message
     (w,) = _warnings(_core(seq=520, scale_op=None))
     assert "query sequence length 520 > 512" in w.message
     assert _warnings(_core(head=64, seq=512, scale_op=None)) == []
@@ -249,6 +251,23 @@ def test_attention_rule_set_extends_tensorrt_and_orders_its_rules():
     assert rs.chain == ["cleanup", "tensorrt", "attention"]
     assert ids.index("softmax-output-qdq") == ids.index("float-islands") - 1
     assert ids[-1] == "attention-scale-before-bmm1"
+
+
+def test_warnings_name_the_registered_actions_that_fix_them():
+    from qdq_optimizer.actions import registered_actions
+    from qdq_optimizer.matmul_checks import SCALE_MOVE_ACTION, SOFTMAX_QDQ_ACTION
+
+    actions = {r.action for r in load_ruleset("attention").rules}
+    assert {SCALE_MOVE_ACTION, SOFTMAX_QDQ_ACTION} <= actions <= set(registered_actions())
+
+
+def test_a_scalar_after_a_matmul_that_feeds_no_softmax_stays():
+    b = Builder()
+    x, y = b.input("x", [1, 4, 8]), b.input("y", [1, 8, 4])
+    m = b.node("MatMul", [b.qdq(x, 0.05, name="x"), b.qdq(y, 0.05, name="y")], name="mm")
+    b.output(b.node("Mul", [m, b.const(np.float32(0.5), "half")], name="half_mul"))
+    _, report = optimize(b.build(), "attention")
+    assert "attention-scale-before-bmm1" not in _counts(report)
 
 
 def test_before_names_an_existing_rule(tmp_path):
