@@ -20,7 +20,7 @@ from .opset_upgrade import upgrade_opset
 from .report import OptimizeReport, Problem
 from .ruleset import RuleSet, compile_ignore, load_ruleset
 from .scale_groups import scale_groups
-from .trt_checks import check_graph, check_warnings, unowned_checks
+from .trt_checks import NODE_CHECKS, check_graph, check_warnings, unowned_checks
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 
@@ -304,17 +304,21 @@ def _lint_problems(
         )
         results = run.results
     problems: list[Problem] = []
+    changed: set[str] = set()  # nodes some rule would change
     for result in results:
         why = result.why.rstrip(".")
         for change in result.changes:
             message = f"{why} ({change.detail})" if change.detail else why
             problems.append(Problem(result.rule_id, list(change.nodes), message))
+            changed.update(change.nodes)
         problems.extend(result.unfixable)
     if _checks_on(ruleset, checks):
         only = unowned_checks(r.action for r in ruleset.rules)
         for p in check_graph(graph, ignore=patterns, only=only):
             if p.node_names and all(name_matches(n, patterns) for n in p.node_names):
                 continue  # every node it names is on the ignore list
+            if p.rule_id in NODE_CHECKS and set(p.node_names) <= changed:
+                continue  # a rule re-quantizes or removes that node: reported under its id
             problems.append(p)
     return _once(problems), results
 

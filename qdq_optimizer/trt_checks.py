@@ -72,6 +72,9 @@ FIXED_BY: dict[str, str] = {
     "trt-scale-group": "unify_scale_groups",
     "trt-bmm-input": "bmm_float_input",  # xrules
 }
+# Checks of one Q/DQ node's own parameters: a rule of the set that changes that node (re-quantizes
+# it, as symmetric-int8 does uint8/asymmetric pairs, or removes it) already reports the problem.
+NODE_CHECKS = frozenset({"trt-qdq-type", "trt-qdq-axis"})
 CHECK_IDS = (
     "trt-qdq-type",
     "trt-qdq-axis",

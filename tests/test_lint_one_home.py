@@ -130,3 +130,21 @@ def test_cli_strict_and_summary(tmp_path, capsys) -> None:
     assert out.exists()  # written: --strict is a gate, the report says what is left
     left = json.loads(rep.read_text())["remaining_problems"]
     assert left and left[0]["rule_id"] == "trt-qdq-type"
+
+
+def test_a_pair_symmetric_int8_converts_is_reported_once() -> None:
+    """A uint8 pair is symmetric-int8's to convert: lint names it under that rule only, not also
+    under `trt-qdq-type`; an int16 pair no rule converts keeps the check's report."""
+    g = G()
+    y = g.conv(g.q("x", 0.05, "u8", dtype=np.uint8), name="conv")
+    y = g.conv(g.q(y, 0.05, "i16", dtype=np.int16), name="conv2")
+    problems = lint(g.model([y]), "tensorrt")
+    by_node: dict[str, list[str]] = {}
+    for p in problems:
+        for n in p.node_names:
+            by_node.setdefault(n, []).append(p.rule_id)
+    assert by_node["u8_Q"] == ["symmetric-int8"]
+    assert "trt-qdq-type" in by_node["i16_Q"]
+    # without the rule (checks only), the uint8 pair is the check's to report
+    checked = lint(g.model([y]), "cleanup", checks=True)
+    assert any(p.rule_id == "trt-qdq-type" and "u8_Q" in p.node_names for p in checked)

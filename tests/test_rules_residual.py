@@ -118,7 +118,7 @@ def test_hard_swish_add_of_a_constant_is_not_residual() -> None:
     assert producers(out)[node(out, "add").input[0]].op_type == "Conv"
 
 
-def siblings(skip_q: str | None, seed: int = 3):
+def siblings(skip_q: str | None, seed: int = 3, sum_q: bool = True):
     """RepC3/C2f-style: two conv branches of one input meet in an Add (no branch descends from
     the other); ``skip_q`` names the inputs that already have a quantizer ('a', 'b', 'ab', '')."""
     g = G(seed=seed)
@@ -131,6 +131,8 @@ def siblings(skip_q: str | None, seed: int = 3):
     if "b" in skip_q:
         b = g.q(b, 0.07, "skipq" if skip_q == "b" else "qb")
     add = g.op("Add", [a, b], "add")
+    if not sum_q:  # the sum is read in float only (a graph output)
+        return g.model([add])
     return g.model([g.conv(g.q(add, 0.1, "after"), name="post")])
 
 
@@ -164,13 +166,39 @@ def test_a_right_placement_between_sibling_branches_is_kept(skip: str) -> None:
 
 
 def test_a_skip_with_no_quantizer_to_copy_is_reported_as_left() -> None:
-    """Neither sibling has a quantizer to take a scale from: the rule cannot fix the Add, and
-    says so (lint and optimize's remaining problems) instead of staying silent."""
-    out, rep = optimize(siblings(""), "tensorrt")
+    """Neither sibling nor the sum has a quantizer to take a scale from: the rule cannot fix the
+    Add, and says so (lint and optimize's remaining problems) instead of staying silent."""
+    m = siblings("", sum_q=False)
+    out, rep = optimize(m, "tensorrt")
     left = [p for p in rep.remaining_problems if p.rule_id == "residual-add"]
     assert len(left) == 1 and left[0].node_names == ["add"] and "no quantizer" in left[0].message
-    lint_left = [p for p in lint(siblings(""), "tensorrt") if p.rule_id == "residual-add"]
+    lint_left = [p for p in lint(m, "tensorrt") if p.rule_id == "residual-add"]
     assert [p.message for p in lint_left] == [left[0].message]
+
+
+@pytest.mark.parametrize("through_relu", [False, True])
+def test_a_skip_with_no_own_quantizer_borrows_the_sums_scale(through_relu: bool) -> None:
+    """C2PSA from pytorch-quantization/NNCF: nothing quantizes the skip, but a Q reads the sum
+    (directly, or after a Relu as in a ResNet block); the fused kernel re-quantizes the sum at that
+    scale, so the skip takes it, with the borrowed-scale warning, and the result is lint-clean."""
+    g = G(seed=3)
+    x = g.op("Relu", ["x"], "x_relu")
+    xq = g.q(x, 0.05, "xin")
+    a = g.op("Relu", [g.conv(xq, name="conv_a")], "relu_a")
+    b = g.op("Relu", [g.conv(xq, name="conv_b")], "relu_b")
+    s = g.op("Add", [a, b], "add")
+    if through_relu:
+        s = g.op("Relu", [s], "sum_relu")
+    m = g.model([g.conv(g.q(s, 0.1, "after"), name="post")])
+    out, rep = optimize(m, "tensorrt")
+    assert not rep.remaining_problems
+    add = node(out, "add")
+    prod = producers(out)
+    dqs = [prod[t] for t in add.input if prod[t].op_type == "DequantizeLinear"]
+    assert len(dqs) == 1
+    assert scales_of(out, "DequantizeLinear")[dqs[0].name] == pytest.approx(0.1)
+    assert any("borrowed" in w for w in rep.warnings)
+    assert lint(out, "tensorrt") == []
 
 
 @pytest.mark.parametrize("joiner", ["Concat", "MaxPool"])

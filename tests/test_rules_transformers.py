@@ -290,10 +290,6 @@ def test_transformer_residual_gets_no_skip_quantizer_inserted():
 # ---------------------------------------------------------------- the transformer corpus
 ENTRIES = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else []
 CORPUS = [e["name"] for e in ENTRIES]
-# C2PSA's `attention + pe(v)` Add is a conv residual (the depthwise pe conv is the branch) whose
-# skip, the attention output, has no quantizer to take a scale from in these two graphs: the
-# residual-add rule says it cannot fix it without --calibration-data (docs/transformers.md 3.5).
-UNFIXABLE = {"c2psa-pq": {"residual-add": 1}, "c2psa-nncf": {"residual-add": 1}}
 
 
 def _bench():
@@ -315,7 +311,7 @@ def test_corpus_keeps_every_int8_gemm_and_bmm(name):
     for what in (row.gemm, row.bmm):
         before, after, _ = _ratio(what)
         assert after >= before, f"{name}: INT8 lost ({what})"
-    assert row.lint_rules_after == UNFIXABLE.get(name, {}), row.lint_rules_after
+    assert row.lint_rules_after == {}, row.lint_rules_after
     assert row.sqnr_out >= row.sqnr_in - 0.5
     assert row.idempotent
 

@@ -8,7 +8,11 @@ epilogue, read by nothing else); constants are never skips; between sibling conv
 placement that is already right is kept. A skip with no quantizer to take a scale from is
 recorded as a problem this rule cannot fix (``ctx.cannot_fix``).
 The skip's Q/DQ uses the scale of the skip tensor's existing quantizer (the largest if several),
-else of its scale group's; later rules then unify the group and merge duplicate quantizers.
+else of its scale group's, else (``--calibration-data``) ``max|x| / 127`` on the samples, else the
+scale of the quantizer that reads the Add's sum (directly or after a Relu): the fused kernel
+re-quantizes the sum at that scale anyway, so a skip at the same step adds rounding of the order
+the output already has. Borrowed scales are warned and calibrated from data when samples are
+given; later rules then unify the group and merge duplicate quantizers.
 """
 
 from __future__ import annotations
@@ -35,23 +39,36 @@ from .skip_scales import scale_from_samples
 INSERTED_SKIP_QS = "inserted_skip_quantizers"
 
 
-def _skip_scale(graph: QGraph, t: Tensor, groups: dict[str, list[Node]]) -> float | None:
-    def per_tensor(qs: list[Node]) -> list[float]:
-        out = []
-        for q in qs:
-            try:
-                p = graph.qparams(q)
-            except ValueError:
-                continue
-            if not p.per_axis:
-                out.append(float(p.scale.reshape(-1)[0]))
-        return out
+def _per_tensor_scales(graph: QGraph, qs: list[Node]) -> list[float]:
+    """The positive per-tensor scales of ``qs`` (per-axis and non-constant ones skipped)."""
+    out = []
+    for q in qs:
+        try:
+            p = graph.qparams(q)
+        except ValueError:
+            continue
+        if not p.per_axis and float(p.scale.reshape(-1)[0]) > 0:
+            out.append(float(p.scale.reshape(-1)[0]))
+    return out
 
-    own = per_tensor(graph.quantizers_of(t))
+
+def _skip_scale(graph: QGraph, t: Tensor, groups: dict[str, list[Node]]) -> float | None:
+    own = _per_tensor_scales(graph, graph.quantizers_of(t))
     if own:
         return max(own)
-    shared = per_tensor(groups.get(t.name, []))
+    shared = _per_tensor_scales(graph, groups.get(t.name, []))
     return max(shared) if shared else None
+
+
+def _sum_scale(graph: QGraph, add: Node) -> float | None:
+    """The largest scale of the quantizers that read ``add``'s sum, directly or after one Relu
+    (C2PSA's ``proj(attn + pe(v))``, a ResNet block's ``Relu(conv + downsample)``)."""
+    out = add.outputs[0]
+    readers = graph.consumers(out)
+    if len(readers) == 1 and readers[0].op == "Relu":
+        out = readers[0].outputs[0]
+    scales = _per_tensor_scales(graph, graph.quantizers_of(out))
+    return max(scales) if scales else None
 
 
 def _groups(graph: QGraph, ctx: ActionContext) -> dict[str, list[Node]]:
@@ -102,12 +119,13 @@ def residual_add(
         return changes
     scale = _skip_scale(graph, skip, _groups(graph, ctx))
     scale = scale_from_samples(graph, skip, ctx) if scale is None else scale  # skip_scales.py
+    scale = _sum_scale(graph, add) if scale is None else scale
     if scale is None:
         ctx.note(f"skip input '{skip.name}' of '{add.name}' has no quantizer to take a scale from")
         ctx.cannot_fix(
             [add.name],
-            f"skip input '{skip.name}' is not quantized and has no quantizer to take a scale "
-            f"from: the Add cannot fuse into '{conv.name}' (quantize it at the producer)",
+            f"skip input '{skip.name}' is not quantized and no quantizer reads it or the sum "
+            f"to take a scale from: the Add cannot fuse into '{conv.name}' (quantize it at the producer)",
         )
         return changes
     changes.append(
