@@ -452,9 +452,19 @@ def attention_scale_move(graph: QGraph, bmm1: Node) -> ScaleMove | None:
             reader, t = p, p.inputs[0]
             layout.append(p)
         pair = _exclusive_pair(graph, t, reader)
-        if pair is not None:
+        if pair is not None and _broadcast_safe(scale, pair[0].inputs[0], bmm1.outputs[0]):
             return ScaleMove(scale, pair[0], pair[1], tuple(reversed(layout)))
     return None
+
+
+def _broadcast_safe(scale: ScoreScale, *tensors: Tensor) -> bool:
+    """The scale's constant (one value, any rank) broadcasts into each tensor without raising its
+    rank, so moving it changes no shape."""
+    ndim = next(constant_value(t) for t in scale.node.inputs if is_const(t)).ndim
+    if ndim == 0:
+        return True
+    ranks = [_rank(t) for t in tensors]
+    return all(r is not None and ndim <= r for r in ranks)
 
 
 def softmax_qdq_reader(graph: QGraph, block: AttentionBlock) -> Node | None:

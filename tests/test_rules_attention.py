@@ -174,6 +174,20 @@ def test_power_of_two_scale_moves_bit_exact(op, scale):
     assert rep2.total_changes == 0
 
 
+def test_a_scale_constant_of_higher_rank_is_not_moved():
+    """Mul by a [1,1,1,1,1] constant raises the scores' rank: moving it would change shapes."""
+    b = Builder()
+    q, k = b.input("q", [1, 2, 8, 16]), b.input("k", [1, 2, 8, 16])
+    kt = b.node("Transpose", [b.qdq(k, 0.05, name="k")], name="kT", perm=[0, 1, 3, 2])
+    s = b.node("MatMul", [b.qdq(q, 0.05, name="q"), kt], name="bmm1")
+    s = b.node("Mul", [s, b.const(np.full((1, 1, 1, 1, 1), 0.25, np.float32))], name="scale_op")
+    b.output(b.node("Softmax", [s], name="softmax", axis=-1))
+    model = b.build()
+    _, report = optimize(model, "attention")
+    assert "attention-scale-before-bmm1" not in _counts(report)
+    assert [w.node_names for w in report.lint_warnings] == [["bmm1", "scale_op"]]
+
+
 def test_other_scale_moves_within_rounding_and_keeps_the_int8_values():
     model = _core(scale_op="Mul", scale=1 / np.sqrt(32))
     feeds = _feeds(model)
