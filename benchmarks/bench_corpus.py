@@ -2,13 +2,15 @@
 criterion (``qdq_optimizer.testing.corpus.evaluate``): producer x architecture, lint problems
 before/after, INT8 weighted ops, SQNR against the float model before/after, task metric, time.
 
-Usage: ``python benchmarks/bench_corpus.py [--json OUT.json] [--markdown] [NAME_SUBSTRING ...]``.
+Usage: ``python benchmarks/bench_corpus.py [--json OUT.json] [--markdown] [--rules NAME]
+[NAME_SUBSTRING ...]`` (``--rules``: every entry with that rule set instead of its own).
 ``QDQOPT_CORPUS_ROOT`` points it at another corpus folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -55,8 +57,11 @@ def main() -> None:
     ap.add_argument("only", nargs="*", help="keep entries whose name contains one of these")
     ap.add_argument("--json", type=Path, help="write every result record here")
     ap.add_argument("--markdown", action="store_true", help="a Markdown table (for the README)")
+    ap.add_argument("--rules", help="run every entry with this rule set instead of its own")
     args = ap.parse_args()
     entries = [e for e in load_manifests() if not args.only or any(s in e.name for s in args.only)]
+    if args.rules:
+        entries = [dataclasses.replace(e, rules=args.rules) for e in entries]
     results = []
     for e in entries:
         r = evaluate(e)

@@ -16,7 +16,9 @@ run ``qdq_optimizer.api.optimize`` with the entry's rule set and print
 - ``idem``: whether a second run changes nothing; ``ms``: optimize's time.
 
     python benchmarks/bench_transformers.py [--manifest PATH] [--json OUT.json]
-        [--allow-asymmetric] [NAME_REGEX]
+        [--allow-asymmetric] [--rules NAME] [NAME_REGEX]
+
+``--rules NAME`` runs every entry with that rule set (e.g. ``attention``) instead of its own.
 """
 
 from __future__ import annotations
@@ -191,13 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--allow-asymmetric", action="store_true", help="as optimize's: asymmetric int8 accepted"
     )
+    ap.add_argument("--rules", help="run every entry with this rule set instead of its own")
     args = ap.parse_args(argv)
     if not args.manifest.is_file():
         print(f"bench_transformers: no manifest {args.manifest} (make corpus-transformers)",
               file=sys.stderr)  # fmt: skip
         return 2
     entries = [
-        e for e in json.loads(args.manifest.read_text()) if re.search(args.pattern, e["name"])
+        {**e, "rules": args.rules or e["rules"]}
+        for e in json.loads(args.manifest.read_text())
+        if re.search(args.pattern, e["name"])
     ]
     rows = []
     print(header(), flush=True)

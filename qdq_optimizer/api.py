@@ -20,7 +20,7 @@ from .opset_upgrade import upgrade_opset
 from .report import OptimizeReport, Problem
 from .ruleset import RuleSet, compile_ignore, load_ruleset
 from .scale_groups import scale_groups
-from .trt_checks import NODE_CHECKS, check_graph, unowned_checks
+from .trt_checks import NODE_CHECKS, check_graph, check_warnings, unowned_checks
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 
@@ -220,6 +220,7 @@ def _optimize_loaded(
     t = time.perf_counter()
     dead = 0
     remaining = None
+    lint_warnings: list[Problem] = []
     if dry_run:
         out = model
         after = before
@@ -240,6 +241,7 @@ def _optimize_loaded(
         if "observed_ranges" in run_settings:
             lint_settings["scale_policy"] = ruleset.settings.get("scale_policy", "max")
         remaining = _lint_problems(graph, ruleset, patterns, lint_settings, None, max_iterations)[0]
+        lint_warnings = _lint_warnings(graph, ruleset, patterns, None)
         timings["self_lint"] = _ms(t)
     timings["total"] = _ms(t0)
 
@@ -259,6 +261,7 @@ def _optimize_loaded(
         },
         timings_ms=timings,
         remaining_problems=remaining,
+        lint_warnings=lint_warnings,
     )
     return out, report
 
@@ -309,9 +312,7 @@ def _lint_problems(
             problems.append(Problem(result.rule_id, list(change.nodes), message))
             changed.update(change.nodes)
         problems.extend(result.unfixable)
-    if checks is None:
-        checks = "tensorrt" in ruleset.chain or bool(ruleset.settings.get("trt_checks", False))
-    if checks:
+    if _checks_on(ruleset, checks):
         only = unowned_checks(r.action for r in ruleset.rules)
         for p in check_graph(graph, ignore=patterns, only=only):
             if p.node_names and all(name_matches(n, patterns) for n in p.node_names):
@@ -320,6 +321,28 @@ def _lint_problems(
                 continue  # a rule re-quantizes or removes that node: reported under its id
             problems.append(p)
     return _once(problems), results
+
+
+def _checks_on(ruleset: RuleSet, checks: bool | None) -> bool:
+    """``checks=None``: the TensorRT checks run when the rule set is (or extends) ``tensorrt`` or
+    sets ``settings: {trt_checks: true}``."""
+    if checks is None:
+        return "tensorrt" in ruleset.chain or bool(ruleset.settings.get("trt_checks", False))
+    return checks
+
+
+def _lint_warnings(
+    graph: QGraph, ruleset: RuleSet, patterns: list, checks: bool | None
+) -> list[Problem]:
+    """Lint's warnings (severity "warning") for ``graph``: TensorRT restrictions we report but do
+    not count as problems (``trt_checks.WARNING_IDS``), with the TensorRT checks."""
+    if not _checks_on(ruleset, checks):
+        return []
+    return [
+        p
+        for p in check_warnings(graph, patterns, [r.action for r in ruleset.rules])
+        if not (p.node_names and all(name_matches(n, patterns) for n in p.node_names))
+    ]
 
 
 def _once(problems: list[Problem]) -> list[Problem]:
@@ -348,7 +371,8 @@ def lint_report(
     """Dry-run the rule set: each rule reports what it would change and what it found but
     cannot fix, under its id; plus TensorRT's placement checks that no rule of the set owns
     (``trt_checks.FIXED_BY``), so each problem is reported once. Problems go in
-    ``report.problems``. ``checks=None`` runs the TensorRT checks when the rule set is (or
+    ``report.problems``, the checks' warnings (``trt_checks.WARNING_IDS``, never problems) in
+    ``report.lint_warnings``. ``checks=None`` runs the TensorRT checks when the rule set is (or
     extends) ``tensorrt`` or sets ``settings: {trt_checks: true}``."""
     ruleset = rules if isinstance(rules, RuleSet) else load_ruleset(rules)
     model, report = optimize(
@@ -363,6 +387,7 @@ def lint_report(
     report.problems = _lint_problems(graph, ruleset, patterns, {}, checks, results=report.results)[
         0
     ]
+    report.lint_warnings = _lint_warnings(graph, ruleset, patterns, checks)
     return report
 
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from .commute import is_const, is_int8_tensor
+from .commute import is_const, is_int8_qdq, is_int8_tensor
 from .graph import Node, QGraph, Tensor, constant_value
-from .ops import GEMM_OPS
+from .ops import DATA_MOVEMENT_OPS, GEMM_OPS
 
 # Ops that may sit between a weight's DQ and the GEMM input and still leave a constant weight
 # (TensorRT folds them into the weights; ModelOpt's FP8 exporter pre-transposes them instead).
@@ -33,7 +33,7 @@ MAX_WEIGHT_HOPS = 4
 # probabilities and feeds them as BMM2's second input) and dropout.
 SCORE_OPS = frozenset(
     {"Mul", "Div", "Add", "Sub", "Where", "Reshape", "Transpose", "Cast", "Identity", "Squeeze"}
-    | {"Unsqueeze", "Flatten"}
+    | {"Unsqueeze", "Flatten", "Clip"}  # Clip: the saturation a removed Q/DQ pair leaves
 )
 PROB_OPS = frozenset({"Transpose", "Reshape", "Cast", "Identity", "Dropout", "Flatten"})
 MAX_ATTENTION_HOPS = 6
@@ -263,3 +263,223 @@ def gemm_bias_data(graph: QGraph, add: Node | None) -> Tensor | None:
     data = add.inputs[consts.index(False)]
     p = graph.producer(_skip_qdq_back(graph, data))
     return data if p is not None and p.op in GEMM_OPS and weighted_matmul(graph, p) else None
+
+
+@dataclass(frozen=True)
+class AttentionBlock:
+    """One attention core: a Softmax with the BMM1 that feeds it and the BMM2 that reads it (each
+    None when not found, e.g. a Softmax over a classifier's logits has neither)."""
+
+    softmax: Node
+    bmm1: AttentionMatMul | None
+    bmm2: AttentionMatMul | None
+
+    def probabilities(self) -> Tensor | None:
+        """BMM2's input that carries the Softmax output."""
+        if self.bmm2 is None or self.bmm2.probs_input is None:
+            return None
+        return self.bmm2.node.inputs[self.bmm2.probs_input]
+
+    def values(self) -> Tensor | None:
+        """BMM2's other input (V)."""
+        if self.bmm2 is None or self.bmm2.probs_input is None:
+            return None
+        return self.bmm2.node.inputs[1 - self.bmm2.probs_input]
+
+
+def attention_blocks(graph: QGraph) -> list[AttentionBlock]:
+    """Every attention core of ``graph`` in topological order of its Softmax: each MatMul is
+    classified once (``attention_matmul``, a bounded walk), so the pass is linear."""
+    found: dict[int, list] = {}
+    order: list[int] = []
+    for node in graph.topo_nodes():
+        if node.op != "MatMul":
+            continue
+        am = attention_matmul(graph, node)
+        if am is None:
+            continue
+        key = id(am.softmax)
+        if key not in found:
+            found[key] = [am.softmax, None, None]
+            order.append(key)
+        slot = 1 if am.role == "qk" else 2
+        if found[key][slot] is None:
+            found[key][slot] = am
+    return [AttentionBlock(*found[k]) for k in order]
+
+
+def _dim(t: Tensor | None, axis: int) -> int | None:
+    shape = getattr(t, "shape", None)
+    if shape is None or len(shape) < -axis:
+        return None
+    d = shape[axis]
+    return int(d) if isinstance(d, int) and not isinstance(d, bool) and d > 0 else None
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """What TensorRT's INT8 fused-attention restrictions look at, None where a shape is unknown:
+    the Q/K head size (BMM1's contracted axis), the V head size and both sequence lengths."""
+
+    head_qk: int | None
+    head_v: int | None
+    seq_q: int | None
+    seq_kv: int | None
+
+
+def attention_shape(block: AttentionBlock) -> AttentionShape:
+    """Head sizes and sequence lengths of ``block`` from the tensors' static shapes.
+
+    BMM1 is ``[.., S_q, D] x [.., D, S_kv]``. BMM2 is ``P [.., S_q, S_kv] x V [.., S_kv, Dv]``, or
+    with the probabilities second (YOLO11's C2PSA: ``V [.., Dv, S_kv] x P^T [.., S_kv, S_q]``)."""
+    head_qk = seq_q = seq_kv = head_v = None
+    if block.bmm1 is not None:
+        a, b = block.bmm1.node.inputs
+        head_qk, seq_q, seq_kv = _dim(a, -1) or _dim(b, -2), _dim(a, -2), _dim(b, -1)
+    v = block.values()
+    if v is not None:
+        first = block.bmm2.probs_input == 0
+        head_v = _dim(v, -1) if first else _dim(v, -2)
+        seq_kv = seq_kv or (_dim(v, -2) if first else _dim(v, -1))
+    return AttentionShape(head_qk, head_v, seq_q, seq_kv)
+
+
+@dataclass(frozen=True)
+class ScoreScale:
+    """A constant Mul/Div on BMM1's output: scores * ``factor``. ``clips`` are the Clips with
+    constant bounds between BMM1 and it (the saturation of BMM1's output pair that the rules
+    removed, ORT quantizes every MatMul output); moving the scale multiplies their bounds too."""
+
+    node: Node
+    factor: float
+    clips: tuple[Node, ...] = ()
+
+
+def _const_clip(node: Node) -> bool:
+    return (
+        node.op == "Clip"
+        and len(node.inputs) == 3
+        and all(t.name and is_const(t) for t in node.inputs[1:])
+        and all(constant_value(t).size == 1 for t in node.inputs[1:])
+    )
+
+
+def score_scale(graph: QGraph, bmm1: Node) -> ScoreScale | None:
+    """The attention scale applied right after BMM1 (BERT's ``/ sqrt(d)``, YOLO11's ``* scale``):
+    a Mul with a constant scalar operand or a Div by one, reading BMM1's output alone (through
+    constant-bound Clips, each read alone), nothing on the way a graph output. ``factor`` is what
+    the scores are multiplied by (1/d for a Div). None for any other form, or a factor that is not
+    finite and positive."""
+    out, clips = bmm1.outputs[0], []
+    while True:
+        if len(out.outputs) != 1 or graph.is_graph_output(out):
+            return None
+        op = out.outputs[0]
+        if not _const_clip(op) or op.inputs[0] is not out or len(clips) == MAX_ATTENTION_HOPS:
+            break
+        clips.append(op)
+        out = op.outputs[0]
+    if op.op not in ("Mul", "Div") or len(op.inputs) != 2:
+        return None
+    if op.op == "Div" and op.inputs[0] is not out:
+        return None
+    other = op.inputs[1] if op.inputs[0] is out else op.inputs[0]
+    value = constant_value(other) if is_const(other) else None
+    if value is None or value.size != 1:
+        return None
+    s = float(value.reshape(()))
+    factor = 1.0 / s if op.op == "Div" and s != 0 else (s if op.op == "Mul" else float("nan"))
+    if not (factor > 0 and factor < float("inf")):
+        return None
+    return ScoreScale(op, factor, tuple(clips))
+
+
+def _exclusive_pair(graph: QGraph, t: Tensor, reader: Node) -> tuple[Node, Node] | None:
+    """(Q, DQ) producing ``t`` when both are int8 and per-tensor, the Q reads an activation, the Q's
+    output is read by that DQ alone and the DQ's by ``reader`` alone: a pair a rewrite may
+    re-scale without touching another reader."""
+    pair = graph.qdq_pair_on(t)
+    if pair is None:
+        return None
+    q, dq = pair
+    if is_const(q.inputs[0]) or not (is_int8_qdq(graph, q) and is_int8_qdq(graph, dq)):
+        return None
+    if len(q.outputs[0].outputs) != 1 or graph.is_graph_output(q.outputs[0]):
+        return None
+    if [id(c) for c in t.outputs] != [id(reader)] or graph.is_graph_output(t):
+        return None
+    try:
+        if graph.qparams(q).per_axis or graph.qparams(dq).per_axis:
+            return None
+    except ValueError:
+        return None
+    return pair
+
+
+@dataclass(frozen=True)
+class ScaleMove:
+    """How to move BMM1's score scale onto one of its inputs: ``scale`` (the Mul/Div after BMM1)
+    goes in front of ``q`` (the input's quantizer), whose pair gets its scale times the factor;
+    ``layout`` are the data-movement ops between the DQ and BMM1 (a scalar commutes with them)."""
+
+    scale: ScoreScale
+    q: Node
+    dq: Node
+    layout: tuple[Node, ...]
+
+
+def attention_scale_move(graph: QGraph, bmm1: Node) -> ScaleMove | None:
+    """The rewrite ``attention-scale-before-bmm1`` makes on an INT8 BMM1, or None when it does not
+    apply: a ``score_scale`` right after BMM1, and an input (Q first, then K) that arrives through
+    an exclusive int8 per-tensor Q/DQ pair, possibly behind data-movement ops read only on that
+    path. TensorRT wants Q or K scaled before BMM1 (docs/transformers.md 1.2)."""
+    if not is_activation_matmul(graph, bmm1) or not is_int8_matmul(graph, bmm1):
+        return None
+    role = attention_matmul(graph, bmm1)
+    if role is None or role.role != "qk":
+        return None  # a scalar after any other activation matmul is not the attention scale
+    scale = score_scale(graph, bmm1)
+    if scale is None:
+        return None
+    for t in bmm1.inputs:
+        reader, layout = bmm1, []
+        for _ in range(MAX_ATTENTION_HOPS):
+            p = graph.producer(t)
+            if p is None or graph.is_dq(p) or p.op not in DATA_MOVEMENT_OPS:
+                break
+            if len(t.outputs) != 1 or graph.is_graph_output(t) or len(p.outputs) != 1:
+                break
+            reader, t = p, p.inputs[0]
+            layout.append(p)
+        pair = _exclusive_pair(graph, t, reader)
+        if pair is not None and _broadcast_safe(scale, pair[0].inputs[0], bmm1.outputs[0]):
+            return ScaleMove(scale, pair[0], pair[1], tuple(reversed(layout)))
+    return None
+
+
+def _broadcast_safe(scale: ScoreScale, *tensors: Tensor) -> bool:
+    """The scale's constant (one value, any rank) broadcasts into each tensor without raising its
+    rank, so moving it changes no shape."""
+    ndim = next(constant_value(t) for t in scale.node.inputs if is_const(t)).ndim
+    if ndim == 0:
+        return True
+    ranks = [_rank(t) for t in tensors]
+    return all(r is not None and ndim <= r for r in ranks)
+
+
+def softmax_qdq_reader(graph: QGraph, block: AttentionBlock) -> Node | None:
+    """Where ``softmax-output-qdq`` puts a Q/DQ on the Softmax output: the node on the path to
+    BMM2 that reads the Softmax output (BMM2 itself, or the first layout op), when BMM1 and V are
+    INT8, the probabilities float and every op between the Softmax and BMM2 a data-movement op
+    (so TensorRT sees BMM2's input as INT8). None otherwise."""
+    if block.bmm1 is None or block.bmm2 is None or not is_int8_matmul(graph, block.bmm1.node):
+        return None
+    probs, values = block.probabilities(), block.values()
+    if probs is None or is_int8_tensor(graph, probs) or not is_int8_tensor(graph, values):
+        return None
+    if any(n.op not in DATA_MOVEMENT_OPS for n in block.bmm2.between):
+        return None
+    reader = block.bmm2.between[0] if block.bmm2.between else block.bmm2.node
+    if not any(t is block.softmax.outputs[0] for t in reader.inputs):
+        return None  # a Q/DQ (not INT8 here, e.g. uint8) sits between: leave it
+    return reader

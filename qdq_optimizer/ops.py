@@ -53,3 +53,13 @@ GEMM_OPS = frozenset({"MatMul", "Gemm"})
 # Normalizations TensorRT runs in FP16/FP32 (docs/transformers.md 1.3): their scale and bias are
 # float parameters, never Q/DQ'd int32/int8 (ORT quantizes LayerNormalization's bias).
 NORM_OPS = frozenset({"LayerNormalization", "InstanceNormalization", "GroupNormalization"})
+
+# INT8 fused multi-head attention (docs/transformers.md 1.2; TensorRT 8.6 developer guide,
+# "mha-fusion", quoted in NVIDIA/TensorRT issue 2981): the head size must be one of these and
+# both sequence lengths at most INT8_MHA_MAX_SEQ, and Q/DQ must sit before BMM1, after the Softmax
+# and after BMM2. The 10.x/11 text was not found, so lint reports these as warnings.
+INT8_MHA_HEAD_SIZES = frozenset({16, 32, 64})
+INT8_MHA_MAX_SEQ = 512
+# A Softmax output lies in [0, 1]: its symmetric int8 Q/DQ needs no data (ORT fixes the same
+# range; ModelOpt's FP8 exporter uses 1/448 for FP8).
+SOFTMAX_INT8_SCALE = 1.0 / 127.0

@@ -13,11 +13,16 @@ from typing import Any
 
 @dataclass
 class Problem:
-    """One placement problem: which rule or check found it, on which nodes, and why."""
+    """One placement problem: which rule or check found it, on which nodes, and why.
+
+    ``severity`` is ``"error"`` (lint fails, optimize's remaining problems) or ``"warning"``: a
+    documented TensorRT restriction we cannot confirm for the current TensorRT (e.g. the INT8
+    fused-attention limits), reported but never counted as a problem."""
 
     rule_id: str
     node_names: list[str]
     message: str
+    severity: str = "error"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +98,8 @@ class OptimizeReport:
     guard: dict[str, Any] | None = None  # the accuracy guard's measurements (guard.GuardReport)
     # optimize: what lint still finds in the result (None in dry-run, where nothing was written)
     remaining_problems: list[Problem] | None = None
+    # lint's warnings (severity "warning"): of the input for lint, of the result for optimize
+    lint_warnings: list[Problem] = field(default_factory=list)
 
     @property
     def total_changes(self) -> int:
@@ -120,6 +127,7 @@ class OptimizeReport:
             "remaining_problems": None
             if self.remaining_problems is None
             else [p.to_dict() for p in self.remaining_problems],
+            "lint_warnings": [p.to_dict() for p in self.lint_warnings],
         }
 
     def to_json(self) -> str:

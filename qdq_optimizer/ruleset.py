@@ -36,7 +36,7 @@ def _builtin_rules_dir() -> Path:
 RULES_DIR = _builtin_rules_dir()
 
 _SET_KEYS = {"name", "description", "extends", "ignore", "settings", "disable", "rules"}
-_RULE_KEYS = {"id", "why", "match", "action", "params", "enabled"}
+_RULE_KEYS = {"id", "why", "match", "action", "params", "enabled", "before"}
 _MATCH_KEYS = {"scope", "op", "name", "not_name", "inputs", "any_input", "consumers"}
 _SPEC_KEYS = {"op", "name", "not_name", "constant", "graph_input"}
 _CONSUMER_KEYS = {"all", "any", "none", "count", "min", "max", "graph_output"}
@@ -227,8 +227,23 @@ def _load(path: Path, stack: list[Path]) -> RuleSet:
             base.rules[idx] = rule  # override an inherited rule in place
         else:
             base.rules.append(rule)
+        if enabled and raw.get("before") is not None:
+            _place_before(base, rule, raw["before"], where)
     base.chain.append(base.name)
     return base
+
+
+def _place_before(ruleset: RuleSet, rule: Rule, before: Any, where: str) -> None:
+    """Move ``rule`` in front of the rule with id ``before`` (inherited or earlier in the file):
+    a rule that must see the graph before an inherited rule rewrites it."""
+    at = f"{where}: rule '{rule.id}'"
+    if not isinstance(before, str) or before == rule.id:
+        raise RuleSetError(f"{at}: 'before' must name another rule's id")
+    ruleset.rules = [r for r in ruleset.rules if r is not rule]
+    idx = next((k for k, r in enumerate(ruleset.rules) if r.id == before), None)
+    if idx is None:
+        raise RuleSetError(f"{at}: 'before' names unknown rule '{before}'")
+    ruleset.rules.insert(idx, rule)
 
 
 def _merge(into: RuleSet, parent: RuleSet) -> None:

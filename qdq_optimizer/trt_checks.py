@@ -23,6 +23,11 @@ Check ids (all ``trt-*``):
   one tensor) with different scales: TensorRT requantizes (Reformat) instead of eliminating them.
 - ``trt-maxpool-scale``: a quantized MaxPool with a non-positive scale (it commutes with
   quantization only for a positive scale; unequal positive scales are a ``trt-scale-group``).
+
+Warnings (``check_warnings``, severity "warning": reported, never counted as problems, so they do
+not change lint's exit status or optimize's remaining problems):
+- ``trt-attention``: INT8 attention that TensorRT's documented fused-MHA restrictions rule out
+  (``matmul_checks.attention_warnings``).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import numpy as np
 import onnx
 
 from .graph import Node, QGraph
-from .matmul_checks import check_matmuls  # xrules
+from .matmul_checks import ATTENTION, attention_warnings, check_matmuls  # xrules
 from .ops import GEMM_OPS
 from .report import Problem
 from .scale_groups import scale_groups
@@ -82,6 +87,7 @@ CHECK_IDS = (
     "trt-maxpool-scale",
     "trt-bmm-input",  # xrules
 )
+WARNING_IDS = (ATTENTION,)
 
 
 def _scale(graph: QGraph, node: Node) -> np.ndarray | None:
@@ -127,6 +133,15 @@ def check_graph(
     if run & {"trt-qdq-axis", "trt-bmm-input"}:  # xrules: GEMM weight axis, BMM inputs
         problems += [p for p in check_matmuls(graph, patterns) if p.rule_id in run]
     return problems
+
+
+def check_warnings(
+    graph: QGraph, ignore: Iterable[re.Pattern | str] = (), actions: Iterable[str] = ()
+) -> list[Problem]:
+    """TensorRT warnings (``WARNING_IDS``) for ``graph``; ``actions`` are the linted rule set's,
+    whose rules report the cases they fix themselves."""
+    patterns = [re.compile(p) if isinstance(p, str) else p for p in ignore]
+    return attention_warnings(graph, patterns, actions)
 
 
 def _qdq_types(graph: QGraph) -> list[Problem]:

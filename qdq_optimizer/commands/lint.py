@@ -1,6 +1,7 @@
 """``qdqopt lint IN --rules NAME``: what the rule set's rules find (what they would change, and
 what they cannot fix) without rewriting, plus TensorRT's placement checks that no rule of the set
-owns, so each problem is reported once; exit 1 when there is any problem (a CI gate). IN is never
+owns, so each problem is reported once; exit 1 when there is any problem (a CI gate). The checks'
+warnings (``trt-attention``) are printed too but never change the exit status. IN is never
 modified."""
 
 from __future__ import annotations
@@ -64,15 +65,21 @@ def command(
             "model": str(input_path),
             "rules": report.rule_chain,
             "problems": [p.to_dict() for p in problems],
+            "lint_warnings": [p.to_dict() for p in report.lint_warnings],
             "warnings": report.warnings,
         }
         click.echo(json.dumps(payload, indent=2))
     else:
         for p in problems:
             click.echo(str(p))
+        for p in report.lint_warnings:
+            click.echo(f"warning {p}")
         for w in report.warnings:
             click.echo(f"warning: {w}", err=True)
         chain = " > ".join(report.rule_chain)
-        click.echo(f"{len(problems)} problem(s) in {input_path} (rules: {chain})")
+        counted = f"{len(problems)} problem(s)"
+        if report.lint_warnings:
+            counted += f", {len(report.lint_warnings)} warning(s)"
+        click.echo(f"{counted} in {input_path} (rules: {chain})")
     if problems:
         raise CheckFailed(f"{len(problems)} Q/DQ placement problem(s) in {input_path}")

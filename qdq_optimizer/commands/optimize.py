@@ -283,6 +283,11 @@ def print_report(report: OptimizeReport, *, verbose: bool, target: Path | None) 
                 )
         else:
             console.print("remaining: none (the result is lint-clean)", markup=False)
+        for p in report.lint_warnings[:MAX_REMAINING]:
+            console.print(f"lint warning {p}", markup=False, soft_wrap=True)
+        if len(report.lint_warnings) > MAX_REMAINING:
+            more = len(report.lint_warnings) - MAX_REMAINING
+            console.print(f"lint warning ... and {more} more (all in --report)", markup=False)
     if target is not None:
         console.print(f"wrote {target}", markup=False)
 
