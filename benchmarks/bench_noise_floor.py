@@ -1,11 +1,17 @@
-"""Is a corpus entry's SQNR loss beyond the criterion's noise floor? (issue 10, item 6)
+"""Is a corpus entry's SQNR loss beyond the criterion's noise? (issue 10, item 6)
 
 For each named corpus entry: output SQNR against the float model for the input and for
-``optimize`` (tensorrt rules), and the noise floor: how far the input's SQNR moves when every
-activation scale is multiplied by 0.98 ... 1.02 (``qdq_optimizer.testing.noise_floor``), a change
-with no accuracy meaning. A loss inside that spread is not evidence that a rule is wrong. The
-paired mean applies ``optimize`` to the input and to each rescaled copy and averages the SQNR
-change over those rounding realisations: the rules' own cost, which one realisation cannot show.
+``optimize`` (the entry's rules and calibration data, as the criterion runs it), then the two
+sources of spread in that one number (``qdq_optimizer.testing.noise_floor``):
+
+- the held-out samples: how many it rests on (Kish's effective count of the per-sample noise,
+  input -> output), the share of the output's noise in its 3 worst samples, and a 95 % bootstrap
+  interval of the change over the samples (paired: the same draw for input and output);
+- the rounding realisation: every activation scale times 0.98 ... 1.02, a change with no
+  accuracy meaning. ``floor`` is how far that moves the input's SQNR; ``paired`` applies
+  ``optimize`` to each rescaled copy and gives the mean change +- its standard error (the rules'
+  own cost, which one realisation cannot show) and where the given input's SQNR ranks among its
+  realisations (1 of 7: the given rounding is the luckiest, and any rewrite regresses to the mean).
 
     python benchmarks/bench_noise_floor.py NAME [NAME ...]
 """
@@ -15,11 +21,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qdq_optimizer import api  # noqa: E402
 from qdq_optimizer.testing import corpus  # noqa: E402
-from qdq_optimizer.testing.noise_floor import noise_floor, paired_change  # noqa: E402
+from qdq_optimizer.testing.noise_floor import (  # noqa: E402
+    bootstrap_delta_ci,
+    effective_samples,
+    model_sample_noise,
+    noise_floor,
+    paired_change,
+)
 
 
 def main(names: list[str]) -> int:
@@ -29,24 +43,34 @@ def main(names: list[str]) -> int:
         print(f"unknown corpus entries: {', '.join(unknown) or '(none named)'}", file=sys.stderr)
         return 2
     print(
-        "entry | input dB | output dB | change | floor: worst shift, spread (scale x0.98..1.02)"
-        " | paired change: mean, min, max"
+        "entry | input dB | output dB | change | samples: n, effective in->out, worst-3 share,"
+        " 95% bootstrap | floor: worst shift, spread | paired: mean +- se (min, max), input rank"
     )
     for name in names:
         e = entries[name]
         corpus.prepare(e)
-        out, _ = api.optimize(str(e.model), e.rules, ignore=e.ignore, lint_result=False)
-        s_out = corpus.output_sqnr(out, e.reference, e.inputs)
-        nf = noise_floor(e.model, e.reference, e.inputs)
 
         def rewrite(m, e=e):
-            return api.optimize(m, e.rules, ignore=e.ignore, lint_result=False)[0]
+            return api.optimize(
+                m, e.rules, ignore=e.ignore, calibration_data=e.calibration, lint_result=False
+            )[0]
 
-        pc = paired_change(e.model, rewrite, e.reference, e.inputs).changes_db.values()
+        out = rewrite(str(e.model))
+        s_out = corpus.output_sqnr(out, e.reference, e.inputs)
+        nf = noise_floor(e.model, e.reference, e.inputs)
+        before = model_sample_noise(e.model, e.reference, e.inputs)
+        after = model_sample_noise(out, e.reference, e.inputs)
+        low, high = bootstrap_delta_ci(before, after)
+        worst3 = np.sort(after)[::-1][:3].sum() / after.sum()
+        pc = paired_change(e.model, rewrite, e.reference, e.inputs)
+        ch = pc.changes_db.values()
         print(
             f"{name} | {nf.sqnr_db:.2f} | {s_out:.2f} | {s_out - nf.sqnr_db:+.2f} | "
+            f"{len(before)}, {effective_samples(before):.1f}->{effective_samples(after):.1f}, "
+            f"{worst3:.2f}, [{low:+.2f}, {high:+.2f}] | "
             f"{nf.worst_shift_db:+.2f}, {nf.spread_db:.2f} | "
-            f"{sum(pc) / len(pc):+.2f}, {min(pc):+.2f}, {max(pc):+.2f}",
+            f"{pc.mean_db:+.2f} +- {pc.se_db:.2f} ({min(ch):+.2f}, {max(ch):+.2f}), "
+            f"{pc.rank_of(1.0)} of {len(pc.before_db)}",
             flush=True,
         )
     return 0

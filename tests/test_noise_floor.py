@@ -10,9 +10,12 @@ from onnx import numpy_helper
 from qdq_optimizer.runtime import run
 from qdq_optimizer.testing.noise_floor import (
     activation_scale_names,
+    bootstrap_delta_ci,
+    effective_samples,
     noise_floor,
     paired_change,
     rescale_activation_scales,
+    sample_noise,
 )
 from tests.qdq_builders import Builder
 
@@ -103,3 +106,59 @@ def test_paired_change_of_an_exact_rewrite_is_zero(tmp_path) -> None:
     moved = paired_change(q, drop_first_pair, ref, data, factors=(1.0, 0.98, 1.02))
     assert all(v != 0.0 for v in moved.changes_db.values())
     assert len(set(moved.changes_db.values())) == 3
+
+
+def test_paired_change_keeps_each_realisation_and_ranks_the_given_one(tmp_path) -> None:
+    q, ref, data = tmp_path / "q.onnx", tmp_path / "ref.onnx", tmp_path / "x.npz"
+    onnx.save(_model(), q)
+    onnx.save(_model(quantized=False), ref)
+    np.savez(data, x=np.random.default_rng(2).standard_normal((4, 3, 8, 8)).astype(np.float32))
+    pc = paired_change(q, lambda m: m, ref, data, factors=(1.0, 0.98, 1.02))
+    assert set(pc.before_db) == {1.0, 0.98, 1.02}
+    assert len(set(pc.before_db.values())) == 3  # three rounding grids, three SQNRs
+    ranks = sorted(pc.rank_of(f) for f in pc.before_db)
+    assert ranks == [1, 2, 3]
+    assert pc.se_db == 0.0  # the identity rewrite costs exactly 0 on every realisation
+
+
+def test_sample_noise_splits_the_pooled_error_by_sample() -> None:
+    ref = [np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]), np.ones((3, 1, 2))]
+    test = [np.array([[0.9, 0.1], [0.5, 0.5], [0.0, 0.7]]), np.ones((3, 1, 2))]
+    noise = sample_noise(ref, test)
+    assert np.allclose(noise, [0.02, 0.0, 0.09])
+    signal = sum(float((r**2).sum()) for r in ref)
+    pooled = sum(float(((r - t) ** 2).sum()) for r, t in zip(ref, test, strict=True))
+    assert np.isclose(10 * np.log10(signal / noise.sum()), 10 * np.log10(signal / pooled))
+    try:
+        sample_noise(ref, test[:1])
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a missing output must be refused")
+
+
+def test_effective_samples_counts_who_carries_the_error() -> None:
+    assert np.isclose(effective_samples(np.full(48, 0.3)), 48.0)
+    one = np.zeros(48)
+    one[7] = 2.0
+    assert effective_samples(one) == 1.0
+    mostly_one = np.r_[1.0, np.full(47, 0.01)]
+    assert 1.0 < effective_samples(mostly_one) < 3.0
+
+
+def test_bootstrap_interval_of_an_sqnr_change() -> None:
+    rng = np.random.default_rng(0)
+    before = rng.exponential(1.0, 200)
+    lo, hi = bootstrap_delta_ci(before, before)
+    assert lo == hi == 0.0  # the same per-sample noise: no change on any draw
+    halved = before / 2  # every sample's error halves: +3.01 dB on every draw
+    lo, hi = bootstrap_delta_ci(before, halved)
+    assert np.isclose(lo, 10 * np.log10(2)) and np.isclose(hi, 10 * np.log10(2))
+    # one sample's error grows: the pooled change is negative, and the interval is wide
+    # because the draws that leave that sample out see no change at all
+    after = before.copy()
+    after[0] += before.sum()
+    lo, hi = bootstrap_delta_ci(before, after)
+    assert lo < -2.5 and hi == 0.0
+    point = 10 * np.log10(before.sum() / after.sum())
+    assert lo <= point <= hi

@@ -13,12 +13,18 @@ within +-2 %. The spread of the output SQNR over those factors is the noise floo
 criterion on that model and sample set (issue 10, item 6). ``paired_change`` applies a rewrite
 to the model and to each rescaled copy: the mean of its SQNR changes over those realisations
 estimates what the rewrite itself costs, which one realisation cannot.
+
+The held-out samples are a second source of spread: the pooled SQNR of softmax probabilities is
+decided by the few samples near a decision boundary. ``sample_noise`` splits the noise by sample,
+``effective_samples`` says how many samples it effectively rests on (Kish: (sum e)^2 / sum e^2),
+and ``bootstrap_delta_ci`` resamples the samples (pairing input and output on each) for a
+confidence interval of an SQNR change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -112,13 +118,27 @@ def noise_floor(
 @dataclass
 class PairedChange:
     """SQNR (dB) change a rewrite makes, measured on the model and on each rescaled copy (the
-    same rewrite, another rounding realisation): its mean estimates the rewrite's own cost."""
+    same rewrite, another rounding realisation): its mean estimates the rewrite's own cost.
+    ``before_db`` is each realisation's own SQNR (how lucky the given model's rounding is)."""
 
     changes_db: dict[float, float]
+    before_db: dict[float, float] = field(default_factory=dict)
 
     @property
     def mean_db(self) -> float:
         return float(np.mean(list(self.changes_db.values())))
+
+    @property
+    def se_db(self) -> float:
+        """Standard error of ``mean_db`` over the realisations (nan for fewer than two)."""
+        v = list(self.changes_db.values())
+        return float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+    def rank_of(self, factor: float = 1.0) -> int:
+        """1 + how many realisations have a higher SQNR before the rewrite than ``factor``'s
+        (1: the given model is the luckiest rounding of them all)."""
+        ref = self.before_db[factor]
+        return 1 + sum(1 for v in self.before_db.values() if v > ref)
 
 
 def paired_change(
@@ -133,9 +153,70 @@ def paired_change(
     from .corpus import output_sqnr
 
     m = onnx.load(str(model)) if isinstance(model, str | Path) else model
-    changes = {}
+    changes, befores = {}, {}
     for f in factors:
         mf = rescale_activation_scales(m, f)
-        before = output_sqnr(mf, Path(reference), Path(inputs))
-        changes[f] = output_sqnr(rewrite(mf), Path(reference), Path(inputs)) - before
-    return PairedChange(changes)
+        befores[f] = output_sqnr(mf, Path(reference), Path(inputs))
+        changes[f] = output_sqnr(rewrite(mf), Path(reference), Path(inputs)) - befores[f]
+    return PairedChange(changes, befores)
+
+
+def sample_noise(reference: Iterable[np.ndarray], test: Iterable[np.ndarray]) -> np.ndarray:
+    """Squared error per sample against the reference, summed over every output (each output's
+    first axis is the sample): shape (N,). The pooled SQNR is 10 log10(signal / its sum)."""
+    ref, tst = list(reference), list(test)
+    if len(ref) != len(tst) or not ref:
+        raise ValueError(f"{len(tst)} outputs, the reference has {len(ref)}")
+    n = ref[0].shape[0]
+    noise = np.zeros(n)
+    for r, t in zip(ref, tst, strict=True):
+        if r.shape != t.shape or r.shape[0] != n:
+            raise ValueError(f"output shapes {r.shape} and {t.shape}: not {n} samples each")
+        r64, t64 = r.astype(np.float64).reshape(n, -1), t.astype(np.float64).reshape(n, -1)
+        noise += ((r64 - t64) ** 2).sum(axis=1)
+    return noise
+
+
+def model_sample_noise(model: onnx.ModelProto | Path, reference: Path, inputs: Path) -> np.ndarray:
+    """``sample_noise`` of a model (a file or a proto) against its float reference on the
+    held-out inputs, outputs run as the criterion runs them (``corpus.output_sqnr``)."""
+    from .corpus import _file_outputs, _outputs
+
+    ref = _file_outputs(str(reference), str(inputs))
+    test = (
+        _file_outputs(str(model), str(inputs))
+        if isinstance(model, str | Path)
+        else _outputs(model, str(inputs))
+    )
+    return sample_noise(ref, test)
+
+
+def effective_samples(noise: np.ndarray) -> float:
+    """How many samples a pooled error rests on: (sum e)^2 / sum e^2 (Kish); N when every
+    sample contributes alike, 1 when one sample holds all of it."""
+    e = np.asarray(noise, dtype=np.float64)
+    total = float(e.sum())
+    return float(total**2 / np.sum(e**2)) if total > 0 else float("nan")
+
+
+def bootstrap_delta_ci(
+    noise_before: np.ndarray,
+    noise_after: np.ndarray,
+    *,
+    draws: int = 4000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of SQNR(after) - SQNR(before) (dB) over the samples, from
+    the per-sample noise of each (``sample_noise``; the signal cancels in the change): each draw
+    resamples the samples with replacement, the same ones for both (a paired change)."""
+    a, b = (np.asarray(v, dtype=np.float64) for v in (noise_before, noise_after))
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"per-sample noise of shapes {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(draws, len(a)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        deltas = 10 * np.log10(a[idx].sum(axis=1) / b[idx].sum(axis=1))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(deltas, [tail, 100 - tail])
+    return float(low), float(high)
