@@ -91,6 +91,19 @@ def test_no_clip_when_the_producer_range_is_inside() -> None:
     assert len(clips) == 3 and sum(n.input[0] == "clip8_out" for n in clips) == 1
 
 
+def test_no_clip_after_a_softmax_at_scale_one_over_127() -> None:
+    """ORT's fixed softmax-output scale 1/127 saturates at 127 * (1/127): just under 1.0 in
+    float64 but exactly 1.0 in the graph's float32, so the [0, 1] Softmax needs no Clip."""
+    g = G(c=4, hw=6, seed=5)
+    x = g.conv(g.q("x", 0.02, "xin"), name="conv")
+    s = g.q(g.op("Softmax", [x], "soft", axis=1), 1 / 127, "after_soft")
+    m = g.model([g.op("Tanh", [s], "t")], inputs={"x": [1, 4, 6, 6]})
+    assert 127 * float(np.float32(1 / 127)) < 1.0  # the float64 comparison would add a Clip
+    out, rep = optimize(m, "tensorrt")
+    assert rep.result("float-islands").count == 1
+    assert not [n for n in out.graph.node if n.op_type == "Clip"]
+
+
 def test_clip_keeps_the_graph_float_type() -> None:
     """An fp16 graph (opset 19 Q/DQ with fp16 scales) gets fp16 Clip bounds."""
     from onnx import TensorProto, helper, numpy_helper

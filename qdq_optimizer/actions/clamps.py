@@ -100,12 +100,18 @@ def bypass_keeping_saturation(
     the pair's saturation range unless the source provably stays inside it. Returns the Clip."""
     src = q.inputs[0]
     r = saturation_range(graph, q)
-    inside = value_range(graph, src)
-    if r is None or (inside is not None and r[0] <= inside[0] and inside[1] <= r[1]):
+    if r is None:
         graph.bypass_qdq(q, dq, consumers)
         return None
-    lo, hi, ftype = r
-    ftype = _float_dtype(src) or ftype  # Clip's bounds have its input's type
+    ftype = _float_dtype(src) or r[2]  # Clip's bounds have its input's type
+    # both compared in that type: 127 * (1/127) is 1.0 in float32, so a Softmax needs no Clip
+    lo, hi = (float(np.asarray(v, dtype=ftype)) for v in r[:2])
+    inside = value_range(graph, src)
+    if inside is not None:
+        inside = tuple(float(np.asarray(v, dtype=ftype)) for v in inside)
+    if inside is not None and lo <= inside[0] and inside[1] <= hi:
+        graph.bypass_qdq(q, dq, consumers)
+        return None
     base = f"{q.name}_saturation"
     out = gs.Variable(graph.unique_name(f"{base}_out"), dtype=src.dtype, shape=src.shape)
     clip = graph.add_node(
