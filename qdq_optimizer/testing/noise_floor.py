@@ -13,6 +13,10 @@ within +-2 %. The spread of the output SQNR over those factors is the noise floo
 criterion on that model and sample set (issue 10, item 6). ``paired_change`` applies a rewrite
 to the model and to each rescaled copy: the mean of its SQNR changes over those realisations
 estimates what the rewrite itself costs, which one realisation cannot.
+
+Both take an optional ``metric`` (model -> float, higher is better) in place of the output SQNR:
+an entry's task metric (box F1 against the float model) has a noise floor of its own, and on a
+detector whose scores sit near the threshold it is far wider than the SQNR's.
 """
 
 from __future__ import annotations
@@ -90,22 +94,29 @@ class NoiseFloor:
         return min([0.0, *self.shifts_db.values()])
 
 
+Metric = Callable[[onnx.ModelProto], float]
+
+
+def _sqnr_metric(reference: Path, inputs: Path) -> Metric:
+    from .corpus import output_sqnr
+
+    return lambda m: output_sqnr(m, Path(reference), Path(inputs))
+
+
 def noise_floor(
     model: onnx.ModelProto | Path,
     reference: Path,
     inputs: Path,
     factors: Iterable[float] = DEFAULT_FACTORS,
+    metric: Metric | None = None,
 ) -> NoiseFloor:
-    """Measure the model's output SQNR against ``reference`` on ``inputs`` and how far it moves
-    when every activation scale is multiplied by each of ``factors``."""
-    from .corpus import output_sqnr
-
+    """Measure the model's output SQNR against ``reference`` on ``inputs`` (or ``metric`` of the
+    model) and how far it moves when every activation scale is multiplied by each of
+    ``factors``. With a ``metric`` the ``*_db`` fields are in its units."""
+    score = metric or _sqnr_metric(reference, inputs)
     m = onnx.load(str(model)) if isinstance(model, str | Path) else model
-    base = output_sqnr(m, Path(reference), Path(inputs))
-    shifts = {
-        f: output_sqnr(rescale_activation_scales(m, f), Path(reference), Path(inputs)) - base
-        for f in factors
-    }
+    base = score(m)
+    shifts = {f: score(rescale_activation_scales(m, f)) - base for f in factors}
     return NoiseFloor(base, shifts)
 
 
@@ -127,15 +138,14 @@ def paired_change(
     reference: Path,
     inputs: Path,
     factors: Iterable[float] = (1.0, *DEFAULT_FACTORS),
+    metric: Metric | None = None,
 ) -> PairedChange:
-    """``sqnr(rewrite(m_f)) - sqnr(m_f)`` for ``m_f`` = the model with activation scales times
-    each factor (1.0: the model itself)."""
-    from .corpus import output_sqnr
-
+    """``sqnr(rewrite(m_f)) - sqnr(m_f)`` (or ``metric``'s change) for ``m_f`` = the model with
+    activation scales times each factor (1.0: the model itself)."""
+    score = metric or _sqnr_metric(reference, inputs)
     m = onnx.load(str(model)) if isinstance(model, str | Path) else model
     changes = {}
     for f in factors:
         mf = rescale_activation_scales(m, f)
-        before = output_sqnr(mf, Path(reference), Path(inputs))
-        changes[f] = output_sqnr(rewrite(mf), Path(reference), Path(inputs)) - before
+        changes[f] = score(rewrite(mf)) - score(mf)
     return PairedChange(changes)
