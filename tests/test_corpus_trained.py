@@ -160,3 +160,53 @@ def test_detector_metric_falls_when_the_model_is_perturbed(tmp_path):
     f1 = tasks.det_f1(str(bad), inputs)
     assert 0.0 <= f1 < 0.97
     assert tasks.sqnr_db(str(bad), inputs, "ppocr-det") < 30
+
+
+def _fp16_conv_with_float_bias() -> onnx.ModelProto:
+    """DQ -> Conv (int8 weight DQ, float16 bias) -> Q -> DQ in float16, a bias 2.75 over an input
+    x weight scale of 4e-5: ONNX Runtime's optimizer re-quantizes such a bias to int32 in float16,
+    where 2.75 / 4e-5 = 68750 overflows (the picodet fold-bn graphs hit it)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    f16 = np.float16
+    inits = [
+        numpy_helper.from_array(np.array(0.02, f16), "s_in"),
+        numpy_helper.from_array(np.array(0, np.int8), "zp"),
+        numpy_helper.from_array(np.array([[[[100]]], [[[-100]]]], np.int8), "w_q"),
+        numpy_helper.from_array(np.array([0.002, 0.002], f16), "s_w"),
+        numpy_helper.from_array(np.zeros(2, np.int8), "zp_w"),
+        numpy_helper.from_array(np.array([2.75, -2.75], f16), "bias"),
+        numpy_helper.from_array(np.array(0.05, f16), "s_out"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s_in", "zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s_in", "zp"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w_q", "s_w", "zp_w"], ["w"], axis=0),
+        helper.make_node("Conv", ["xd", "w", "bias"], ["y"]),
+        helper.make_node("QuantizeLinear", ["y", "s_out", "zp"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "s_out", "zp"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fp16_bias",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT16, [1, 2, 4, 4])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])  # float16 Q/DQ
+
+
+def test_task_metrics_run_the_graph_as_written(tmp_path) -> None:
+    # the SQNR (qdq_optimizer.runtime) and the task metric must see the same numbers: ONNX
+    # Runtime's graph optimizations are off for both
+    model = _fp16_conv_with_float_bias()
+    path, data = tmp_path / "m.onnx", tmp_path / "x.npz"
+    onnx.save(model, path)
+    x = np.linspace(-1, 1, 16, dtype=np.float16).reshape(1, 1, 4, 4)
+    np.savez(data, x=x)
+    (out,) = tasks.outputs(path, data)
+    xq = np.clip(np.round(x.astype(np.float32) / 0.02), -128, 127) * np.float32(0.02)
+    y = np.concatenate([xq * 0.2 + 2.75, xq * -0.2 - 2.75], axis=1)  # weights +-100 x 0.002
+    expect = np.clip(np.round(y / 0.05), -128, 127) * 0.05
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out.astype(np.float32), expect, atol=0.051)  # one fp16 step

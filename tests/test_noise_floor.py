@@ -162,3 +162,26 @@ def test_bootstrap_interval_of_an_sqnr_change() -> None:
     assert lo < -2.5 and hi == 0.0
     point = 10 * np.log10(before.sum() / after.sum())
     assert lo <= point <= hi
+
+
+def _activation_scale_sum(m: onnx.ModelProto) -> float:
+    """A metric that only the activation scales move: their sum."""
+    inits = _inits(m)
+    return float(sum(inits[n].sum() for n in activation_scale_names(m)))
+
+
+def test_a_task_metric_replaces_the_sqnr(tmp_path) -> None:
+    # the corpus's task metrics (box F1, top-1) have their own noise floor: the metric is what
+    # is measured on the model and on each rescaled copy, in its own units
+    m = _model()
+    base = _activation_scale_sum(m)
+    absent = (tmp_path / "absent.onnx", tmp_path / "absent.npz")  # the metric never reads them
+    nf = noise_floor(m, *absent, factors=(0.98, 1.02), metric=_activation_scale_sum)
+    assert nf.sqnr_db == base
+    assert np.isclose(nf.shifts_db[0.98], -0.02 * base) and np.isclose(
+        nf.shifts_db[1.02], 0.02 * base
+    )
+    # a rewrite that doubles the scales changes the metric by the copy's own value each time
+    double = lambda x: rescale_activation_scales(x, 2.0)  # noqa: E731
+    pc = paired_change(m, double, *absent, factors=(1.0, 1.02), metric=_activation_scale_sum)
+    assert np.isclose(pc.changes_db[1.0], base) and np.isclose(pc.changes_db[1.02], 1.02 * base)

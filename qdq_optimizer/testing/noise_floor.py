@@ -19,6 +19,10 @@ decided by the few samples near a decision boundary. ``sample_noise`` splits the
 ``effective_samples`` says how many samples it effectively rests on (Kish: (sum e)^2 / sum e^2),
 and ``bootstrap_delta_ci`` resamples the samples (pairing input and output on each) for a
 confidence interval of an SQNR change.
+
+Both take an optional ``metric`` (model -> float, higher is better) in place of the output SQNR:
+an entry's task metric (box F1 against the float model) has a noise floor of its own, and on a
+detector whose scores sit near the threshold it is far wider than the SQNR's.
 """
 
 from __future__ import annotations
@@ -96,22 +100,29 @@ class NoiseFloor:
         return min([0.0, *self.shifts_db.values()])
 
 
+Metric = Callable[[onnx.ModelProto], float]
+
+
+def _sqnr_metric(reference: Path, inputs: Path) -> Metric:
+    from .corpus import output_sqnr
+
+    return lambda m: output_sqnr(m, Path(reference), Path(inputs))
+
+
 def noise_floor(
     model: onnx.ModelProto | Path,
     reference: Path,
     inputs: Path,
     factors: Iterable[float] = DEFAULT_FACTORS,
+    metric: Metric | None = None,
 ) -> NoiseFloor:
-    """Measure the model's output SQNR against ``reference`` on ``inputs`` and how far it moves
-    when every activation scale is multiplied by each of ``factors``."""
-    from .corpus import output_sqnr
-
+    """Measure the model's output SQNR against ``reference`` on ``inputs`` (or ``metric`` of the
+    model) and how far it moves when every activation scale is multiplied by each of
+    ``factors``. With a ``metric`` the ``*_db`` fields are in its units."""
+    score = metric or _sqnr_metric(reference, inputs)
     m = onnx.load(str(model)) if isinstance(model, str | Path) else model
-    base = output_sqnr(m, Path(reference), Path(inputs))
-    shifts = {
-        f: output_sqnr(rescale_activation_scales(m, f), Path(reference), Path(inputs)) - base
-        for f in factors
-    }
+    base = score(m)
+    shifts = {f: score(rescale_activation_scales(m, f)) - base for f in factors}
     return NoiseFloor(base, shifts)
 
 
@@ -147,17 +158,17 @@ def paired_change(
     reference: Path,
     inputs: Path,
     factors: Iterable[float] = (1.0, *DEFAULT_FACTORS),
+    metric: Metric | None = None,
 ) -> PairedChange:
-    """``sqnr(rewrite(m_f)) - sqnr(m_f)`` for ``m_f`` = the model with activation scales times
-    each factor (1.0: the model itself)."""
-    from .corpus import output_sqnr
-
+    """``sqnr(rewrite(m_f)) - sqnr(m_f)`` (or ``metric``'s change) for ``m_f`` = the model with
+    activation scales times each factor (1.0: the model itself)."""
+    score = metric or _sqnr_metric(reference, inputs)
     m = onnx.load(str(model)) if isinstance(model, str | Path) else model
     changes, befores = {}, {}
     for f in factors:
         mf = rescale_activation_scales(m, f)
-        befores[f] = output_sqnr(mf, Path(reference), Path(inputs))
-        changes[f] = output_sqnr(rewrite(mf), Path(reference), Path(inputs)) - befores[f]
+        befores[f] = score(mf)
+        changes[f] = score(rewrite(mf)) - befores[f]
     return PairedChange(changes, befores)
 
 
