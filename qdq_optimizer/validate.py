@@ -3,8 +3,8 @@
 Every check is one linear pass over the graph (dicts keyed by tensor name, Kahn's algorithm for
 cycles, no recursion over nodes), so a 100k-node model validates in about a second. Problems
 raise :class:`~qdq_optimizer.errors.InputError` naming the node; things that are allowed but
-left alone (int4/fp8/int16 Q/DQ, blocked quantization) come back as warnings. uint8 and asymmetric
-int8 are accepted: the ``symmetric-int8`` rule converts them.
+left alone (int4/fp8 Q/DQ, blocked quantization) come back as warnings. uint8, asymmetric int8,
+int16 and uint16 are accepted: the ``symmetric-int8`` rule converts them.
 Unknown ops (custom domains, ops the installed onnx does not know) pass through untouched.
 """
 
@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, checker, defs, numpy_helper
 
+from .asymmetric import INT_RANGES
 from .errors import InputError
 from .model_io import check_tensor_data as _check_tensor_data
 from .protos import (
@@ -284,11 +285,12 @@ def _check_qdq(
     else:
         dtype = implicit_quant_dtype(node, nodes, producer, inits)
 
-    if dtype not in (TensorProto.INT8, TensorProto.UINT8) and dtype is not None:
-        # int8 and uint8, symmetric or not, are handled (symmetric-int8 converts the latter)
+    if dtype not in INT_RANGES and dtype is not None:
+        # int8, uint8, int16 and uint16, symmetric or not, are handled (symmetric-int8 converts
+        # all but symmetric int8)
         warnings.append(
             f"{label}: {_dtype_name(dtype)} Q/DQ is not handled by the rules "
-            "(they handle int8 and uint8); passed through untouched"
+            "(they handle int8, uint8, int16 and uint16); passed through untouched"
         )
 
     block = attr_int(node, "block_size", 0)

@@ -153,6 +153,15 @@ def test_uint8_accepted_without_warning() -> None:
     assert validate_model(m) == []
 
 
+@pytest.mark.parametrize("dtype", [TensorProto.INT16, TensorProto.UINT16])
+def test_int16_accepted_without_warning(dtype: int) -> None:
+    """int16/uint16 (ONNX Runtime's A16 configs) are converted by symmetric-int8, not passed on."""
+    m = qdq_conv_model()
+    m.opset_import[0].version = 21
+    init(m, "mid_zp").CopyFrom(helper.make_tensor("mid_zp", dtype, [], [0]))
+    assert validate_model(m) == []
+
+
 def test_uint8_without_zero_point() -> None:
     m = qdq_conv_model()
     del node(m, "q_mid").input[2]
@@ -163,7 +172,6 @@ def test_uint8_without_zero_point() -> None:
 @pytest.mark.parametrize(
     ("dtype", "name"),
     [
-        (TensorProto.INT16, "int16"),
         (TensorProto.INT4, "int4"),
         (TensorProto.UINT4, "uint4"),
         (TensorProto.FLOAT8E4M3FN, "float8e4m3fn"),
@@ -224,9 +232,7 @@ def test_deep_chain_has_no_recursion() -> None:
     _refused(m, "cycle")
 
 
-@pytest.mark.parametrize(
-    "dtype", [TensorProto.INT16, TensorProto.INT4, TensorProto.FLOAT8E4M3FN], ids=str
-)
+@pytest.mark.parametrize("dtype", [TensorProto.INT4, TensorProto.FLOAT8E4M3FN], ids=str)
 def test_unhandled_qdq_really_pass_through_untouched(dtype: int) -> None:
     """The warning promises 'passed through untouched': the optimizer must keep those nodes."""
     from qdq_optimizer.api import optimize
