@@ -28,6 +28,13 @@ from .protos import (
 )
 
 MIN_OPSET = 13
+# ONNX Runtime's QOperator and dynamic quantization formats: integer ops instead of Q/DQ pairs
+# around float ops (quantize_static(quant_format=QOperator), quantize_dynamic). No rule can read
+# them and TensorRT parses Q/DQ only, so such a model is refused, naming the first one.
+_QOPERATOR_OPS = frozenset(
+    {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "QGemm", "QAttention"}
+    | {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM"}
+)
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _SCALE_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
@@ -99,6 +106,12 @@ def validate_model(model: onnx.ModelProto) -> list[str]:
     # ---- per node: schema (attributes, input counts), then Q/DQ parameters
     shapes = _known_shapes(graph, inits)
     for i, node in enumerate(nodes):
+        if node.op_type.startswith("QLinear") or node.op_type in _QOPERATOR_OPS:
+            raise InputError(
+                f"{_label(node, i)} is QOperator-format quantization (integer ops, not Q/DQ "
+                "pairs): qdqopt and TensorRT read Q/DQ only; quantize with "
+                "quant_format=QuantFormat.QDQ"
+            )
         _check_schema(node, i, ctx, opset)
         if node.op_type in (QUANTIZE, DEQUANTIZE) and node.domain in _DEFAULT_DOMAINS:
             _check_qdq(node, i, nodes, producer, inits, shapes, warnings)
