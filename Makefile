@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test golden bench fuzz lint format clean system-deps corpus corpus-transformers corpus-trained
+.PHONY: install demo test golden bench fuzz lint format clean system-deps corpus corpus-transformers corpus-trained corpus-heldout
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -96,6 +96,21 @@ corpus: $(foreach p,$(CORPUS_PRODUCERS),$(CV)/$(p)/.installed)
 	$(CV)/nncf/bin/python fixtures/corpus/producers/nncf_ptq.py && \
 	$(CV)/ort/bin/python fixtures/corpus/make_manifest.py
 	rm -rf $(CORPUS_OUT)/_made
+
+# Held-out graphs (fixtures/corpus/make_heldout.py): other architectures, exporters and producer
+# options, written OUTSIDE the repository (never committed); then the criterion on them.
+# Usage: make corpus-heldout HELDOUT_OUT=/elsewhere/heldout/cnn   (about 20 min of CPU)
+corpus-heldout: $(foreach p,$(CORPUS_PRODUCERS),$(CV)/$(p)/.installed)
+	@test -n "$(HELDOUT_OUT)" || { echo "set HELDOUT_OUT=/path/outside/the/repo/heldout/cnn"; exit 2; }
+	export CORPUS_OUT=$(abspath $(HELDOUT_OUT)) OMP_NUM_THREADS=1 PYTHONPATH=$(CURDIR) \
+	  HELDOUT_TORCHVISION=$$(ls -d $(CURDIR)/$(CV)/ultralytics/lib/python3*/site-packages/torchvision); \
+	$(CV)/ultralytics/bin/python fixtures/corpus/make_heldout.py floats && \
+	$(CV)/torch/bin/python fixtures/corpus/make_heldout.py torch && \
+	$(CV)/ort/bin/python fixtures/corpus/make_heldout.py ort && \
+	$(CV)/nncf/bin/python fixtures/corpus/make_heldout.py nncf && \
+	$(CV)/modelopt/bin/python fixtures/corpus/make_heldout.py modelopt && \
+	$(CV)/ort/bin/python fixtures/corpus/make_heldout.py manifest
+	QDQOPT_CORPUS_ROOT=$(dir $(abspath $(HELDOUT_OUT))) OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_corpus.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from .asymmetric import INT_RANGES
 from .graph import Node, QGraph, Tensor, constant_value
 from .ops import DATA_MOVEMENT_OPS
 
@@ -31,6 +32,17 @@ def is_int8_qdq(graph: QGraph, node: Node) -> bool:
         return graph.qparams(node).dtype == onnx.TensorProto.INT8
     except ValueError:
         return False
+
+
+def becomes_int8(graph: QGraph, node: Node) -> bool:
+    """A Q or DQ TensorRT runs as INT8 once symmetric-int8 has converted it (int8, uint8, int16,
+    uint16); not fp8 or int4 (TensorRT's other Q/DQ types) nor blocked quantization."""
+    if node.attrs.get("block_size"):
+        return False
+    try:
+        return graph.qparams(node).dtype in INT_RANGES
+    except ValueError:  # a non-constant scale: refused by validation before any rule runs
+        return True
 
 
 # ---------------------------------------------------------------------- commuting (one predicate)
@@ -75,8 +87,9 @@ def value_outputs(node: Node) -> list[Tensor]:
 
 
 def is_int8_tensor(graph: QGraph, tensor: Tensor) -> bool:
-    """True when TensorRT sees ``tensor`` as INT8: produced by DQ, directly or through ops that
-    commute with quantization (TensorRT propagates DQ forward through them)."""
+    """True when TensorRT sees ``tensor`` as INT8: produced by an INT8 DQ (``becomes_int8``),
+    directly or through ops that commute with quantization (TensorRT propagates DQ forward
+    through them)."""
     seen: set[int] = set()
     todo = deque([tensor])
     while todo:
@@ -88,6 +101,8 @@ def is_int8_tensor(graph: QGraph, tensor: Tensor) -> bool:
         if p is None:
             return False
         if graph.is_dq(p):
+            if not becomes_int8(graph, p):
+                return False  # an FP8 (or int4) tensor is not INT8: no INT8 rule applies
             continue
         ins = joining_inputs(graph, p)
         if not ins:

@@ -3,8 +3,8 @@
 Every check is one linear pass over the graph (dicts keyed by tensor name, Kahn's algorithm for
 cycles, no recursion over nodes), so a 100k-node model validates in about a second. Problems
 raise :class:`~qdq_optimizer.errors.InputError` naming the node; things that are allowed but
-left alone (int4/fp8/int16 Q/DQ, blocked quantization) come back as warnings. uint8 and asymmetric
-int8 are accepted: the ``symmetric-int8`` rule converts them.
+left alone (int4/fp8 Q/DQ, blocked quantization) come back as warnings. uint8, asymmetric int8,
+int16 and uint16 are accepted: the ``symmetric-int8`` rule converts them.
 Unknown ops (custom domains, ops the installed onnx does not know) pass through untouched.
 """
 
@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, checker, defs, numpy_helper
 
+from .asymmetric import INT_RANGES
 from .errors import InputError
 from .model_io import check_tensor_data as _check_tensor_data
 from .protos import (
@@ -27,6 +28,13 @@ from .protos import (
 )
 
 MIN_OPSET = 13
+# ONNX Runtime's QOperator and dynamic quantization formats: integer ops instead of Q/DQ pairs
+# around float ops (quantize_static(quant_format=QOperator), quantize_dynamic). No rule can read
+# them and TensorRT parses Q/DQ only, so such a model is refused, naming the first one.
+_QOPERATOR_OPS = frozenset(
+    {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "QGemm", "QAttention"}
+    | {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM"}
+)
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _SCALE_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
@@ -98,6 +106,12 @@ def validate_model(model: onnx.ModelProto) -> list[str]:
     # ---- per node: schema (attributes, input counts), then Q/DQ parameters
     shapes = _known_shapes(graph, inits)
     for i, node in enumerate(nodes):
+        if node.op_type.startswith("QLinear") or node.op_type in _QOPERATOR_OPS:
+            raise InputError(
+                f"{_label(node, i)} is QOperator-format quantization (integer ops, not Q/DQ "
+                "pairs): qdqopt and TensorRT read Q/DQ only; quantize with "
+                "quant_format=QuantFormat.QDQ"
+            )
         _check_schema(node, i, ctx, opset)
         if node.op_type in (QUANTIZE, DEQUANTIZE) and node.domain in _DEFAULT_DOMAINS:
             _check_qdq(node, i, nodes, producer, inits, shapes, warnings)
@@ -284,11 +298,12 @@ def _check_qdq(
     else:
         dtype = implicit_quant_dtype(node, nodes, producer, inits)
 
-    if dtype not in (TensorProto.INT8, TensorProto.UINT8) and dtype is not None:
-        # int8 and uint8, symmetric or not, are handled (symmetric-int8 converts the latter)
+    if dtype not in INT_RANGES and dtype is not None:
+        # int8, uint8, int16 and uint16, symmetric or not, are handled (symmetric-int8 converts
+        # all but symmetric int8)
         warnings.append(
             f"{label}: {_dtype_name(dtype)} Q/DQ is not handled by the rules "
-            "(they handle int8 and uint8); passed through untouched"
+            "(they handle int8, uint8, int16 and uint16); passed through untouched"
         )
 
     block = attr_int(node, "block_size", 0)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 import cli
 from qdq_optimizer.actions import registered_actions
@@ -84,18 +85,30 @@ def test_rule_lint_and_check_lint_find_the_same_placement_problems(make) -> None
     assert len(pairs) == len(set(pairs))  # no pair reported twice
 
 
-def test_optimize_reports_what_is_left() -> None:
-    """An int16 activation pair is passed through (no rule handles it): the result still has a
-    problem, and the report says so under the check's id."""
+def unhandled_pair_model() -> onnx.ModelProto:
+    """A conv behind an int4 activation pair: a Q/DQ type no rule converts (TensorRT has INT4
+    weights only). int16, the example before, is now converted by symmetric-int8."""
     g = G()
-    y = g.conv(g.q("x", 0.05, "i16", dtype=np.int16), name="conv")
-    out, rep = optimize(g.model([y]), "tensorrt")
+    y = g.conv(g.q("x", 0.05, "i4"), name="conv")
+    m = g.model([y], opset=21)
+    zp = next(n for n in m.graph.node if n.name == "i4_Q").input[2]
+    init = next(t for t in m.graph.initializer if t.name == zp)
+    init.CopyFrom(helper.make_tensor(zp, TensorProto.INT4, [], [0]))
+    m.ir_version = 10
+    return m
+
+
+def test_optimize_reports_what_is_left() -> None:
+    """An int4 activation pair is passed through (no rule handles it): the result still has a
+    problem, and the report says so under the check's id."""
+    m = unhandled_pair_model()
+    out, rep = optimize(m, "tensorrt")
     ids = {p.rule_id for p in rep.remaining_problems}
     assert "trt-qdq-type" in ids
     assert rep.to_dict()["remaining_problems"] and all(
         p.rule_id in ids for p in lint(out, "tensorrt")
     )
-    _, dry = optimize(g.model([y]), "tensorrt", dry_run=True)
+    _, dry = optimize(m, "tensorrt", dry_run=True)
     assert dry.remaining_problems is None
 
 
@@ -117,11 +130,9 @@ def test_cli_strict_and_summary(tmp_path, capsys) -> None:
     out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
     assert cli.main(["optimize", str(src), str(out), "--rules", "yolov8", "--strict"]) == 0
     assert "remaining: none" in capsys.readouterr().out
-    # an int16 pair no rule converts: optimize succeeds, says what is left; --strict fails
-    g = G()
-    y = g.conv(g.q("x", 0.05, "i16", dtype=np.int16), name="conv")
-    bad = tmp_path / "u8.onnx"
-    bad.write_bytes(g.model([y]).SerializeToString())
+    # an int4 pair no rule converts: optimize succeeds, says what is left; --strict fails
+    bad = tmp_path / "i4.onnx"
+    bad.write_bytes(unhandled_pair_model().SerializeToString())
     assert cli.main(["optimize", str(bad), str(out), "--report", str(rep)]) == 0
     text = capsys.readouterr().out
     assert "remaining:" in text and "trt-qdq-type" in text
