@@ -3,8 +3,9 @@
 Every check is one linear pass over the graph (dicts keyed by tensor name, Kahn's algorithm for
 cycles, no recursion over nodes), so a 100k-node model validates in about a second. Problems
 raise :class:`~qdq_optimizer.errors.InputError` naming the node; things that are allowed but
-left alone (int4/fp8 Q/DQ, blocked quantization) come back as warnings. uint8, asymmetric int8,
-int16 and uint16 are accepted: the ``symmetric-int8`` rule converts them.
+left alone (int4/fp8 Q/DQ, blocked quantization) come back as warnings. uint8 and asymmetric int8
+are accepted: the ``symmetric-int8`` rule converts them. int16/uint16 are refused (see
+``_INT16``).
 Unknown ops (custom domains, ops the installed onnx does not know) pass through untouched.
 """
 
@@ -35,6 +36,9 @@ _QOPERATOR_OPS = frozenset(
     {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "QGemm", "QAttention"}
     | {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM"}
 )
+# TensorRT's Q/DQ are int8, fp8 and int4: an int16 model must be re-quantized at int8 by its
+# quantizer (with its calibration data); rewriting the scales here would lose up to 16 dB.
+_INT16 = frozenset({TensorProto.INT16, TensorProto.UINT16})
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _SCALE_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
@@ -298,12 +302,17 @@ def _check_qdq(
     else:
         dtype = implicit_quant_dtype(node, nodes, producer, inits)
 
+    if dtype in _INT16:
+        raise InputError(
+            f"{label} is {_dtype_name(dtype)} quantization: TensorRT's Q/DQ are int8, fp8 and "
+            "int4; re-quantize with int8 activations and weights (ONNX Runtime: "
+            "activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)"
+        )
     if dtype not in INT_RANGES and dtype is not None:
-        # int8, uint8, int16 and uint16, symmetric or not, are handled (symmetric-int8 converts
-        # all but symmetric int8)
+        # int8 and uint8, symmetric or not, are handled (symmetric-int8 converts the latter)
         warnings.append(
             f"{label}: {_dtype_name(dtype)} Q/DQ is not handled by the rules "
-            "(they handle int8, uint8, int16 and uint16); passed through untouched"
+            "(they handle int8 and uint8); passed through untouched"
         )
 
     block = attr_int(node, "block_size", 0)

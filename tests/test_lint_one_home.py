@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -87,7 +88,7 @@ def test_rule_lint_and_check_lint_find_the_same_placement_problems(make) -> None
 
 def unhandled_pair_model() -> onnx.ModelProto:
     """A conv behind an int4 activation pair: a Q/DQ type no rule converts (TensorRT has INT4
-    weights only). int16, the example before, is now converted by symmetric-int8."""
+    weights only)."""
     g = G()
     y = g.conv(g.q("x", 0.05, "i4"), name="conv")
     m = g.model([y], opset=21)
@@ -145,17 +146,22 @@ def test_cli_strict_and_summary(tmp_path, capsys) -> None:
 
 def test_a_pair_symmetric_int8_converts_is_reported_once() -> None:
     """A uint8 pair is symmetric-int8's to convert: lint names it under that rule only, not also
-    under `trt-qdq-type`; an int16 pair no rule converts keeps the check's report."""
+    under `trt-qdq-type`; an int4 pair no rule converts keeps the check's report."""
     g = G()
     y = g.conv(g.q("x", 0.05, "u8", dtype=np.uint8), name="conv")
-    y = g.conv(g.q(y, 0.05, "i16", dtype=np.int16), name="conv2")
-    problems = lint(g.model([y]), "tensorrt")
+    y = g.conv(g.q(y, 0.05, "i4"), name="conv2")
+    m = g.model([y], opset=21)
+    zp = next(n for n in m.graph.node if n.name == "i4_Q").input[2]
+    init = next(t for t in m.graph.initializer if t.name == zp)
+    init.CopyFrom(helper.make_tensor(zp, TensorProto.INT4, [], [0]))
+    m.ir_version = 10
+    problems = lint(m, "tensorrt")
     by_node: dict[str, list[str]] = {}
     for p in problems:
         for n in p.node_names:
             by_node.setdefault(n, []).append(p.rule_id)
     assert by_node["u8_Q"] == ["symmetric-int8"]
-    assert "trt-qdq-type" in by_node["i16_Q"]
+    assert "trt-qdq-type" in by_node["i4_Q"]
     # without the rule (checks only), the uint8 pair is the check's to report
-    checked = lint(g.model([y]), "cleanup", checks=True)
+    checked = lint(m, "cleanup", checks=True)
     assert any(p.rule_id == "trt-qdq-type" and "u8_Q" in p.node_names for p in checked)
