@@ -3,9 +3,9 @@
 Every check is one linear pass over the graph (dicts keyed by tensor name, Kahn's algorithm for
 cycles, no recursion over nodes), so a 100k-node model validates in about a second. Problems
 raise :class:`~qdq_optimizer.errors.InputError` naming the node; things that are allowed but
-left alone (int4/fp8 Q/DQ, blocked quantization) come back as warnings. uint8 and asymmetric int8
-are accepted: the ``symmetric-int8`` rule converts them. int16/uint16 are refused (see
-``_INT16``).
+left alone (int4 Q/DQ, blocked quantization) come back as warnings. uint8 and asymmetric int8
+are accepted: the ``symmetric-int8`` rule converts them. int16/uint16 and FP8 are refused (see
+``_INT16``, ``_FP8``).
 Unknown ops (custom domains, ops the installed onnx does not know) pass through untouched.
 """
 
@@ -39,6 +39,16 @@ _QOPERATOR_OPS = frozenset(
 # TensorRT's Q/DQ are int8, fp8 and int4: an int16 model must be re-quantized at int8 by its
 # quantizer (with its calibration data); rewriting the scales here would lose up to 16 dB.
 _INT16 = frozenset({TensorProto.INT16, TensorProto.UINT16})
+# FP8 is another TensorRT precision with placement rules of its own (Hopper+); the rules and lint
+# are INT8's, so an FP8 model is refused rather than reported as wrong-typed pairs.
+_FP8 = frozenset(
+    {
+        TensorProto.FLOAT8E4M3FN,
+        TensorProto.FLOAT8E4M3FNUZ,
+        TensorProto.FLOAT8E5M2,
+        TensorProto.FLOAT8E5M2FNUZ,
+    }
+)
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _SCALE_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
@@ -307,6 +317,12 @@ def _check_qdq(
             f"{label} is {_dtype_name(dtype)} quantization: TensorRT's Q/DQ are int8, fp8 and "
             "int4; re-quantize with int8 activations and weights (ONNX Runtime: "
             "activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)"
+        )
+    if dtype in _FP8:
+        raise InputError(
+            f"{label} is {_dtype_name(dtype)} (FP8) quantization: qdqopt places INT8 Q/DQ; "
+            "TensorRT runs FP8 Q/DQ as placed (quantize at int8 to use qdqopt, e.g. ModelOpt "
+            "quantize_mode='int8')"
         )
     if dtype not in INT_RANGES and dtype is not None:
         # int8 and uint8, symmetric or not, are handled (symmetric-int8 converts the latter)

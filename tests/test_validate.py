@@ -175,7 +175,6 @@ def test_uint8_without_zero_point() -> None:
     [
         (TensorProto.INT4, "int4"),
         (TensorProto.UINT4, "uint4"),
-        (TensorProto.FLOAT8E4M3FN, "float8e4m3fn"),
     ],
 )
 def test_other_types_pass_through_with_warning(dtype: int, name: str) -> None:
@@ -233,7 +232,16 @@ def test_deep_chain_has_no_recursion() -> None:
     _refused(m, "cycle")
 
 
-@pytest.mark.parametrize("dtype", [TensorProto.INT4, TensorProto.FLOAT8E4M3FN], ids=str)
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2], ids=str)
+def test_fp8_refused(dtype: int) -> None:
+    """FP8 (ModelOpt quantize_mode='fp8'): TensorRT runs it, but the rules and lint are INT8's."""
+    m = qdq_conv_model()
+    m.opset_import[0].version = 21
+    init(m, "mid_zp").CopyFrom(helper.make_tensor("mid_zp", dtype, [], [0]))
+    _refused(m, "'q_mid'", "FP8", "int8")
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.INT4], ids=str)
 def test_unhandled_qdq_really_pass_through_untouched(dtype: int) -> None:
     """The warning promises 'passed through untouched': the optimizer must keep those nodes."""
     from qdq_optimizer.api import optimize
