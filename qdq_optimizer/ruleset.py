@@ -86,6 +86,7 @@ class Rule:
     action: str
     params: dict[str, Any]
     source: str  # file the rule came from
+    before: str | None = None  # the rule id it must run in front of (kept through `extends`)
 
 
 @dataclass
@@ -247,12 +248,19 @@ def _place_before(ruleset: RuleSet, rule: Rule, before: Any, where: str) -> None
 
 
 def _merge(into: RuleSet, parent: RuleSet) -> None:
+    """Add ``parent``'s rules (a later parent of ``extends: [a, b]`` overrides in place); a new
+    rule with ``before:`` keeps its place in front of that rule when another parent has it, so
+    ``extends: [yolo11, attention]`` still runs softmax-output-qdq before float-islands."""
     for r in parent.rules:
         idx = next((k for k, x in enumerate(into.rules) if x.id == r.id), None)
-        if idx is None:
+        if idx is not None:
+            into.rules[idx] = r
+            continue
+        at = next((k for k, x in enumerate(into.rules) if r.before and x.id == r.before), None)
+        if at is None:
             into.rules.append(r)
         else:
-            into.rules[idx] = r
+            into.rules.insert(at, r)
     into.ignore.extend(
         p for p in parent.ignore if p.pattern not in {x.pattern for x in into.ignore}
     )
@@ -296,7 +304,9 @@ def _parse_rule(raw: Any, where: str, index: int) -> tuple[Rule, bool]:
             )
         params = {**action.params, **params}
     match = _parse_match(raw.get("match"), at)
-    return Rule(rid, str(why or "").strip(), match, action_name, dict(params), where), enabled
+    before = raw.get("before") if isinstance(raw.get("before"), str) else None
+    rule = Rule(rid, str(why or "").strip(), match, action_name, dict(params), where, before)
+    return rule, enabled
 
 
 def _parse_match(raw: Any, at: str) -> Match:

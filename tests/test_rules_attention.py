@@ -284,6 +284,19 @@ def test_a_scalar_after_a_matmul_that_feeds_no_softmax_stays():
     assert "attention-scale-before-bmm1" not in _counts(report)
 
 
+@pytest.mark.parametrize("order", ["yolo11, attention", "attention, yolo11"])
+def test_before_holds_when_sets_are_combined(tmp_path, order: str):
+    """A user's set for YOLO11 with attention: `extends: [yolo11, attention]` (either order) keeps
+    softmax-output-qdq in front of float-islands and yolo11's ignore list."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"extends: [{order}]\n")
+    rs = load_ruleset(mine)
+    ids = [r.id for r in rs.rules]
+    assert ids.index("softmax-output-qdq") < ids.index("float-islands")
+    assert len(ids) == len(set(ids))
+    assert any("dfl" in p.pattern for p in rs.ignore)
+
+
 def test_before_names_an_existing_rule(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
