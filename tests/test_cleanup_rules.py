@@ -14,6 +14,7 @@ from qdq_builders import Builder, messy_model  # noqa: I001
 
 from qdq_optimizer import fixpoint, lint, optimize
 from qdq_optimizer.runtime import run, session
+from tests.rules_util import outputs
 
 
 def _ops(model: onnx.ModelProto) -> list[str]:
@@ -305,28 +306,9 @@ def test_merge_opportunity_created_by_a_collapse_is_found():
 
 
 # ------------------------------------------------- canonical form (exporter artefacts, issue 10)
-def _raw_outputs(model: onnx.ModelProto, seed: int = 0) -> list[np.ndarray]:
-    """Outputs with ORT's own graph rewrites off: each node computed as written."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(
-        model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"]
-    )
-    rng = np.random.default_rng(seed)
-    feeds = {
-        i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(
-            np.float32
-        )
-        for i in sess.get_inputs()
-    }
-    return sess.run(None, feeds)
-
-
 def _assert_bit_exact(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
     for seed in (0, 1):
-        for x, y in zip(_raw_outputs(a, seed), _raw_outputs(b, seed), strict=True):
+        for x, y in zip(outputs(a, seed=seed), outputs(b, seed=seed), strict=True):
             assert np.array_equal(x, y)
     _assert_exact(a, b)  # and under ORT's default optimizations
 
