@@ -315,8 +315,8 @@ def _lint_problems(
     if _checks_on(ruleset, checks):
         only = unowned_checks(r.action for r in ruleset.rules)
         for p in check_graph(graph, ignore=patterns, only=only):
-            if p.node_names and all(name_matches(n, patterns) for n in p.node_names):
-                continue  # every node it names is on the ignore list
+            if _all_ignored(p, patterns):
+                continue
             if p.rule_id in NODE_CHECKS and set(p.node_names) <= changed:
                 continue  # a rule re-quantizes or removes that node: reported under its id
             problems.append(p)
@@ -341,8 +341,13 @@ def _lint_warnings(
     return [
         p
         for p in check_warnings(graph, patterns, [r.action for r in ruleset.rules])
-        if not (p.node_names and all(name_matches(n, patterns) for n in p.node_names))
+        if not _all_ignored(p, patterns)
     ]
+
+
+def _all_ignored(p: Problem, patterns: list) -> bool:
+    """Every node the problem names is on the ignore list."""
+    return bool(p.node_names) and all(name_matches(n, patterns) for n in p.node_names)
 
 
 def _once(problems: list[Problem]) -> list[Problem]:

@@ -35,8 +35,8 @@ def is_int8_qdq(graph: QGraph, node: Node) -> bool:
 
 
 def becomes_int8(graph: QGraph, node: Node) -> bool:
-    """A Q or DQ TensorRT runs as INT8 once symmetric-int8 has converted it (int8, uint8, int16,
-    uint16); not fp8 or int4 (TensorRT's other Q/DQ types) nor blocked quantization."""
+    """A Q or DQ TensorRT runs as INT8 once symmetric-int8 has converted it (int8, uint8); not
+    int4 (TensorRT's other Q/DQ type the rules pass through) nor blocked quantization."""
     if node.attrs.get("block_size"):
         return False
     try:

@@ -228,22 +228,21 @@ def _load(path: Path, stack: list[Path]) -> RuleSet:
             base.rules[idx] = rule  # override an inherited rule in place
         else:
             base.rules.append(rule)
-        if enabled and raw.get("before") is not None:
-            _place_before(base, rule, raw["before"], where)
+        if rule.before is not None:
+            _place_before(base, rule, where)
     base.chain.append(base.name)
     return base
 
 
-def _place_before(ruleset: RuleSet, rule: Rule, before: Any, where: str) -> None:
-    """Move ``rule`` in front of the rule with id ``before`` (inherited or earlier in the file):
-    a rule that must see the graph before an inherited rule rewrites it."""
-    at = f"{where}: rule '{rule.id}'"
-    if not isinstance(before, str) or before == rule.id:
-        raise RuleSetError(f"{at}: 'before' must name another rule's id")
+def _place_before(ruleset: RuleSet, rule: Rule, where: str) -> None:
+    """Move ``rule`` in front of the rule with id ``rule.before`` (inherited or earlier in the
+    file): a rule that must see the graph before an inherited rule rewrites it."""
     ruleset.rules = [r for r in ruleset.rules if r is not rule]
-    idx = next((k for k, r in enumerate(ruleset.rules) if r.id == before), None)
+    idx = next((k for k, r in enumerate(ruleset.rules) if r.id == rule.before), None)
     if idx is None:
-        raise RuleSetError(f"{at}: 'before' names unknown rule '{before}'")
+        raise RuleSetError(
+            f"{where}: rule '{rule.id}': 'before' names unknown rule '{rule.before}'"
+        )
     ruleset.rules.insert(idx, rule)
 
 
@@ -304,7 +303,9 @@ def _parse_rule(raw: Any, where: str, index: int) -> tuple[Rule, bool]:
             )
         params = {**action.params, **params}
     match = _parse_match(raw.get("match"), at)
-    before = raw.get("before") if isinstance(raw.get("before"), str) else None
+    before = raw.get("before") if enabled else None  # a disabled rule is dropped anyway
+    if before is not None and (not isinstance(before, str) or before == rid):
+        raise RuleSetError(f"{at}: 'before' must name another rule's id")
     rule = Rule(rid, str(why or "").strip(), match, action_name, dict(params), where, before)
     return rule, enabled
 

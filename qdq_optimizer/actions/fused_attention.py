@@ -104,9 +104,9 @@ def move_attention_scale(
     graph.set_qparams(move.dq, scale)
     for clip in move.scale.clips:  # Clip(S, lo, hi) * f = Clip(S * f, lo * f, hi * f), f > 0
         for i in (1, 2):
-            bound = np.asarray(constant_value(clip.inputs[i]), np.float64) * move.scale.factor
-            dtype = constant_value(clip.inputs[i]).dtype
-            graph.set_input(clip, i, graph.constant(f"{clip.name}_bound", bound.astype(dtype)))
+            old = np.asarray(constant_value(clip.inputs[i]))
+            bound = (old.astype(np.float64) * move.scale.factor).astype(old.dtype)
+            graph.set_input(clip, i, graph.constant(f"{clip.name}_bound", bound))
     graph.replace_uses(out, scores)
     graph.remove_node(op)
     return [change]
