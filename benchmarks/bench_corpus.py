@@ -1,6 +1,7 @@
 """The corpus table: every graph of every ``fixtures/corpus/*/manifest.json``, judged by the one
 criterion (``qdq_optimizer.testing.corpus.evaluate``): producer x architecture, lint problems
-before/after, INT8 weighted ops, SQNR against the float model before/after, task metric, time.
+before/after, INT8 weighted ops, held-out samples (and how many the input's error rests on),
+SQNR against the float model before/after, task metric, time.
 
 Usage: ``python benchmarks/bench_corpus.py [--json OUT.json] [--markdown] [--rules NAME]
 [NAME_SUBSTRING ...]`` (``--rules``: every entry with that rule set instead of its own).
@@ -23,8 +24,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from qdq_optimizer.testing.corpus import evaluate, load_manifests  # noqa: E402
 
 COLUMNS = (
-    "graph", "producer", "problems in->out", "INT8 ops in->out", "SQNR in->out dB", "task in->out",
-    "rules CPU s", "result",
+    "graph", "producer", "problems in->out", "INT8 ops in->out", "held-out (effective)",
+    "SQNR in->out dB", "task in->out", "rules CPU s", "result",
 )  # fmt: skip
 
 
@@ -45,6 +46,7 @@ def row(r) -> list[str]:
         r.producer,
         f"{'refused' if r.problems_before is None else r.problems_before}->{_num(r.problems_after, '{}')}",
         f"{r.int8_ops_before}->{_num(r.int8_ops_after, '{}')}",
+        f"{r.held_out} ({_num(r.effective_samples, '{:.0f}')})",  # Kish count of the input's error
         f"{_num(r.sqnr_before)}->{_num(r.sqnr_after)}",
         task,
         _num(r.cpu_seconds - r.calibration_cpu_seconds),  # what the limit judges

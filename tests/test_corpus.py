@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -119,3 +120,34 @@ def test_task_hook_is_loaded_from_the_manifest_folder(tmp_path) -> None:
         tmp_path / "manifest.json",
     )
     assert corpus.task_function(entry)("abcd", "x") == pytest.approx(0.004)
+
+
+def _held_out_entry(tmp_path, samples: np.ndarray) -> corpus.CorpusEntry:
+    """A quantized two-conv graph and its float twin, judged on ``samples``."""
+    from tests.qdq_builders import Builder
+
+    for name, quantized in (("m", True), ("f", False)):
+        b = Builder(seed=3)
+        x = b.input("x", ["N", 3, 8, 8])
+        y = b.conv(x, 3, 8, in_scale=0.02 if quantized else None, name="c1")
+        b.output(b.conv(y, 8, 4, act=None, in_scale=0.05 if quantized else None, name="c2"))
+        onnx.save(b.build(), tmp_path / f"{name}.onnx")
+    np.savez(tmp_path / "val.npz", x=samples.astype(np.float32))
+    entry = {"name": "g", "producer": "p", "model": "m.onnx", "reference": "f.onnx"}
+    return corpus.CorpusEntry.from_dict({**entry, "inputs": "val.npz"}, tmp_path)
+
+
+def test_criterion_fails_a_held_out_set_too_small_to_resolve_the_tolerance(tmp_path) -> None:
+    """A pooled SQNR that a few samples decide says nothing at 0.5 dB: the criterion must say
+    the set is too small rather than pass or fail the rewrite on it."""
+    rng = np.random.default_rng(0)
+    few = rng.standard_normal((4, 3, 8, 8))
+    few[0] *= 30  # one loud sample holds nearly all the error
+    small = corpus.evaluate(_held_out_entry(tmp_path, few), input_lint=False)
+    assert small.held_out == 4 and small.effective_samples < 2
+    assert any(r.startswith("held-out set too small") for r in small.reasons)
+
+    many = rng.standard_normal((64, 3, 8, 8))
+    big = corpus.evaluate(_held_out_entry(tmp_path, many), input_lint=False)
+    assert big.held_out == 64 and big.effective_samples >= corpus.MIN_EFFECTIVE_SAMPLES
+    assert not any(r.startswith("held-out set too small") for r in big.reasons)

@@ -95,22 +95,6 @@ def test_sample_sets_are_reproducible(base):
             np.testing.assert_array_equal(cached[k], fresh[k])
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
-def test_held_out_sqnr_rests_on_enough_samples(entry):
-    """The criterion's SQNR is pooled over the held-out set; a softmax output's error sits in the
-    few samples near the decision boundary, so a small set lets 3-8 samples decide it (the
-    orientation classifier at 48 pages). Each set must give the input graph's error a Kish
-    effective count of at least MIN_EFFECTIVE_SAMPLES."""
-    from qdq_optimizer.testing.noise_floor import effective_samples, sample_noise
-
-    base = _base(entry["name"])
-    inputs = str(REPO / entry["inputs"])
-    ref = tasks.outputs(str(samples.float_path(base)), inputs)
-    test = tasks.outputs(str(REPO / entry["quantized"]), inputs)
-    n_eff = effective_samples(sample_noise(ref, test))
-    assert n_eff >= samples.MIN_EFFECTIVE_SAMPLES, f"{n_eff:.1f} effective samples"
-
-
 def test_a_stale_cached_set_is_rebuilt(tmp_path, monkeypatch):
     """A set cached for other sizes (an older checkout) is rebuilt, not silently used."""
     monkeypatch.setattr(samples, "CACHE", tmp_path)

@@ -35,6 +35,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .held_out import (  # noqa: F401  (sample statistics, used with these controls)
+    effective_samples,
+    model_sample_noise,
+    output_sqnr,
+    sample_noise,
+)
+
 DEFAULT_FACTORS = (0.98, 0.99, 0.995, 1.005, 1.01, 1.02)
 
 
@@ -104,8 +111,6 @@ Metric = Callable[[onnx.ModelProto], float]
 
 
 def _sqnr_metric(reference: Path, inputs: Path) -> Metric:
-    from .corpus import output_sqnr
-
     return lambda m: output_sqnr(m, Path(reference), Path(inputs))
 
 
@@ -170,44 +175,6 @@ def paired_change(
         befores[f] = score(mf)
         changes[f] = score(rewrite(mf)) - befores[f]
     return PairedChange(changes, befores)
-
-
-def sample_noise(reference: Iterable[np.ndarray], test: Iterable[np.ndarray]) -> np.ndarray:
-    """Squared error per sample against the reference, summed over every output (each output's
-    first axis is the sample): shape (N,). The pooled SQNR is 10 log10(signal / its sum)."""
-    ref, tst = list(reference), list(test)
-    if len(ref) != len(tst) or not ref:
-        raise ValueError(f"{len(tst)} outputs, the reference has {len(ref)}")
-    n = ref[0].shape[0]
-    noise = np.zeros(n)
-    for r, t in zip(ref, tst, strict=True):
-        if r.shape != t.shape or r.shape[0] != n:
-            raise ValueError(f"output shapes {r.shape} and {t.shape}: not {n} samples each")
-        r64, t64 = r.astype(np.float64).reshape(n, -1), t.astype(np.float64).reshape(n, -1)
-        noise += ((r64 - t64) ** 2).sum(axis=1)
-    return noise
-
-
-def model_sample_noise(model: onnx.ModelProto | Path, reference: Path, inputs: Path) -> np.ndarray:
-    """``sample_noise`` of a model (a file or a proto) against its float reference on the
-    held-out inputs, outputs run as the criterion runs them (``corpus.output_sqnr``)."""
-    from .corpus import _file_outputs, _outputs
-
-    ref = _file_outputs(str(reference), str(inputs))
-    test = (
-        _file_outputs(str(model), str(inputs))
-        if isinstance(model, str | Path)
-        else _outputs(model, str(inputs))
-    )
-    return sample_noise(ref, test)
-
-
-def effective_samples(noise: np.ndarray) -> float:
-    """How many samples a pooled error rests on: (sum e)^2 / sum e^2 (Kish); N when every
-    sample contributes alike, 1 when one sample holds all of it."""
-    e = np.asarray(noise, dtype=np.float64)
-    total = float(e.sum())
-    return float(total**2 / np.sum(e**2)) if total > 0 else float("nan")
 
 
 def bootstrap_delta_ci(
