@@ -56,6 +56,7 @@ $(CORPUS_VENVS)/xf-%/.installed: $(XF_REQ)-%.txt
 corpus-transformers: $(foreach p,torch ultralytics modelopt nncf,$(CORPUS_VENVS)/xf-$(p)/.installed)
 	OMP_NUM_THREADS=1 $(CORPUS_VENVS)/xf-torch/bin/python $(XF) torch
 	OMP_NUM_THREADS=1 $(CORPUS_VENVS)/xf-ultralytics/bin/python $(XF) c2psa
+	OMP_NUM_THREADS=1 $(CORPUS_VENVS)/xf-ultralytics/bin/python $(XF) backbone
 	OMP_NUM_THREADS=1 $(CORPUS_VENVS)/xf-torch/bin/python $(XF) ort
 	OMP_NUM_THREADS=1 $(CORPUS_VENVS)/xf-modelopt/bin/python $(XF) modelopt
 	OMP_NUM_THREADS=1 $(CORPUS_VENVS)/xf-nncf/bin/python $(XF) nncf
