@@ -22,7 +22,7 @@ from bench_util import load_benchmark
 from qdq_builders import Builder
 
 from qdq_optimizer.runtime import load_inputs, session
-from qdq_optimizer.testing.noise_floor import effective_samples, model_sample_noise
+from qdq_optimizer.testing.held_out import effective_samples, model_sample_noise
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "fixtures" / "corpus" / "transformers" / "manifest.json"
