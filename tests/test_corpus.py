@@ -151,3 +151,22 @@ def test_criterion_fails_a_held_out_set_too_small_to_resolve_the_tolerance(tmp_p
     big = corpus.evaluate(_held_out_entry(tmp_path, many), input_lint=False)
     assert big.held_out == 64 and big.effective_samples >= corpus.MIN_EFFECTIVE_SAMPLES
     assert not any(r.startswith("held-out set too small") for r in big.reasons)
+
+
+def test_cnn_held_out_sets_are_rebuilt_and_reproducible(tmp_path) -> None:
+    """The CNN manifest's prepare hook: a set cached for another count is rebuilt, and what it
+    writes is exactly what the generator makes (the same crops on every machine)."""
+    pytest.importorskip("skimage")
+    from fixtures.corpus import photos
+
+    stale = tmp_path / "photos-val-64.npz"
+    np.savez(stale, images=np.zeros((3, 3, 64, 64), np.uint8))
+    photos.ensure_val(tmp_path)
+    for size in photos.SETS:
+        with np.load(tmp_path / f"photos-val-{size}.npz") as f:
+            images = f["images"]
+        assert images.shape == (photos.VAL_COUNT, 3, size, size) and images.dtype == np.uint8
+        np.testing.assert_array_equal(
+            images[:8], photos.random_views(photos.VAL, size, 8, photos.VAL_SEED)
+        )
+    assert not list(tmp_path.glob(".*tmp"))
