@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from bench_util import transformer_entries
 from float_types import convert_float_type
 from qdq_builders import Builder
 
@@ -309,9 +310,10 @@ def test_before_names_an_existing_rule(tmp_path):
 
 # ---------------------------------------------------------------- the transformer corpus
 def _entry(name: str) -> dict:
-    if not MANIFEST.is_file():
+    entries = transformer_entries()
+    if not entries:
         pytest.skip("no transformer corpus")
-    return next(e for e in json.loads(MANIFEST.read_text()) if e["name"] == name)
+    return next(e for e in entries if e["name"] == name)
 
 
 def _corpus(name: str):

@@ -9,13 +9,12 @@ float model no worse than the input's minus 0.5 dB, idempotent.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from bench_util import load_benchmark
+from bench_util import load_benchmark, transformer_entries
 from onnx import helper, numpy_helper
 from qdq_builders import Builder
 
@@ -288,7 +287,7 @@ def test_transformer_residual_gets_no_skip_quantizer_inserted():
 
 
 # ---------------------------------------------------------------- the transformer corpus
-ENTRIES = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else []
+ENTRIES = transformer_entries()
 CORPUS = [e["name"] for e in ENTRIES]
 
 
