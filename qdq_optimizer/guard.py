@@ -47,6 +47,9 @@ REQUIRED_ACTIONS = {
 }
 # An effect smaller than this (dB) does not make a rule "to blame".
 BLAME_EPS_DB = 0.01
+# without --max-loss-db the guard only measures; a loss beyond this is said in a warning, so an
+# accuracy loss the samples show is never silent (the corpus criterion's tolerance)
+WARN_LOSS_DB = 0.5
 
 Outputs = dict[str, np.ndarray]
 Rerun = Callable[[RuleSet], tuple[onnx.ModelProto, OptimizeReport]]
@@ -228,10 +231,24 @@ def run_guard(
         if s_in - s_out > max_loss_db:
             current = _leave_one_out(ruleset, report, rerun, scorer, s_out, set(disabled))
     guard.sqnr_output_db = s_out
+    if max_loss_db is None and s_in - s_out > WARN_LOSS_DB:
+        report.warnings.append(_loss_warning(guard, effects))
     if disabled and lint is not None:
         guard.problems_after = lint(out)
     report.guard = guard.to_dict()
     return out, report
+
+
+def _loss_warning(guard: GuardReport, effects: list[RuleEffect]) -> str:
+    """One line: what the output lost, the rules that cost most, and the way to back them out."""
+    costly = sorted((e for e in effects if e.effect_db < -BLAME_EPS_DB), key=lambda e: e.effect_db)
+    blame = ", ".join(f"{e.rule_id} {e.effect_db:+.2f} dB" for e in costly[:3]) or "no single rule"
+    return (
+        f"the output loses {guard.sqnr_input_db - guard.sqnr_output_db:.2f} dB of output SQNR "
+        f"against the input on {guard.samples} sample(s) (vs {guard.reference}; costliest: "
+        f"{blame}); --max-loss-db DB backs rules out, docs/rules.md 'Known accuracy limits' "
+        "says which losses are the placement TensorRT needs"
+    )
 
 
 def _leave_one_out(

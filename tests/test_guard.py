@@ -155,3 +155,16 @@ def test_cli_guard_failure_writes_nothing(tmp_path, capsys) -> None:
     assert json.loads(rep.read_text())["guard"]["backed_out"][0]["rule_id"] == "scale-groups"
     code = cli.main(["optimize", str(m), str(tmp_path / "o2.onnx"), "--max-loss-db", "1"])
     assert code == 2 and "needs samples" in capsys.readouterr().err
+
+
+def test_a_loss_without_a_limit_is_warned_not_silent() -> None:
+    """Without --max-loss-db the guard keeps what the rules made, but a loss beyond
+    WARN_LOSS_DB on the user's samples is said in one warning naming the costliest rule."""
+    out, rep = optimize(concat_model(), "tensorrt", samples=samples())
+    g = rep.guard
+    assert g["loss_db"] > guard.WARN_LOSS_DB
+    (w,) = [w for w in rep.warnings if w.startswith("the output loses")]
+    assert f"{g['loss_db']:.2f} dB" in w and "scale-groups" in w and "--max-loss-db" in w
+    # within the limit, or with a limit set, there is nothing to warn about
+    _, rep = optimize(concat_model(), "tensorrt", samples=samples(), max_loss_db=5.0)
+    assert not [w for w in rep.warnings if w.startswith("the output loses")]
