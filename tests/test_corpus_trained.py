@@ -102,7 +102,7 @@ def test_a_stale_cached_set_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setattr(samples, "SETS", {"ppocr-cls": ("x", samples.cls_samples, 3, 2)})
     (tmp_path / "float").mkdir()
     (tmp_path / "float" / "ppocr-cls.onnx").write_bytes(b"")  # present: not copied again
-    samples._write_npz(samples.inputs_path("ppocr-cls", "val"), {"x": np.zeros((5, 3, 48, 192))})
+    np.savez(samples.inputs_path("ppocr-cls", "val"), x=np.zeros((5, 3, 48, 192)))
     samples.ensure(["ppocr-cls"])
     val = np.load(samples.inputs_path("ppocr-cls", "val"))["x"]
     np.testing.assert_array_equal(val, samples.cls_samples(3, samples.VAL_SEED))

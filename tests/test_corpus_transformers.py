@@ -115,9 +115,9 @@ def test_a_stale_held_out_set_is_rebuilt_and_a_current_one_kept(tmp_path, monkey
     from fixtures.corpus import transformer_heldout as th
 
     monkeypatch.setattr(th, "COUNTS", {"photos": 6, "tokens": 7})
-    th._save(th.path("photos", tmp_path), {"images": np.zeros((3, 3, 64, 64), np.uint8)})
+    np.savez(th.path("photos", tmp_path), images=np.zeros((3, 3, 64, 64), np.uint8))
     current = {"input_ids": np.zeros((7, 32), np.int64), "attention_mask": np.zeros((7, 32))}
-    th._save(th.path("tokens", tmp_path), current)  # right count: kept as it is
+    np.savez(th.path("tokens", tmp_path), **current)  # right count: kept as it is
     th.ensure(["photos", "tokens"], out=tmp_path)
     with np.load(th.path("photos", tmp_path)) as f:
         np.testing.assert_array_equal(f["images"], th.photos_64(6)["images"])
