@@ -32,10 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qdq_optimizer import api  # noqa: E402
 from qdq_optimizer.testing import corpus  # noqa: E402
+from qdq_optimizer.testing.held_out import effective_samples, model_sample_noise  # noqa: E402
 from qdq_optimizer.testing.noise_floor import (  # noqa: E402
     bootstrap_delta_ci,
-    effective_samples,
-    model_sample_noise,
     noise_floor,
     paired_change,
 )

@@ -40,7 +40,7 @@ from qdq_optimizer.errors import EXIT_INTERNAL, QdqoptError
 from qdq_optimizer.graph import QGraph
 from qdq_optimizer.matmul_patterns import is_activation_matmul, is_int8_matmul, weighted_matmul
 from qdq_optimizer.runtime import load_inputs, run
-from qdq_optimizer.testing.corpus import CorpusEntry, prepare
+from qdq_optimizer.testing.corpus import manifest_items
 from qdq_optimizer.verify import sqnr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,17 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_transformers: no manifest {args.manifest} (make corpus-transformers)",
               file=sys.stderr)  # fmt: skip
         return 2
-    data = json.loads(args.manifest.read_text())
-    items = data["entries"] if isinstance(data, dict) else data
     entries = [
         {**e, "rules": args.rules or e["rules"]}
-        for e in items
+        for e in manifest_items(args.manifest)  # its hook builds the held-out sets
         if re.search(args.pattern, e["name"])
     ]
-    if isinstance(data, dict) and data.get("prepare"):  # held-out sets built on demand
-        prepare(
-            CorpusEntry.from_dict(items[0], args.manifest.parent, args.manifest, data["prepare"])
-        )
     rows = []
     print(header(), flush=True)
     for e in entries:

@@ -27,14 +27,6 @@ TRANSFORMERS = BENCHMARKS.parent / "fixtures" / "corpus" / "transformers" / "man
 def transformer_entries() -> list[dict]:
     """The transformer corpus's manifest entries (raw dicts, as bench_transformers.measure takes
     them), with the manifest's ``prepare`` hook run so the held-out sets they name exist."""
-    import json
+    from qdq_optimizer.testing.corpus import manifest_items
 
-    from qdq_optimizer.testing.corpus import CorpusEntry, prepare
-
-    if not TRANSFORMERS.is_file():
-        return []
-    data = json.loads(TRANSFORMERS.read_text())
-    items = data["entries"] if isinstance(data, dict) else data
-    if isinstance(data, dict) and data.get("prepare") and items:
-        prepare(CorpusEntry.from_dict(items[0], TRANSFORMERS.parent, TRANSFORMERS, data["prepare"]))
-    return items
+    return manifest_items(TRANSFORMERS) if TRANSFORMERS.is_file() else []

@@ -8,14 +8,13 @@ import onnx
 from onnx import numpy_helper
 
 from qdq_optimizer.runtime import run
+from qdq_optimizer.testing.held_out import effective_samples, sample_noise
 from qdq_optimizer.testing.noise_floor import (
     activation_scale_names,
     bootstrap_delta_ci,
-    effective_samples,
     noise_floor,
     paired_change,
     rescale_activation_scales,
-    sample_noise,
 )
 from tests.qdq_builders import Builder
 

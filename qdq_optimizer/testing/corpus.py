@@ -13,7 +13,7 @@ ModelOpt, NNCF, ...) with the float model it was made from and held-out inputs. 
 5. output SQNR against the float reference on the held-out inputs is no worse than the input
    graph's by more than ``SQNR_TOLERANCE_DB``, on a held-out set that can resolve that: the
    input graph's error must rest on at least ``MIN_EFFECTIVE_SAMPLES`` samples (Kish's
-   effective count, ``noise_floor.effective_samples``). A pooled SQNR that one to five samples
+   effective count, ``held_out.effective_samples``). A pooled SQNR that one to five samples
    decide moves by more than the tolerance with the draw (24 fixed views once hid a 1.1 dB loss
    and showed a 0.9 dB one that 512 views do not), so a smaller set fails the entry;
 6. the task metric, when the entry names one, is no worse than the input's by ``TASK_TOLERANCE``;
@@ -136,15 +136,30 @@ def load_manifests(root: Path = CORPUS_ROOT) -> list[CorpusEntry]:
     unique across manifests (a duplicate is an error, so results can be keyed by name)."""
     entries: list[CorpusEntry] = []
     for manifest in sorted(Path(root).glob("*/manifest.json")):
-        data = json.loads(manifest.read_text())
-        items = data["entries"] if isinstance(data, dict) else data
-        hook = data.get("prepare") if isinstance(data, dict) else None
+        items, hook = _read_manifest(manifest)
         entries.extend(CorpusEntry.from_dict(d, manifest.parent, manifest, hook) for d in items)
     names = [e.name for e in entries]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"corpus entry names repeat across manifests: {', '.join(dupes)}")
     return entries
+
+
+def _read_manifest(manifest: Path) -> tuple[list[dict], str | None]:
+    """A manifest's raw entries and its ``prepare`` hook (a plain list has none)."""
+    data = json.loads(Path(manifest).read_text())
+    if isinstance(data, dict):
+        return data["entries"], data.get("prepare")
+    return data, None
+
+
+def manifest_items(manifest: Path) -> list[dict]:
+    """One manifest's raw entries (paths as written), its ``prepare`` hook run first, so the
+    files they name exist: for tools that take the manifest's own fields."""
+    items, hook = _read_manifest(manifest)
+    if hook:
+        _run_hook(hook)
+    return items
 
 
 def prepare(entry: CorpusEntry) -> None:

@@ -15,9 +15,9 @@ to the model and to each rescaled copy: the mean of its SQNR changes over those 
 estimates what the rewrite itself costs, which one realisation cannot.
 
 The held-out samples are a second source of spread: the pooled SQNR of softmax probabilities is
-decided by the few samples near a decision boundary. ``sample_noise`` splits the noise by sample,
-``effective_samples`` says how many samples it effectively rests on (Kish: (sum e)^2 / sum e^2),
-and ``bootstrap_delta_ci`` resamples the samples (pairing input and output on each) for a
+decided by the few samples near a decision boundary. ``held_out.sample_noise`` splits the noise by
+sample, ``held_out.effective_samples`` says how many samples it effectively rests on (Kish:
+(sum e)^2 / sum e^2), and ``bootstrap_delta_ci`` resamples the samples (pairing input and output on each) for a
 confidence interval of an SQNR change.
 
 Both take an optional ``metric`` (model -> float, higher is better) in place of the output SQNR:
@@ -35,12 +35,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .held_out import (  # noqa: F401  (sample statistics, used with these controls)
-    effective_samples,
-    model_sample_noise,
-    output_sqnr,
-    sample_noise,
-)
+from .held_out import output_sqnr
 
 DEFAULT_FACTORS = (0.98, 0.99, 0.995, 1.005, 1.01, 1.02)
 
@@ -186,7 +181,7 @@ def bootstrap_delta_ci(
     seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of SQNR(after) - SQNR(before) (dB) over the samples, from
-    the per-sample noise of each (``sample_noise``; the signal cancels in the change): each draw
+    the per-sample noise of each (``held_out.sample_noise``; the signal cancels in the change): each draw
     resamples the samples with replacement, the same ones for both (a paired change)."""
     a, b = (np.asarray(v, dtype=np.float64) for v in (noise_before, noise_after))
     if a.shape != b.shape or a.ndim != 1 or not len(a):
