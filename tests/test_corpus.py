@@ -153,6 +153,36 @@ def test_criterion_fails_a_held_out_set_too_small_to_resolve_the_tolerance(tmp_p
     assert not any(r.startswith("held-out set too small") for r in big.reasons)
 
 
+def test_a_cached_set_is_kept_only_while_its_generator_is_unchanged(tmp_path) -> None:
+    """``common.ensure_set``: built when missing; kept while count and key match; rebuilt when
+    what made it changed (a generator file, a package version) or its key is lost, so an older
+    checkout's set is never silently scored against."""
+    from fixtures.corpus import common
+
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"x": np.full((4, 2), len(calls), np.int32)}
+
+    path, dep = tmp_path / "set.npz", tmp_path / "generator.py"
+    dep.write_text("version 1")
+    common.ensure_set(path, 4, build, depends=(dep, "pkg==1"))
+    common.ensure_set(path, 4, build, depends=(dep, "pkg==1"))
+    assert len(calls) == 1
+    common.ensure_set(path, 4, build, depends=(dep, "pkg==2"))
+    assert len(calls) == 2
+    dep.write_text("version 2")
+    common.ensure_set(path, 4, build, depends=(dep, "pkg==2"))
+    assert len(calls) == 3
+    common.key_path(path).unlink()
+    common.ensure_set(path, 4, build, depends=(dep, "pkg==2"))
+    assert len(calls) == 4
+    with np.load(path) as f:
+        assert (f["x"] == 4).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".set.npz.key", "generator.py", "set.npz"]
+
+
 def test_cnn_held_out_sets_are_rebuilt_and_reproducible(tmp_path) -> None:
     """The CNN manifest's prepare hook: a set cached for another count is rebuilt, and what it
     writes is exactly what the generator makes (the same crops on every machine)."""

@@ -116,8 +116,9 @@ def test_a_stale_held_out_set_is_rebuilt_and_a_current_one_kept(tmp_path, monkey
 
     monkeypatch.setattr(th, "COUNTS", {"photos": 6, "tokens": 7})
     np.savez(th.path("photos", tmp_path), images=np.zeros((3, 3, 64, 64), np.uint8))
+    th.ensure(["tokens"], out=tmp_path)
     current = {"input_ids": np.zeros((7, 32), np.int64), "attention_mask": np.zeros((7, 32))}
-    np.savez(th.path("tokens", tmp_path), **current)  # right count: kept as it is
+    np.savez(th.path("tokens", tmp_path), **current)  # right count and key: kept as it is
     th.ensure(["photos", "tokens"], out=tmp_path)
     with np.load(th.path("photos", tmp_path)) as f:
         np.testing.assert_array_equal(f["images"], th.photos_64(6)["images"])
@@ -127,7 +128,11 @@ def test_a_stale_held_out_set_is_rebuilt_and_a_current_one_kept(tmp_path, monkey
     th.ensure(["tokens"], out=tmp_path)
     with np.load(th.path("tokens", tmp_path)) as f:
         np.testing.assert_array_equal(f["input_ids"], th.tokens(7)["input_ids"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == [th.FILES["photos"], th.FILES["tokens"]]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        th.FILES["photos"],
+        th.FILES["tokens"],
+    ]
+    assert not list(tmp_path.glob(".*tmp"))
 
 
 def test_held_out_text_is_tokenised_like_the_calibration(held_out):
