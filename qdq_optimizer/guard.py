@@ -30,6 +30,7 @@ import onnx
 from .errors import CheckFailed, InputError
 from .report import OptimizeReport
 from .ruleset import Rule, RuleSet
+from .verify import json_db
 
 # Actions whose rewrite leaves every output bit-identical (weights folded to the int8 values the Q
 # computed, float biases the DQ computed, cleanup merges): nothing to measure. Every rule of the
@@ -283,6 +284,4 @@ def _count(samples: dict[str, np.ndarray]) -> int:
 
 
 def _finite(v: float) -> float | str:
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return round(float(v), 4)
+    return json_db(round(float(v), 4))

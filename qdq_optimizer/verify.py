@@ -12,7 +12,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .errors import InputError
-from .runtime import ModelLike, random_inputs, run, run_session, session
+from .runtime import ModelLike, random_inputs, run_session, session
+
+
+def json_db(v: float) -> float | str:
+    """A dB value as JSON can hold it: ``"inf"`` / ``"-inf"`` for the infinities (identical
+    outputs; an all-zero reference), the number otherwise."""
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return v
 
 
 @dataclass
@@ -24,8 +32,7 @@ class OutputComparison:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if math.isinf(self.sqnr_db):
-            d["sqnr_db"] = "inf"
+        d["sqnr_db"] = json_db(self.sqnr_db)
         return d
 
 
@@ -46,27 +53,26 @@ def sqnr(reference: np.ndarray, test: np.ndarray) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
-def _reference_run(
-    reference: ModelLike, feeds: dict[str, np.ndarray] | None, seed: int
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The feeds (seeded random ones made from the reference's inputs when None) and the
-    reference's outputs, from one session that is gone before the next model loads (a big
-    model's weights are held once at a time)."""
-    sess = session(reference)
-    if feeds is None:
-        feeds = random_inputs(sess, seed)
-    return feeds, run_session(sess, feeds, seed)
+def run_models(
+    models: dict[str, ModelLike], feeds: dict[str, np.ndarray] | None = None, seed: int = 0
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+    """The feeds (seeded random ones made from the first model's inputs when None) and each
+    model's outputs on them, by label. Each model runs once, in a session that is gone before
+    the next model loads (a big model's weights are held once at a time)."""
+    outputs = {}
+    for label, model in models.items():
+        sess = session(model)
+        if feeds is None:
+            feeds = random_inputs(sess, seed)
+        outputs[label] = run_session(sess, feeds, seed)
+        del sess
+    return feeds or {}, outputs
 
 
-def compare(
-    reference: ModelLike,
-    test: ModelLike,
-    feeds: dict[str, np.ndarray] | None = None,
-    seed: int = 0,
+def output_comparisons(
+    ref_out: dict[str, np.ndarray], test_out: dict[str, np.ndarray]
 ) -> list[OutputComparison]:
-    """Run both models on the same inputs; per shared output: max |diff| and SQNR of test."""
-    feeds, ref_out = _reference_run(reference, feeds, seed)
-    test_out = run(test, feeds)
+    """Per output the two share: max |diff| and SQNR of ``test_out`` against ``ref_out``."""
     result = []
     for name, r in ref_out.items():
         if name not in test_out:
@@ -83,22 +89,68 @@ def compare(
     return result
 
 
+def reference_sqnrs(
+    ref_out: dict[str, np.ndarray], outputs: dict[str, dict[str, np.ndarray]]
+) -> list[dict]:
+    """``[{"name": output, "sqnr_db": {label: value}}]``: each labelled model's SQNR against the
+    reference outputs, per reference output (a model without it, or of another shape, is left
+    out of that row)."""
+    rows = []
+    for name, r in ref_out.items():
+        values = {
+            label: sqnr(r, o[name])
+            for label, o in outputs.items()
+            if name in o and o[name].shape == r.shape
+        }
+        rows.append({"name": name, "sqnr_db": values})
+    return rows
+
+
+def compare(
+    reference: ModelLike,
+    test: ModelLike,
+    feeds: dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+) -> list[OutputComparison]:
+    """Run both models on the same inputs; per shared output: max |diff| and SQNR of test."""
+    _, outs = run_models({"reference": reference, "test": test}, feeds, seed)
+    return output_comparisons(outs["reference"], outs["test"])
+
+
 def against_reference(
     reference: ModelLike,
     models: dict[str, ModelLike],
     feeds: dict[str, np.ndarray] | None = None,
     seed: int = 0,
 ) -> list[dict]:
-    """SQNR (dB) of each model's outputs against a float reference model on the same inputs:
-    ``[{"name": output, "sqnr_db": {label: value}}]``. Used by ``optimize --verify
-    --reference FLOAT.onnx`` to show whether the rewrite lost fidelity against the float model."""
-    feeds, ref_out = _reference_run(reference, feeds, seed)
-    outs = {label: run(m, feeds) for label, m in models.items()}
-    rows = []
-    for name, r in ref_out.items():
-        values = {}
-        for label, o in outs.items():
-            if name in o and o[name].shape == r.shape:
-                values[label] = sqnr(r, o[name])
-        rows.append({"name": name, "sqnr_db": values})
-    return rows
+    """SQNR (dB) of each model's outputs against a float reference model on the same inputs
+    (``reference_sqnrs``)."""
+    _, outs = run_models({"\0reference": reference, **models}, feeds, seed)
+    ref_out = outs.pop("\0reference")
+    return reference_sqnrs(ref_out, outs)
+
+
+def verify_rewrite(
+    source: ModelLike,
+    result: ModelLike,
+    feeds: dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+    reference: ModelLike | None = None,
+) -> list[dict]:
+    """What ``optimize --verify`` reports: per output, ``result`` against ``source`` (shape, max
+    |diff|, SQNR), and with a float ``reference`` both models' SQNR against it
+    (``sqnr_vs_reference_db``: ``{"input": dB, "output": dB}``). Each model runs once."""
+    models = {"input": source, "output": result}
+    if reference is not None:
+        models["reference"] = reference
+    _, outs = run_models(models, feeds, seed)
+    entries = [c.to_dict() for c in output_comparisons(outs["input"], outs["output"])]
+    if reference is not None:
+        rows = reference_sqnrs(
+            outs["reference"], {"input": outs["input"], "output": outs["output"]}
+        )
+        by_name = {r["name"]: r["sqnr_db"] for r in rows}
+        for entry in entries:
+            vs = by_name.get(entry["name"], {})
+            entry["sqnr_vs_reference_db"] = {k: json_db(v) for k, v in vs.items()}
+    return entries

@@ -213,3 +213,40 @@ def test_allow_asymmetric_is_an_accepted_no_op(tmp_path, messy_path, capsys):
     assert _digest(a) == _digest(b)
     assert cli.main(["lint", str(b), "--rules", "tensorrt", "--allow-asymmetric"]) == 0
     assert "--allow-asymmetric" not in capsys.readouterr().out
+
+
+def test_verify_runs_each_model_once_and_agrees_with_the_pairwise_functions(
+    tmp_path, messy_path, monkeypatch
+):
+    """``optimize --verify --reference`` used to run the input three times and the output twice;
+    ``verify_rewrite`` runs input, output and reference once each, with the same numbers as
+    ``compare`` and ``against_reference``."""
+    from qdq_optimizer import api, verify
+
+    out, _ = api.optimize(str(messy_path), "tensorrt")
+    ref = api.load(str(messy_path))
+    expected = [c.to_dict() for c in verify.compare(str(messy_path), out, None, 3)]
+    vs_ref = verify.against_reference(ref, {"input": str(messy_path), "output": out}, None, 3)
+    opened = []
+    real_session = verify.session
+    monkeypatch.setattr(verify, "session", lambda m: opened.append(m) or real_session(m))
+    entries = verify.verify_rewrite(str(messy_path), out, None, 3, ref)
+    assert len(opened) == 3
+    assert [
+        {k: v for k, v in e.items() if k != "sqnr_vs_reference_db"} for e in entries
+    ] == expected
+    by_name = {r["name"]: r["sqnr_db"] for r in vs_ref}
+    for e in entries:
+        want = {k: verify.json_db(v) for k, v in by_name[e["name"]].items()}
+        assert e["sqnr_vs_reference_db"] == want
+
+
+def test_an_all_zero_reference_reads_minus_inf_not_inf():
+    """SQNR against an all-zero reference that the test misses is -inf: the worst value, not
+    the 'identical' inf it was written as in reports."""
+    from qdq_optimizer.verify import OutputComparison, json_db, sqnr
+
+    v = sqnr(np.zeros(3), np.ones(3))
+    assert v == float("-inf") and json_db(v) == "-inf" and json_db(float("inf")) == "inf"
+    assert OutputComparison("y", [3], 1.0, v).to_dict()["sqnr_db"] == "-inf"
+    assert json_db(1.5) == 1.5

@@ -158,21 +158,12 @@ def command(
     verify = verify or inputs_path is not None or reference_path is not None
     if verify and not dry_run:
         from ..api import load
-        from ..verify import compare
+        from ..verify import verify_rewrite
 
         # ONNX Runtime reads the input from its file (already loaded and checked by optimize):
         # no second in-memory copy of a big model
-        report.verify = [c.to_dict() for c in compare(input_path, model, feeds, seed)]
-        if reference_path is not None:
-            from ..verify import against_reference
-
-            rows = against_reference(
-                load(reference_path), {"input": input_path, "output": model}, feeds, seed
-            )
-            by_name = {r["name"]: r["sqnr_db"] for r in rows}
-            for entry in report.verify:
-                vs = by_name.get(entry["name"], {})
-                entry["sqnr_vs_reference_db"] = {k: _finite(v) for k, v in vs.items()}
+        reference = load(reference_path) if reference_path is not None else None
+        report.verify = verify_rewrite(input_path, model, feeds, seed, reference)
     if not dry_run:
         save_model(model, output_path)
     if report_path is not None:
@@ -187,11 +178,7 @@ def command(
 def _db(v: float | str) -> str:
     if isinstance(v, str):
         return v
-    return "inf" if math.isinf(v) else f"{v:.2f}"
-
-
-def _finite(v: float) -> float | str:
-    return "inf" if math.isinf(v) else v
+    return ("inf" if v > 0 else "-inf") if math.isinf(v) else f"{v:.2f}"
 
 
 def summary_line(report: OptimizeReport) -> str:
