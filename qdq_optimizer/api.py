@@ -20,7 +20,7 @@ from .opset_upgrade import upgrade_opset
 from .report import OptimizeReport, Problem
 from .ruleset import RuleSet, compile_ignore, load_ruleset
 from .scale_groups import scale_groups
-from .trt_checks import NODE_CHECKS, check_graph, check_warnings, unowned_checks
+from .trt_checks import NODE_CHECKS, PARTLY_FIXED_BY, check_graph, check_warnings, unowned_checks
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 
@@ -305,12 +305,14 @@ def _lint_problems(
         results = run.results
     problems: list[Problem] = []
     changed: set[str] = set()  # nodes some rule would change
+    changed_by: dict[str, set[str]] = {}  # action -> the nodes it would change
     for result in results:
         why = result.why.rstrip(".")
         for change in result.changes:
             message = f"{why} ({change.detail})" if change.detail else why
             problems.append(Problem(result.rule_id, list(change.nodes), message))
             changed.update(change.nodes)
+            changed_by.setdefault(result.action, set()).update(change.nodes)
         problems.extend(result.unfixable)
     if _checks_on(ruleset, checks):
         only = unowned_checks(r.action for r in ruleset.rules)
@@ -319,6 +321,9 @@ def _lint_problems(
                 continue
             if p.rule_id in NODE_CHECKS and set(p.node_names) <= changed:
                 continue  # a rule re-quantizes or removes that node: reported under its id
+            fixer = PARTLY_FIXED_BY.get(p.rule_id)
+            if fixer and set(p.node_names) <= changed_by.get(fixer, set()):
+                continue  # the part of the check that rule fixes: reported under its id
             problems.append(p)
     return _once(problems), results
 

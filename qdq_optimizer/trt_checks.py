@@ -75,6 +75,10 @@ FIXED_BY: dict[str, str] = {
 # Checks of one Q/DQ node's own parameters: a rule of the set that changes that node (re-quantizes
 # it, as symmetric-int8 does uint8/asymmetric pairs, or removes it) already reports the problem.
 NODE_CHECKS = frozenset({"trt-qdq-type", "trt-qdq-axis"})
+# Checks wider than the rule that fixes part of them: a problem on nodes that rule changes is
+# reported under the rule's id, the rest by the check (``trt-weighted-input`` also covers INT8
+# weights under a float data input, which no rule fixes).
+PARTLY_FIXED_BY: dict[str, str] = {"trt-weighted-input": "quantize_float_weights"}
 CHECK_IDS = (
     "trt-qdq-type",
     "trt-qdq-axis",

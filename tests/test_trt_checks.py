@@ -162,3 +162,21 @@ def test_one_commute_predicate_for_int8_tensors_and_scale_groups(op, attrs, comm
         for grp in scale_groups(graph)
     )
     assert joined is commutes
+
+
+def test_lint_reports_a_float_weight_under_int8_data_once() -> None:
+    """``trt-weighted-input`` is wider than ``quantize-float-weights``: where the rule quantizes
+    the weights, lint reports the problem once, under the rule's id; INT8 weights under a float
+    data input (no rule fixes that) stay the check's."""
+    from qdq_optimizer import api
+
+    g = G()
+    a = g.conv(g.q("x", 0.05), form="float", name="weight_float")
+    b = g.conv(a, form="int8", name="data_float")
+    problems = api.lint(g.model([b]), "tensorrt")
+    by_node: dict[str, list[str]] = {}
+    for p in problems:
+        for n in p.node_names:
+            by_node.setdefault(n, []).append(p.rule_id)
+    assert by_node["weight_float"] == ["quantize-float-weights"]
+    assert by_node["data_float"] == ["trt-weighted-input"]
