@@ -11,6 +11,7 @@ turns them into XPASS failures, and the entry is then deleted from that file.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -181,6 +182,30 @@ def test_a_cached_set_is_kept_only_while_its_generator_is_unchanged(tmp_path) ->
     with np.load(path) as f:
         assert (f["x"] == 4).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".set.npz.key", "generator.py", "set.npz"]
+
+
+def test_a_prepare_hook_builds_beside_each_copy_of_a_manifest(tmp_path, monkeypatch) -> None:
+    """The hook gets the manifest's folder, once per process and folder: the held-out graphs
+    that ``make corpus-heldout`` writes outside the repository get their photo sets beside
+    them, not in the committed corpus's folder (which it used to write, whatever the manifest)."""
+    import json
+    import sys
+    import types
+
+    calls: list[Path] = []
+    probe = types.ModuleType("qdqopt_probe_hook")
+    probe.build = calls.append
+    monkeypatch.setitem(sys.modules, "qdqopt_probe_hook", probe)
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        entry = {"name": f"g-{sub}", "producer": "p", "model": "m.onnx", "reference": "f.onnx"}
+        doc = {"prepare": "qdqopt_probe_hook:build", "entries": [{**entry, "inputs": "v.npz"}]}
+        (tmp_path / sub / "manifest.json").write_text(json.dumps(doc))
+    entries = corpus.load_manifests(tmp_path)
+    for e in entries * 2:
+        corpus.prepare(e)
+    corpus.manifest_items(tmp_path / "a" / "manifest.json")
+    assert calls == [(tmp_path / "a").resolve(), (tmp_path / "b").resolve()]
 
 
 def test_cnn_held_out_sets_are_rebuilt_and_reproducible(tmp_path) -> None:

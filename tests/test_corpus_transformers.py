@@ -30,7 +30,7 @@ DATA = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
 ENTRIES = DATA.get("entries", [])
 KEYS = {"name", "producer", "producer_version", "architecture", "quantized", "float", "rules"}
 KEYS |= {"inputs", "notes", "sha256"}
-HOOK = "fixtures.corpus.transformer_heldout:ensure"
+HOOK = "fixtures.corpus.transformer_heldout:prepare"
 MIN_EFFECTIVE_SAMPLES = 15  # the criterion resolves 0.5 dB only on an SQNR that many samples carry
 
 

