@@ -425,6 +425,21 @@ class QGraph:
             self.add_node("Identity", [new], [old], self.unique_name(f"{old.name}_keep"))
         self.touch()
 
+    def absorb(self, node: Node, absorbed: Node) -> None:
+        """Delete ``absorbed``, a single-output node that reads ``node``'s first output (its only
+        reader), and let ``node`` produce ``absorbed``'s output tensor: a node that now computes
+        what the two did (a conv with a BatchNormalization folded in) keeps the name of the
+        value it computes, so data keyed by tensor name (calibration ranges) stays true."""
+        old, kept = node.outputs[0], absorbed.outputs[0]
+        if len(absorbed.outputs) != 1 or list(old.outputs) != [absorbed]:
+            raise ValueError(f"'{absorbed.name}' is not the only reader of '{node.name}'")
+        self.remove_node(absorbed)
+        self._mark(old)
+        _remove_by_identity(node.outputs, old)
+        node.outputs.insert(0, kept)
+        self._mark(kept)
+        self.touch()
+
     def remove_node(self, node: Node) -> None:
         """Detach and delete a node (its outputs must be unused or rewired first). O(degree).
 

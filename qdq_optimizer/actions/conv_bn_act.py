@@ -90,8 +90,7 @@ def fold_bn(graph: QGraph, node: Node | None, params: dict, ctx: ActionContext) 
     if ctx.dry_run:
         return [change]
     plan["apply"]()
-    graph.replace_uses(bn.outputs[0], y)
-    graph.remove_node(bn)
+    graph.absorb(conv, bn)  # the conv now computes the BN's output, under its name
     return [change]
 
 
