@@ -11,8 +11,8 @@ Policies:
   that holds a residual skip, and either disagrees or holds a skip quantizer residual-add inserted
   in this run, gets a scale covering the largest |x| seen on the samples (at least its largest
   scale: ``qdq_optimizer.calibration`` says why),
-  unless a quantizer of the group came with the input: that (producer-calibrated) scale is kept
-  while it clips no worse than ``max|x| / 127`` (quantization error on the pre-pass histograms); other
+  unless its skip quantizer came with the input: that (producer-calibrated) scale is kept while
+  it clips no worse than ``max|x| / 127`` (quantization error on the pre-pass histograms); other
   groups that disagree take ``max``. Groups that already agree and gained no skip quantizer keep
   their scale, so right graphs and second runs are unchanged. Without samples, ``amax / 127`` from
   stored activation ranges (``ranges``: a JSON file or a dict of tensor name -> amax; the largest
@@ -91,7 +91,7 @@ def _holds_residual_skip(graph: QGraph, qs: list[Node]) -> bool:
     return any(_feeds_residual_skip(graph, q) for q in qs)
 
 
-def _producer_scales(
+def _producer_skip_scales(
     graph: QGraph,
     todo: list,
     observed: dict[int, float],
@@ -99,18 +99,18 @@ def _producer_scales(
     histograms: dict[str, np.ndarray],
     ranges: dict[str, float],
 ) -> dict[int, float]:
-    """Skip groups holding a quantizer that came with the input (a producer calibrated it, e.g.
-    by MSE: its own skip quantizer, or the conv-input quantizer pytorch-quantization put on the
-    tensor residual-add tied the skip to) keep the largest such scale unless it clips worse than
-    ``max|x| / 127``: smaller quantization error on the samples (read off the pre-pass
-    histograms: ``histogram.quantization_error``). A scale that covers the peak clips nothing and
-    is kept without measuring."""
+    """Groups whose skip quantizer came with the input (a producer calibrated it, e.g. by MSE)
+    keep that scale unless it clips worse than ``max|x| / 127``: smaller quantization error on
+    the samples (read off the pre-pass histograms: ``histogram.quantization_error``). A scale that
+    covers the peak clips nothing and is kept without measuring."""
     candidates: dict[int, tuple[float, str]] = {}
     for i, (_, qs, scales, _) in enumerate(todo):
         if i not in observed:
             continue
         own = [
-            (s, q.inputs[0].name) for q, s in zip(qs, scales, strict=True) if q.name not in inserted
+            (s, q.inputs[0].name)
+            for q, s in zip(qs, scales, strict=True)
+            if q.name not in inserted and _feeds_residual_skip(graph, q)
         ]
         if own:
             candidates[i] = max(own)
@@ -185,14 +185,14 @@ def unify_scale_groups(
         )
     histograms = ctx.settings.get("observed_histograms") or {}
     producer = (
-        _producer_scales(graph, todo, observed, inserted, histograms, data) if observed else {}
+        _producer_skip_scales(graph, todo, observed, inserted, histograms, data) if observed else {}
     )
     changes: list[Change] = []
     for i, (g, qs, scales, skip) in enumerate(todo):
         if i in producer:
             target = producer[i]
             how = (
-                "calibrated: residual skip, the input's scale kept (it clips no worse than "
+                "calibrated: residual skip, the input's skip scale kept (it clips no worse than "
                 f"max |x| {observed[i]:.4g} / 127 in {runs} batch(es))"
             )
         elif i in observed:
