@@ -304,16 +304,15 @@ def _lint_problems(
         )
         results = run.results
     problems: list[Problem] = []
-    changed: set[str] = set()  # nodes some rule would change
     changed_by: dict[str, set[str]] = {}  # action -> the nodes it would change
     for result in results:
         why = result.why.rstrip(".")
         for change in result.changes:
             message = f"{why} ({change.detail})" if change.detail else why
             problems.append(Problem(result.rule_id, list(change.nodes), message))
-            changed.update(change.nodes)
             changed_by.setdefault(result.action, set()).update(change.nodes)
         problems.extend(result.unfixable)
+    changed = set().union(*changed_by.values())  # nodes some rule would change
     if _checks_on(ruleset, checks):
         only = unowned_checks(r.action for r in ruleset.rules)
         for p in check_graph(graph, ignore=patterns, only=only):

@@ -431,7 +431,11 @@ class QGraph:
         what the two did (a conv with a BatchNormalization folded in) keeps the name of the
         value it computes, so data keyed by tensor name (calibration ranges) stays true."""
         old, kept = node.outputs[0], absorbed.outputs[0]
-        if len(absorbed.outputs) != 1 or list(old.outputs) != [absorbed]:
+        if (
+            len(absorbed.outputs) != 1
+            or list(old.outputs) != [absorbed]
+            or self.is_graph_output(old)
+        ):
             raise ValueError(f"'{absorbed.name}' is not the only reader of '{node.name}'")
         self.remove_node(absorbed)
         self._mark(old)

@@ -55,10 +55,10 @@ def sqnr(reference: np.ndarray, test: np.ndarray) -> float:
 
 def run_models(
     models: dict[str, ModelLike], feeds: dict[str, np.ndarray] | None = None, seed: int = 0
-) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
-    """The feeds (seeded random ones made from the first model's inputs when None) and each
-    model's outputs on them, by label. Each model runs once, in a session that is gone before
-    the next model loads (a big model's weights are held once at a time)."""
+) -> dict[str, dict[str, np.ndarray]]:
+    """Each model's outputs by label, all on ``feeds`` (seeded random ones made from the first
+    model's inputs when None). Each model runs once, in a session that is gone before the next
+    model loads (a big model's weights are held once at a time)."""
     outputs = {}
     for label, model in models.items():
         sess = session(model)
@@ -66,7 +66,7 @@ def run_models(
             feeds = random_inputs(sess, seed)
         outputs[label] = run_session(sess, feeds, seed)
         del sess
-    return feeds or {}, outputs
+    return outputs
 
 
 def output_comparisons(
@@ -113,7 +113,7 @@ def compare(
     seed: int = 0,
 ) -> list[OutputComparison]:
     """Run both models on the same inputs; per shared output: max |diff| and SQNR of test."""
-    _, outs = run_models({"reference": reference, "test": test}, feeds, seed)
+    outs = run_models({"reference": reference, "test": test}, feeds, seed)
     return output_comparisons(outs["reference"], outs["test"])
 
 
@@ -125,7 +125,7 @@ def against_reference(
 ) -> list[dict]:
     """SQNR (dB) of each model's outputs against a float reference model on the same inputs
     (``reference_sqnrs``)."""
-    _, outs = run_models({"\0reference": reference, **models}, feeds, seed)
+    outs = run_models({"\0reference": reference, **models}, feeds, seed)
     ref_out = outs.pop("\0reference")
     return reference_sqnrs(ref_out, outs)
 
@@ -143,7 +143,7 @@ def verify_rewrite(
     models = {"input": source, "output": result}
     if reference is not None:
         models["reference"] = reference
-    _, outs = run_models(models, feeds, seed)
+    outs = run_models(models, feeds, seed)
     entries = [c.to_dict() for c in output_comparisons(outs["input"], outs["output"])]
     if reference is not None:
         rows = reference_sqnrs(
