@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test golden bench fuzz lint format clean system-deps corpus corpus-transformers corpus-trained corpus-heldout
+.PHONY: install demo test golden bench fuzz lint format clean system-deps corpus corpus-transformers corpus-trained corpus-heldout corpus-trained-heldout
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -121,14 +121,33 @@ clean:
 # ORT and ModelOpt graphs (CPU), packed as xz with the manifest. Deterministic; about 15 min of CPU.
 CORPUS_VENVS := .venvs-corpus
 TRAINED_CACHE := fixtures/corpus/trained/.cache
-corpus-trained:
-	$(PY) -m venv $(CORPUS_VENVS)/trained
-	$(CORPUS_VENVS)/trained/bin/pip install -q -r fixtures/corpus/requirements-trained.txt
-	$(PY) -m venv $(CORPUS_VENVS)/trained-modelopt
-	$(CORPUS_VENVS)/trained-modelopt/bin/pip install -q torch==2.13.0
-	$(CORPUS_VENVS)/trained-modelopt/bin/pip install -q -r fixtures/corpus/requirements-trained-modelopt.txt
+TV := $(CORPUS_VENVS)/trained
+$(TV)/.installed: fixtures/corpus/requirements-trained.txt fixtures/corpus/requirements-trained-modelopt.txt
+	$(PY) -m venv $(TV)
+	$(TV)/bin/pip install -q -r fixtures/corpus/requirements-trained.txt
+	$(PY) -m venv $(TV)-modelopt
+	$(TV)-modelopt/bin/pip install -q torch==2.13.0
+	$(TV)-modelopt/bin/pip install -q -r fixtures/corpus/requirements-trained-modelopt.txt
+	touch $@
+
+corpus-trained: $(TV)/.installed
 	rm -rf $(TRAINED_CACHE)
 	$(CORPUS_VENVS)/trained/bin/python fixtures/corpus/make_trained.py samples
 	$(CORPUS_VENVS)/trained/bin/python fixtures/corpus/make_trained.py ort
 	$(CORPUS_VENVS)/trained-modelopt/bin/python fixtures/corpus/make_trained.py modelopt
 	$(CORPUS_VENVS)/trained/bin/python fixtures/corpus/make_trained.py pack
+
+# Held-out trained graphs (make_trained.py --heldout): trained models the corpus has not seen (a
+# PP-OCRv4 text recogniser, ddddocr's YOLOX detector), every producer, written OUTSIDE the
+# repository, then the criterion on them. About 10 min of CPU.
+# Usage: make corpus-trained-heldout HELDOUT_OUT=/elsewhere/heldout-trained/trained
+corpus-trained-heldout: $(TV)/.installed install
+	@test -n "$(HELDOUT_OUT)" || { echo "set HELDOUT_OUT=/path/outside/the/repo/heldout-trained/trained"; exit 2; }
+	$(TV)/bin/pip install -q --no-deps -r fixtures/corpus/requirements-trained-heldout.txt
+	$(BIN)/pip install -q --no-deps -r fixtures/corpus/requirements-trained-heldout.txt
+	export OMP_NUM_THREADS=1; \
+	$(TV)/bin/python fixtures/corpus/make_trained.py samples --heldout && \
+	$(TV)/bin/python fixtures/corpus/make_trained.py ort --heldout --out $(abspath $(HELDOUT_OUT)) && \
+	$(TV)-modelopt/bin/python fixtures/corpus/make_trained.py modelopt --heldout --out $(abspath $(HELDOUT_OUT)) && \
+	$(TV)/bin/python fixtures/corpus/make_trained.py manifest --out $(abspath $(HELDOUT_OUT))
+	QDQOPT_CORPUS_ROOT=$(dir $(abspath $(HELDOUT_OUT))) OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_corpus.py

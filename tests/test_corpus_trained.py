@@ -82,9 +82,18 @@ def test_quantized_graph_is_valid(entry):
     ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+def _ensure(base: str) -> None:
+    """A held-out model's sets are built on request; its package may be absent (ddddocr is
+    installed only for ``make corpus-trained-heldout``, see requirements-trained-heldout.txt)."""
+    if base in samples.HELDOUT:
+        pytest.importorskip(samples.FLOAT_MODELS[base][0])
+        samples.ensure([base])
+
+
 @pytest.mark.parametrize("base", list(samples.SETS))
 def test_sample_sets_are_reproducible(base):
     """The cached sets are exactly what the generator makes now (same seeds, same packages)."""
+    _ensure(base)
     for split in ("val", "calib"):
         cached = dict(np.load(samples.inputs_path(base, split)))
         if base == "picodet-layout" and split == "val":
@@ -111,6 +120,7 @@ def test_a_stale_cached_set_is_rebuilt(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("base", list(samples.SETS))
 def test_float_model_scores_one_against_itself(base):
+    _ensure(base)
     metric = tasks.METRICS[base]
     inputs = str(samples.inputs_path(base, "val"))
     f = str(samples.float_path(base))
@@ -140,6 +150,54 @@ def test_task_metric_of_input_is_computed_and_deterministic(entry):
     assert metric(path, inputs) == first  # and the post-processing gives the same answer
     assert 0.0 <= first <= 1.0
     assert np.isfinite(s)  # a quantized graph is never bit-exact to the float one
+
+
+def test_page_lines_are_single_text_lines():
+    """The line crops of the classifier and recogniser sets come from real scanned lines: the
+    scan's uneven illumination made one global threshold take the whole block as one row."""
+    rows = samples._page_lines()
+    assert len(rows) >= 6
+    assert all(6 <= y1 - y0 <= 24 for y0, y1 in rows)
+    assert all(a[1] < b[0] for a, b in zip(rows, rows[1:], strict=False))
+
+
+def _with_outputs(monkeypatch, fake: str, outs: tuple) -> None:
+    """tasks.outputs answers ``outs`` for the model path ``fake`` (the float model still runs)."""
+    real = tasks.outputs
+    monkeypatch.setattr(tasks, "outputs", lambda m, x: outs if m == fake else real(m, x))
+
+
+def test_recogniser_metric_counts_lines_read_differently(monkeypatch):
+    """rec_agreement is the share of lines whose CTC-decoded text is the float model's: one
+    line's first character changed costs exactly 1/n."""
+    base = "ppocr-rec"
+    _ensure(base)
+    inputs = str(samples.inputs_path(base, "val"))
+    (probs,) = tasks.outputs(samples.float_path(base), inputs)
+    texts = tasks._rec_texts(probs, base)
+    i = next(k for k, t in enumerate(texts) if t)  # a line the float model reads something in
+    changed = probs.copy()
+    step = int(changed[i].argmax(axis=-1).nonzero()[0][0])  # its first non-blank step
+    changed[i, step] = np.roll(changed[i, step], 1)  # that character becomes the next one
+    _with_outputs(monkeypatch, "changed.onnx", (changed,))
+    assert tasks.rec_agreement("changed.onnx", inputs) == 1 - 1 / len(probs)
+
+
+def test_glyph_metric_loses_the_boxes_of_a_blind_image(monkeypatch):
+    """glyph_f1 decodes with ddddocr's own YOLOX post-processing: a model that sees nothing in
+    the first image (objectness 0) loses exactly that image's k of the float model's N boxes,
+    F1 = 2 (N - k) / (2N - k)."""
+    base = "ddddocr-det"
+    _ensure(base)
+    inputs = str(samples.inputs_path(base, "val"))
+    (raw,) = tasks.outputs(samples.float_path(base), inputs)
+    boxes = [len(b[0]) for b in tasks._glyph_boxes(raw)]
+    n, k = sum(boxes), boxes[0]
+    assert k > 0
+    changed = raw.copy()
+    changed[0, :, 4] = 0.0
+    _with_outputs(monkeypatch, "changed.onnx", (changed,))
+    assert tasks.glyph_f1("changed.onnx", inputs) == pytest.approx(2 * (n - k) / (2 * n - k))
 
 
 def test_box_f1_moves_with_the_boxes():
@@ -224,3 +282,41 @@ def test_task_metrics_run_the_graph_as_written(tmp_path) -> None:
     expect = np.clip(np.round(y / 0.05), -128, 127) * 0.05
     assert np.all(np.isfinite(out))
     np.testing.assert_allclose(out.astype(np.float32), expect, atol=0.051)  # one fp16 step
+
+
+def test_producer_steps_read_the_calibration_set_without_rebuilding(tmp_path, monkeypatch):
+    """The ModelOpt venv lacks the packages that draw the sets, so their cache key differs
+    there: make_trained's producers read the set the ``samples`` step wrote, never rebuild it,
+    and say which step is missing when it is absent."""
+    from fixtures.corpus import make_trained
+
+    monkeypatch.setattr(samples, "CACHE", tmp_path)
+    monkeypatch.setattr(samples, "ensure", lambda *a, **k: pytest.fail("rebuilt the set"))
+    with pytest.raises(SystemExit, match="run `make_trained.py samples` first"):
+        make_trained._calibration("ppocr-cls")
+    np.savez(samples.inputs_path("ppocr-cls", "calib"), x=np.ones((2, 3, 48, 192), np.float32))
+    key, arr = make_trained._calibration("ppocr-cls")
+    assert key == "x" and arr.shape == (2, 3, 48, 192)
+
+
+def test_heldout_manifest_names_every_built_graph(tmp_path):
+    """``make_trained.py manifest --out DIR`` lists each graph built there for bench_corpus, and
+    its prepare hook builds only the sets of the models DIR holds graphs of."""
+    from fixtures.corpus import make_trained
+    from qdq_optimizer.testing.corpus import load_manifests
+
+    out = tmp_path / "trained"
+    (out / "models").mkdir(parents=True)
+    for stem in ("ppocr-rec-ort-default", "ppocr-rec-modelopt-fp16-dq", "not-a-corpus-graph"):
+        (out / "models" / f"{stem}.onnx").write_bytes(b"")
+    (out / "versions.json").write_text('{"ort": "1.32.0"}')
+    make_trained.write_manifest(out)
+    entries = {e.name: e for e in load_manifests(tmp_path)}
+    assert set(entries) == {"ppocr-rec-ort-default", "ppocr-rec-modelopt-fp16-dq"}
+    e = entries["ppocr-rec-ort-default"]
+    assert e.model == out / "models" / "ppocr-rec-ort-default.onnx"
+    assert e.inputs == samples.inputs_path("ppocr-rec", "val").resolve()
+    assert e.task == "fixtures.corpus.trained.tasks:rec_agreement"
+    assert e.producer_version == "1.32.0"
+    assert e.prepare == "fixtures.corpus.trained.samples:prepare"
+    assert samples.models_in(out) == ["ppocr-rec"]
