@@ -139,7 +139,7 @@ corpus-trained: $(TV)/.installed
 
 # Held-out trained graphs (make_trained.py --heldout): trained models the corpus has not seen (a
 # PP-OCRv4 text recogniser, ddddocr's YOLOX detector), every producer, written OUTSIDE the
-# repository, then the criterion on them. About 10 min of CPU.
+# repository, then the criterion on them. About 25 min on 2 cores.
 # Usage: make corpus-trained-heldout HELDOUT_OUT=/elsewhere/heldout-trained/trained
 corpus-trained-heldout: $(TV)/.installed install
 	@test -n "$(HELDOUT_OUT)" || { echo "set HELDOUT_OUT=/path/outside/the/repo/heldout-trained/trained"; exit 2; }
