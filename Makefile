@@ -141,7 +141,7 @@ corpus-trained: $(TV)/.installed
 # PP-OCRv4 text recogniser, ddddocr's YOLOX detector), every producer, written OUTSIDE the
 # repository, then the criterion on them. About 25 min on 2 cores.
 # Usage: make corpus-trained-heldout HELDOUT_OUT=/elsewhere/heldout-trained/trained
-corpus-trained-heldout: $(TV)/.installed install
+corpus-trained-heldout: $(TV)/.installed $(CV)/nncf/.installed install
 	@test -n "$(HELDOUT_OUT)" || { echo "set HELDOUT_OUT=/path/outside/the/repo/heldout-trained/trained"; exit 2; }
 	$(TV)/bin/pip install -q --no-deps -r fixtures/corpus/requirements-trained-heldout.txt
 	$(BIN)/pip install -q --no-deps -r fixtures/corpus/requirements-trained-heldout.txt
@@ -149,5 +149,6 @@ corpus-trained-heldout: $(TV)/.installed install
 	$(TV)/bin/python fixtures/corpus/make_trained.py samples --heldout && \
 	$(TV)/bin/python fixtures/corpus/make_trained.py ort --heldout --out $(abspath $(HELDOUT_OUT)) && \
 	$(TV)-modelopt/bin/python fixtures/corpus/make_trained.py modelopt --heldout --out $(abspath $(HELDOUT_OUT)) && \
+	$(CV)/nncf/bin/python fixtures/corpus/make_trained.py nncf --heldout --out $(abspath $(HELDOUT_OUT)) && \
 	$(TV)/bin/python fixtures/corpus/make_trained.py manifest --out $(abspath $(HELDOUT_OUT))
 	QDQOPT_CORPUS_ROOT=$(dir $(abspath $(HELDOUT_OUT))) OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_corpus.py

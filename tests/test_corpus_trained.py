@@ -307,16 +307,19 @@ def test_heldout_manifest_names_every_built_graph(tmp_path):
 
     out = tmp_path / "trained"
     (out / "models").mkdir(parents=True)
-    for stem in ("ppocr-rec-ort-default", "ppocr-rec-modelopt-fp16-dq", "not-a-corpus-graph"):
+    stems = ("ppocr-rec-ort-default", "ppocr-rec-modelopt-fp16-dq", "ddddocr-det-nncf-mixed")
+    for stem in (*stems, "not-a-corpus-graph"):
         (out / "models" / f"{stem}.onnx").write_bytes(b"")
     (out / "versions.json").write_text('{"ort": "1.32.0"}')
     make_trained.write_manifest(out)
     entries = {e.name: e for e in load_manifests(tmp_path)}
-    assert set(entries) == {"ppocr-rec-ort-default", "ppocr-rec-modelopt-fp16-dq"}
+    assert set(entries) == set(stems)
+    assert entries["ddddocr-det-nncf-mixed"].producer == "nncf"
+    assert entries["ddddocr-det-nncf-mixed"].task == "fixtures.corpus.trained.tasks:glyph_f1"
     e = entries["ppocr-rec-ort-default"]
     assert e.model == out / "models" / "ppocr-rec-ort-default.onnx"
     assert e.inputs == samples.inputs_path("ppocr-rec", "val").resolve()
     assert e.task == "fixtures.corpus.trained.tasks:rec_agreement"
     assert e.producer_version == "1.32.0"
     assert e.prepare == "fixtures.corpus.trained.samples:prepare"
-    assert samples.models_in(out) == ["ppocr-rec"]
+    assert samples.models_in(out) == ["ppocr-rec", "ddddocr-det"]
