@@ -132,10 +132,10 @@ $(TV)/.installed: fixtures/corpus/requirements-trained.txt fixtures/corpus/requi
 
 corpus-trained: $(TV)/.installed
 	rm -rf $(TRAINED_CACHE)
-	$(CORPUS_VENVS)/trained/bin/python fixtures/corpus/make_trained.py samples
-	$(CORPUS_VENVS)/trained/bin/python fixtures/corpus/make_trained.py ort
-	$(CORPUS_VENVS)/trained-modelopt/bin/python fixtures/corpus/make_trained.py modelopt
-	$(CORPUS_VENVS)/trained/bin/python fixtures/corpus/make_trained.py pack
+	$(TV)/bin/python fixtures/corpus/make_trained.py samples
+	$(TV)/bin/python fixtures/corpus/make_trained.py ort
+	$(TV)-modelopt/bin/python fixtures/corpus/make_trained.py modelopt
+	$(TV)/bin/python fixtures/corpus/make_trained.py pack
 
 # Held-out trained graphs (make_trained.py --heldout): trained models the corpus has not seen (a
 # PP-OCRv4 text recogniser, ddddocr's YOLOX detector), every producer, written OUTSIDE the

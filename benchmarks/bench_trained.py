@@ -49,8 +49,7 @@ def _task(spec: str):
 def _entries(models_dir: Path | None) -> list[dict]:
     if models_dir is None:
         return json.loads(MANIFEST.read_text())["entries"]
-    found = [make_trained.parse_name(p.stem) for p in sorted(models_dir.glob("models/*.onnx"))]
-    return [make_trained.entry(n, p, models_dir) for n, p in filter(None, found)]
+    return make_trained.built_entries(models_dir)
 
 
 def _lint_count(path: str) -> int | str:
