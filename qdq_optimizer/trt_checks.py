@@ -28,6 +28,10 @@ Warnings (``check_warnings``, severity "warning": reported, never counted as pro
 not change lint's exit status or optimize's remaining problems):
 - ``trt-attention``: INT8 attention that TensorRT's documented fused-MHA restrictions rule out
   (``matmul_checks.attention_warnings``).
+- ``trt-weight-per-tensor``: int8 weights quantized per tensor whose typical output channel uses
+  under ``NARROW_CODES`` of its 127 codes (TensorRT quantizes weights per channel). One warning
+  for the graph: an accuracy cost of the producer's choice that no rewrite can undo without the
+  float weights (the ``weight-per-channel`` rule re-quantizes weights it has the float values of).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from collections.abc import Iterable
 import numpy as np
 import onnx
 
-from .graph import Node, QGraph
+from .graph import Node, QGraph, constant_value
 from .matmul_checks import ATTENTION, attention_warnings, check_matmuls  # xrules
 from .ops import GEMM_OPS
 from .report import Problem
@@ -55,8 +59,10 @@ from .trt_patterns import (
     is_weight_dq,
     is_weighted,
     island_pairs,
+    output_channel_axis,
     residual_inputs,
     strip_qdq,
+    weight_axis,
     weight_quantized,
     weight_tensor,
     weighted_source,
@@ -91,7 +97,11 @@ CHECK_IDS = (
     "trt-maxpool-scale",
     "trt-bmm-input",  # xrules
 )
-WARNING_IDS = (ATTENTION,)
+PER_TENSOR = "trt-weight-per-tensor"
+WARNING_IDS = (ATTENTION, PER_TENSOR)
+# A weighted op warns when its median output channel uses fewer codes than this of the 127 a
+# per-channel scale gives every channel: the typical channel has lost a bit or more.
+NARROW_CODES = 64
 
 
 def _scale(graph: QGraph, node: Node) -> np.ndarray | None:
@@ -145,7 +155,46 @@ def check_warnings(
     """TensorRT warnings (``WARNING_IDS``) for ``graph``; ``actions`` are the linted rule set's,
     whose rules report the cases they fix themselves."""
     patterns = [re.compile(p) if isinstance(p, str) else p for p in ignore]
-    return attention_warnings(graph, patterns, actions)
+    return attention_warnings(graph, patterns, actions) + per_tensor_weights(graph, patterns)
+
+
+def per_tensor_weights(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:
+    """``trt-weight-per-tensor``: one warning naming the weighted ops whose int8 weights (an
+    initializer, no float values left) have one scale for all output channels and whose median
+    channel uses fewer than ``NARROW_CODES`` codes."""
+    narrow: list[str] = []
+    total, worst = 0, None  # worst: (codes, op name, channel)
+    for w in graph.topo_nodes():
+        t = weight_tensor(graph, w)
+        if t is None or is_ignored(w, ignore):
+            continue
+        dq = graph.producer(t)
+        raw = constant_value(dq.inputs[0]) if graph.is_dq(dq) else None
+        scale = _scale(graph, dq) if raw is not None else None
+        axis = weight_axis(graph, t) if scale is not None and scale.size == 1 else None
+        if axis is None or np.ndim(raw) < 2 or np.shape(raw)[axis] < 2:
+            continue
+        total += 1
+        codes = (
+            np.abs(np.moveaxis(np.asarray(raw, np.int32), axis, 0))
+            .reshape(np.shape(raw)[axis], -1)
+            .max(axis=1)
+        )
+        if np.median(codes) < NARROW_CODES:
+            narrow.append(w.name)
+            c = int(np.argmin(codes))
+            if worst is None or codes[c] < worst[0]:
+                worst = (int(codes[c]), w.name, c)
+    if not narrow:
+        return []
+    message = (
+        f"{len(narrow)} of {total} weighted ops with per-tensor int8 weights leave most output "
+        f"channels under {NARROW_CODES} of 127 codes (fewest: '{worst[1]}' channel {worst[2]}, "
+        f"{worst[0]}): TensorRT's per-channel weights would round them finer. Quantize weights per "
+        "channel in the producer (ONNX Runtime per_channel=True) or keep the float weights in the "
+        "export (Q -> DQ) for the weight-per-channel rule"
+    )
+    return [Problem(PER_TENSOR, narrow, message, severity="warning")]
 
 
 def _qdq_types(graph: QGraph) -> list[Problem]:
@@ -192,9 +241,7 @@ def _qdq_types(graph: QGraph) -> list[Problem]:
                 continue
             if u.op in ("Gemm", "MatMul"):  # xrules: matmul_checks follows the weight's path
                 continue
-            want = 1 if u.op == "ConvTranspose" else 0
-            if u.op in ("Gemm", "MatMul"):
-                want = 0 if u.op == "Gemm" and u.attrs.get("transB", 0) else 1
+            want = output_channel_axis(u)
             if p.axis != want:
                 out.append(
                     Problem(

@@ -99,6 +99,34 @@ def weight_tensor(graph: QGraph, node: Node) -> Tensor | None:
     return None
 
 
+def output_channel_axis(node: Node, weight_rank: int = 2) -> int | None:
+    """The axis of a weighted op's weight that TensorRT quantizes per channel: its output
+    channels (0 for Conv, 1 for ConvTranspose, Gemm by transB, the last for MatMul)."""
+    if node.op == "Conv":
+        return 0
+    if node.op == "ConvTranspose":
+        return 1
+    if node.op == "Gemm":
+        return 0 if node.attrs.get("transB", 0) else 1
+    if node.op == "MatMul":
+        return weight_rank - 1
+    return None
+
+
+def weight_axis(graph: QGraph, t: Tensor) -> int | None:
+    """The output-channel axis of a weight read by a Conv/ConvTranspose/Gemm/MatMul (None: the
+    tensor is not such a weight, or its readers disagree: quantize it per-tensor)."""
+    axes = set()
+    for c in t.outputs:
+        if len(c.inputs) < 2 or c.inputs[1] is not t:
+            return None
+        axis = output_channel_axis(c, len(t.shape) if t.shape is not None else 2)
+        if axis is None:
+            return None
+        axes.add(axis)
+    return axes.pop() if len(axes) == 1 else None
+
+
 def is_weighted(graph: QGraph, node: Node | None) -> bool:
     return node is not None and weight_tensor(graph, node) is not None
 

@@ -226,3 +226,61 @@ def test_float_weight_conv_on_the_ignore_list_stays_float() -> None:
         _weighted_graph("Conv", w, None, 0, form="float"), "tensorrt", ignore=["^op$"]
     )
     assert rep.result("quantize-float-weights").count == 0
+
+
+def _per_tensor(w: np.ndarray) -> np.ndarray:
+    return np.float32(np.abs(w).max() / 127)
+
+
+def _weight_dq(model):
+    op = next(n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose"))
+    prod = {o: n for n in model.graph.node for o in n.output}
+    return prod[op.input[1]]
+
+
+def test_per_tensor_float_weights_requantized_per_output_channel() -> None:
+    # ModelOpt's default on a Paddle export: per-tensor Q/DQ over float weights whose output
+    # channels differ 100x in magnitude, so the narrow channels keep a few of the 127 codes.
+    w = np.moveaxis(_ct_weight(cin=4, cout=6), 1, 0).copy()  # Conv [Cout=6, Cin=4, 2, 2]
+    m = _weighted_graph("Conv", w, _per_tensor(w), 0, form="pair")
+    out, rep = optimize(m, "tensorrt")
+    res = rep.result("weight-per-channel")
+    assert res.count == 1
+    detail = res.changes[0].detail
+    assert "per-tensor -> per-channel (axis 0" in detail and "not exact" in detail
+    assert "of 6 output channels used under 64" in detail
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    dq = _weight_dq(out)
+    assert inits[dq.input[1]].shape == (6,) and inits[dq.input[0]].dtype == np.int8
+    np.testing.assert_allclose(inits[dq.input[1]], np.abs(w).reshape(6, -1).max(1) / 127, rtol=1e-6)
+    ref = _raw(_weighted_graph("Conv", w, None, 0, form="float"), _x(4))
+    before, after = _sqnr(ref, _raw(m, _x(4))), _sqnr(ref, _raw(out, _x(4)))
+    assert after > before + 6, (before, after)  # measured: the narrow channels had ~1-25 codes
+    _, again = optimize(out, "tensorrt")  # idempotent: per-channel now
+    assert again.result("weight-per-channel").count == 0
+
+
+def test_per_tensor_convtranspose_weights_go_per_channel_on_axis_1() -> None:
+    w = _ct_weight()
+    out, rep = optimize(
+        _weighted_graph("ConvTranspose", w, _per_tensor(w), 0, form="pair"), "tensorrt"
+    )
+    assert rep.result("weight-per-channel").count == 1
+    dq = _weight_dq(out)
+    assert {a.name: a.i for a in dq.attribute}["axis"] == 1
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    assert inits[dq.input[1]].shape == (6,)
+
+
+def test_per_tensor_weights_left_alone_when_no_channel_gains_or_ignored_or_int8() -> None:
+    w = np.random.default_rng(1).uniform(-1, 1, (6, 4, 2, 2)).astype(np.float32)
+    w[:, 0, 0, 0] = 1.5  # every output channel reaches the tensor's max: one scale fits all
+    _, rep = optimize(_weighted_graph("Conv", w, _per_tensor(w), 0, form="pair"), "tensorrt")
+    assert rep.result("weight-per-channel").count == 0
+    narrow = np.moveaxis(_ct_weight(cin=4, cout=6), 1, 0).copy()
+    pair = _weighted_graph("Conv", narrow, _per_tensor(narrow), 0, form="pair")
+    _, rep = optimize(pair, "tensorrt", ignore=["^op$"])
+    assert rep.result("weight-per-channel").count == 0
+    # int8 initializers: no float values left to re-quantize from (lint warns instead)
+    _, rep = optimize(_weighted_graph("Conv", narrow, _per_tensor(narrow), 0), "tensorrt")
+    assert rep.result("weight-per-channel").count == 0

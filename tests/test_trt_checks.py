@@ -180,3 +180,20 @@ def test_lint_reports_a_float_weight_under_int8_data_once() -> None:
             by_node.setdefault(n, []).append(p.rule_id)
     assert by_node["weight_float"] == ["quantize-float-weights"]
     assert by_node["data_float"] == ["trt-weighted-input"]
+
+
+def test_per_tensor_int8_weights_warn_once_and_do_not_fail_lint() -> None:
+    """``trt-weight-per-tensor``: int8 weights with one scale whose typical output channel keeps
+    under 64 of its 127 codes get one warning for the graph, never a problem."""
+    from qdq_optimizer.api import lint_report
+    from tests.test_rules_weighted import _ct_weight, _per_tensor, _weighted_graph
+
+    narrow = np.moveaxis(_ct_weight(cin=4, cout=6), 1, 0).copy()
+    rep = lint_report(_weighted_graph("Conv", narrow, _per_tensor(narrow), 0))
+    warns = [p for p in rep.lint_warnings if p.rule_id == "trt-weight-per-tensor"]
+    assert len(warns) == 1 and warns[0].node_names == ["op"]
+    assert "1 of 1 weighted ops" in warns[0].message and "'op' channel 0" in warns[0].message
+    assert not [p for p in rep.problems if p.rule_id == "trt-weight-per-tensor"]
+    per_channel = (np.abs(narrow).reshape(6, -1).max(1) / 127).astype(np.float32)
+    rep = lint_report(_weighted_graph("Conv", narrow, per_channel, 0))
+    assert not [p for p in rep.lint_warnings if p.rule_id == "trt-weight-per-tensor"]

@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 from .. import asymmetric as asym
 from ..graph import DEQUANTIZE, QUANTIZE, Node, QGraph, QParams, constant_value
 from ..report import Change
+from ..trt_patterns import weight_axis
 from .registry import ActionContext, register_action
 from .weighted import dequantize_np, quantize_np
 
@@ -57,28 +58,6 @@ def non_negative(graph: QGraph, tensor: gs.Tensor, memo: dict) -> bool:
 
 def _needs_conversion(p: QParams) -> bool:
     return asym.convertible(p.dtype) and not asym.is_symmetric_int8(p.scale, p.zero_point, p.dtype)
-
-
-def weight_axis(graph: QGraph, t: gs.Tensor) -> int | None:
-    """The output-channel axis of a weight read by a Conv/ConvTranspose/Gemm/MatMul (None: the
-    tensor is not such a weight, quantize it per-tensor)."""
-    readers = [c for c in t.outputs]
-    axes = set()
-    for c in readers:
-        if len(c.inputs) < 2 or c.inputs[1] is not t:
-            return None
-        if c.op == "Conv":
-            axes.add(0)
-        elif c.op == "ConvTranspose":
-            axes.add(1)
-        elif c.op == "Gemm":
-            axes.add(0 if c.attrs.get("transB", 0) else 1)
-        elif c.op == "MatMul":
-            rank = len(t.shape) if t.shape is not None else 2
-            axes.add(rank - 1)
-        else:
-            return None
-    return axes.pop() if len(axes) == 1 else None
 
 
 def symmetric_weight(w: np.ndarray, axis: int | None, graph: QGraph) -> tuple[np.ndarray, ...]:
