@@ -4,7 +4,9 @@ before/after, INT8 weighted ops, held-out samples (and how many the input's erro
 SQNR against the float model before/after, task metric, time.
 
 Usage: ``python benchmarks/bench_corpus.py [--json OUT.json] [--markdown] [--rules NAME]
-[NAME_SUBSTRING ...]`` (``--rules``: every entry with that rule set instead of its own).
+[--no-reference] [NAME_SUBSTRING ...]`` (``--rules``: every entry with that rule set instead of
+its own; ``--no-reference``: optimize without the float model, whose weights otherwise replace
+per-tensor int8 ones).
 ``QDQOPT_CORPUS_ROOT`` points it at another corpus folder.
 """
 
@@ -60,13 +62,18 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write every result record here")
     ap.add_argument("--markdown", action="store_true", help="a Markdown table (for the README)")
     ap.add_argument("--rules", help="run every entry with this rule set instead of its own")
+    ap.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="optimize without the float model (no --reference: per-tensor int8 weights stay)",
+    )
     args = ap.parse_args()
     entries = [e for e in load_manifests() if not args.only or any(s in e.name for s in args.only)]
     if args.rules:
         entries = [dataclasses.replace(e, rules=args.rules) for e in entries]
     results = []
     for e in entries:
-        r = evaluate(e)
+        r = evaluate(e, with_reference=not args.no_reference)
         results.append(r)
         if not args.markdown:
             print(" | ".join(row(r)), flush=True)

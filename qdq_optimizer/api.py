@@ -104,6 +104,10 @@ def optimize(
     timings["load"] = _ms(t)
 
     model, upgraded = upgrade_opset(model)  # opset 10-12 -> 13 (exact), before anything reads it
+    input_warnings = [upgraded] if upgraded else []
+    ref = None if reference is None else load(reference)
+    if ref is not None:  # float weights for per-tensor int8 ones (weight-per-channel)
+        run_settings.update(reference_weight_pre_pass(model, ref, input_warnings))
     if calibration_data is not None:  # the pre-pass: the rules get ranges, never run a model
         calibration_data.check(model)  # bad samples fail here, before any rule runs
         t, c = time.perf_counter(), time.process_time()
@@ -123,7 +127,7 @@ def optimize(
             dict(timings),
             t0,
             lint_result,
-            [upgraded] if upgraded else [],
+            input_warnings,
         )
 
     if samples is not None and not dry_run:  # bad samples fail before any rule runs
@@ -135,7 +139,6 @@ def optimize(
         return out, report
     from .guard import run_guard
 
-    ref = None if reference is None else load(reference)
     label = os.fspath(reference) if isinstance(reference, str | os.PathLike) else None
     t = time.perf_counter()
     out, report = run_guard(
@@ -180,6 +183,25 @@ def calibration_pre_pass(model: onnx.ModelProto, data: CalibrationData) -> dict[
         "observed_runs": runs,
         "observed_histograms": histograms,
     }
+
+
+def reference_weight_pre_pass(
+    model: onnx.ModelProto, reference: onnx.ModelProto, warnings: list[str]
+) -> dict[str, Any]:
+    """The float weights of ``reference`` that ``model``'s per-tensor int8 weights were rounded
+    from (``reference_weights``), for ``weight-per-channel``; a warning names those it lacks."""
+    from .actions.weight_forms import FLOAT_WEIGHTS
+    from .reference_weights import reference_weights
+
+    found, missing = reference_weights(model, reference)
+    if missing:
+        shown = ", ".join(f"'{n}'" for n in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        warnings.append(
+            f"--reference: {len(missing)} per-tensor int8 weight(s) ({shown}) have no float "
+            "weight there that rounds to them (same node name and shape, BN folded or not): "
+            "they stay per tensor"
+        )
+    return {FLOAT_WEIGHTS: found} if found else {}
 
 
 def _optimize_loaded(

@@ -250,3 +250,26 @@ def test_an_all_zero_reference_reads_minus_inf_not_inf():
     assert v == float("-inf") and json_db(v) == "-inf" and json_db(float("inf")) == "inf"
     assert OutputComparison("y", [3], 1.0, v).to_dict()["sqnr_db"] == "-inf"
     assert json_db(1.5) == 1.5
+
+
+def test_reference_gives_per_tensor_int8_weights_their_float_values(tmp_path, capsys):
+    """``--reference``: ONNX Runtime's per-tensor int8 weights are re-quantized per output
+    channel from the float model (the verify table shows the output move towards it); lint of
+    the input, which has no float model, warns about them but passes."""
+    from tests.test_rules_weighted import _narrow_conv_weight, _per_tensor, _weighted_graph
+
+    w = _narrow_conv_weight()
+    q_path, f_path = tmp_path / "q.onnx", tmp_path / "f.onnx"
+    onnx.save(_weighted_graph("Conv", w, _per_tensor(w), 0), q_path)
+    onnx.save(_weighted_graph("Conv", w, None, 0, form="float"), f_path)
+    out, rep = tmp_path / "out.onnx", tmp_path / "report.json"
+    args = ["optimize", str(q_path), str(out), "--reference", str(f_path), "--report", str(rep)]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert "weight-per-channel" in text and "in vs ref dB" in text
+    report = json.loads(rep.read_text())
+    assert {r["rule_id"]: r["count"] for r in report["results"]}["weight-per-channel"] == 1
+    vs = report["verify"][0]["sqnr_vs_reference_db"]
+    assert vs["output"] > vs["input"] + 6, vs
+    assert cli.main(["lint", str(q_path)]) == 0
+    assert "warning [trt-weight-per-tensor] op: 1 of 1 weighted ops" in capsys.readouterr().out

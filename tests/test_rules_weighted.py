@@ -284,3 +284,67 @@ def test_per_tensor_weights_left_alone_when_no_channel_gains_or_ignored_or_int8(
     # int8 initializers: no float values left to re-quantize from (lint warns instead)
     _, rep = optimize(_weighted_graph("Conv", narrow, _per_tensor(narrow), 0), "tensorrt")
     assert rep.result("weight-per-channel").count == 0
+
+
+def _narrow_conv_weight() -> np.ndarray:
+    return np.moveaxis(_ct_weight(cin=4, cout=6), 1, 0).copy()  # Conv [6, 4, 2, 2]
+
+
+def test_int8_per_tensor_weights_requantized_from_the_reference_float_weights() -> None:
+    # ONNX Runtime's per_channel=False default: int8 initializers, no float values in the graph.
+    w = _narrow_conv_weight()
+    m = _weighted_graph("Conv", w, _per_tensor(w), 0)
+    float_model = _weighted_graph("Conv", w, None, 0, form="float")
+    alone, rep = optimize(m, "tensorrt")  # without the float model: nothing to re-quantize from
+    assert rep.result("weight-per-channel").count == 0
+    out, rep = optimize(m, "tensorrt", reference=float_model)
+    res = rep.result("weight-per-channel")
+    assert res.count == 1 and "from the reference model's float weight" in res.changes[0].detail
+    dq = _weight_dq(out)
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    assert inits[dq.input[1]].shape == (6,)
+    ref = _raw(float_model, _x(4))
+    before, after = _sqnr(ref, _raw(alone, _x(4))), _sqnr(ref, _raw(out, _x(4)))
+    assert after > before + 6, (before, after)
+    assert not any("--reference" in x for x in rep.warnings)
+    _, again = optimize(out, "tensorrt", reference=float_model)  # idempotent
+    assert again.result("weight-per-channel").count == 0
+
+
+def _conv_bn_float(w: np.ndarray, gamma: np.ndarray, var: np.ndarray):
+    from onnx import TensorProto, helper
+
+    c = w.shape[0]
+    inits = [numpy_helper.from_array(w, "w")] + [
+        numpy_helper.from_array(v.astype(np.float32), n)
+        for n, v in (("g", gamma), ("b", np.zeros(c)), ("m", np.zeros(c)), ("v", var))
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="op"),
+        helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"], name="bn"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "f",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, w.shape[1], 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_reference_weights_match_a_bn_folded_conv_and_refuse_a_stranger() -> None:
+    # ONNX Runtime's pre-processing folds BN before quantizing; the user's float model has it.
+    w = _narrow_conv_weight()
+    gamma, var = np.linspace(0.5, 2, 6), np.linspace(0.1, 3, 6)
+    folded = (w * (gamma / np.sqrt(var + 1e-5)).reshape(6, 1, 1, 1)).astype(np.float32)
+    m = _weighted_graph("Conv", folded, _per_tensor(folded), 0)
+    _, rep = optimize(m, "tensorrt", reference=_conv_bn_float(w, gamma, var))
+    assert rep.result("weight-per-channel").count == 1
+    # a float weight the int8 values were not rounded from is not taken, and the user is told
+    stranger = _weighted_graph("Conv", folded * 1.1, None, 0, form="float")
+    _, rep = optimize(m, "tensorrt", reference=stranger)
+    assert rep.result("weight-per-channel").count == 0
+    assert any(
+        x.startswith("--reference: 1 per-tensor int8 weight(s) ('op')") for x in rep.warnings
+    )

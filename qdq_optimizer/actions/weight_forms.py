@@ -135,67 +135,78 @@ def convtranspose_weight_axis(
     return [change]
 
 
-def _rounding_error(w: np.ndarray, scale: np.ndarray, axis: int | None) -> float:
-    """Sum of squares of ``w``'s symmetric int8 rounding error (clipping included) at ``scale``."""
-    back = dequantize_np(quantize_np(w, scale, None, axis), scale, None, axis)
+def _error(w: np.ndarray, q: np.ndarray, scale: np.ndarray, axis: int | None) -> float:
+    """Sum of squares of ``w - dequantize(q)``: the weight's rounding (and clipping) error."""
+    back = dequantize_np(q, scale, None, axis)
     return float(np.sum((np.asarray(w, np.float64) - back) ** 2))
+
+
+FLOAT_WEIGHTS = "observed_float_weights"  # setting: op name -> float weight (reference_weights)
 
 
 @register_action("weight_per_channel", params={})
 def weight_per_channel(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
 ) -> list[Change]:
-    """Re-quantize a per-tensor weight Q (the anchor, over float weights) per output channel."""
-    q = node
-    if q is None or not graph.is_q(q):
+    """Re-quantize a per-tensor weight of a weighted op (the anchor) per output channel, from
+    its float values: the pair form's Q input, or the user's float model (``--reference``)."""
+    op = node
+    if op is None or op.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
         return []
-    value = constant_value(q.inputs[0])
-    out = q.outputs[0]
-    if value is None or np.asarray(value).dtype.kind != "f" or graph.is_graph_output(out):
+    if len(op.inputs) < 2 or is_ignored(op, ctx.ignore):
         return []
-    dqs = list(out.outputs)
-    if not dqs or not all(graph.is_dq(d) for d in dqs):
+    t = op.inputs[1]
+    dq = graph.producer(t)
+    found = _weight_pair(graph, dq) if graph.is_dq(dq) else None
+    if found is None:
         return []
+    q, raw = found
     try:
-        p = graph.qparams(q)
+        p = graph.qparams(dq)
     except ValueError:
         return []
     if p.dtype != onnx.TensorProto.INT8 or p.per_axis or p.scale.size != 1:
         return []
-    if q.attrs.get("block_size") or (p.zero_point is not None and np.any(p.zero_point != 0)):
+    if dq.attrs.get("block_size") or (p.zero_point is not None and np.any(p.zero_point != 0)):
         return []
-    if any(not np.array_equal(graph.qparams(d).scale, p.scale) for d in dqs):
+    if q is not None and not np.array_equal(graph.qparams(q).scale, p.scale):
         return []
-    axes = {weight_axis(graph, d.outputs[0]) for d in dqs}
-    axis = axes.pop() if len(axes) == 1 else None
-    if axis is None:
-        return []  # not (only) a Conv/ConvTranspose/Gemm/MatMul weight
-    users = [u for d in dqs for u in d.outputs[0].outputs]
-    if any(is_ignored(u, ctx.ignore) for u in users):
-        return []  # dequantize_ignored turns these back into float weights
-    if any(u.op == "ConvTranspose" and int(u.attrs.get("group", 1)) != 1 for u in users):
+    axis = weight_axis(graph, t)
+    if axis is None or any(is_ignored(u, ctx.ignore) for u in t.outputs):
+        return []  # not only weights of one axis; or dequantize_ignored makes them float
+    if any(u.op == "ConvTranspose" and int(u.attrs.get("group", 1)) != 1 for u in t.outputs):
         return []
-    w = np.asarray(value, np.float32)
-    if w.ndim < 2 or w.shape[axis] < 2 or (users[0].op == "MatMul" and w.ndim != 2):
+    if q is not None:
+        w, source = np.asarray(raw, np.float32), "its float values"
+    else:
+        w = (ctx.settings.get(FLOAT_WEIGHTS) or {}).get(op.name)
+        source = "the reference model's float weight"
+        if w is None or np.shape(w) != np.shape(raw) or len(t.outputs) != 1:
+            return []  # int8 values only: re-rounding them would add error (lint warns)
+    if w.ndim < 2 or w.shape[axis] < 2 or (op.op == "MatMul" and w.ndim != 2):
         return []  # one output channel: per-tensor is per-channel already
-    _, scale = symmetric_weight(w, axis, graph)
-    before = _rounding_error(w, p.scale, None)
-    after = _rounding_error(w, scale, axis)
+    step = float(p.scale.reshape(-1)[0])
+    wq, scale = symmetric_weight(w, axis, graph)
+    held = quantize_np(w, p.scale, None, None) if q is not None else raw  # the int8 values now
+    before, after = _error(w, held, p.scale, None), _error(w, wq, scale, axis)
     if not after < before:
         return []  # every channel already spans the per-tensor range: nothing to gain
-    codes = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
-    narrow = int(np.sum(codes / float(p.scale.reshape(-1)[0]) < 63.5))
+    codes = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1) / step
+    narrow = int(np.sum(codes < 63.5))
     gain = "all of it" if after == 0 else f"{10 * np.log10(before / after):.1f} dB"
+    name = q.inputs[0].name if q is not None else dq.inputs[0].name
     change = Change(
         "requantize",
-        [q.name, *(d.name for d in dqs)],
-        f"weight '{q.inputs[0].name}' {list(w.shape)} per-tensor -> per-channel (axis {axis}, "
-        f"max/127) from its float values: {narrow} of {w.shape[axis]} output channels used under "
-        f"64 of 127 codes; weight rounding error down {gain} (not exact)",
+        [n.name for n in (q, dq) if n is not None],
+        f"weight '{name}' {list(w.shape)} of '{op.name}' per-tensor -> per-channel (axis {axis}, "
+        f"max/127) from {source}: {narrow} of {w.shape[axis]} output channels used under 64 of "
+        f"127 codes; weight rounding error down {gain} (not exact)",
     )
     if ctx.dry_run:
         return [change]
-    graph.set_weight_qparams([q, *dqs], scale, axis, dqs[0].name)
+    if q is None:
+        graph.set_input(dq, 0, gs.Constant(graph.unique_name(f"{name}_per_channel"), wq))
+    graph.set_weight_qparams([n for n in (q, dq) if n is not None], scale, axis, dq.name)
     return [change]
 
 

@@ -56,8 +56,9 @@ MAX_REMAINING = 10  # remaining problems printed; all are in --report
     "--reference",
     "reference_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Float model: --verify also prints SQNR of input and output against it, and the "
-    "accuracy guard measures against it.",
+    help="Float model: --verify also prints SQNR of input and output against it, the "
+    "accuracy guard measures against it, and per-tensor int8 weights are re-quantized per "
+    "channel from its weights (weight-per-channel; matched by node name and value).",
 )
 @click.option(
     "--calibration-data",

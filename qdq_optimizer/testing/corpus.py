@@ -3,7 +3,10 @@
 A corpus is a set of folders ``fixtures/corpus/*/`` each with a ``manifest.json``: a list of
 entries, each a quantized graph made by some producer (pytorch-quantization, ONNX Runtime,
 ModelOpt, NNCF, ...) with the float model it was made from and held-out inputs. ``evaluate`` runs
-``optimize`` on an entry and checks everything a user is owed:
+``optimize`` on an entry as the README tells a user to (with the entry's calibration samples and
+its float model as ``reference``, whose float weights ``weight-per-channel`` re-quantizes
+per-tensor int8 weights from; ``with_reference=False`` leaves it out) and checks everything a user
+is owed:
 
 1. ``optimize`` succeeds (the CLI's exit code is recorded: 2 for a refusal, 3 for our bug);
 2. its output is valid: ``onnx.checker`` full check, strict shape inference, ONNX Runtime loads it;
@@ -324,9 +327,11 @@ def evaluate(
     sqnr_tolerance_db: float = SQNR_TOLERANCE_DB,
     task_tolerance: float = TASK_TOLERANCE,
     time_limit_s: float = TIME_LIMIT_S,
+    with_reference: bool = True,
 ) -> CorpusResult:
     """Optimize ``entry`` with its rule set and judge the result (see the module docstring).
-    ``input_lint=False`` skips linting the input (a number for the table, not the criterion)."""
+    ``input_lint=False`` skips linting the input (a number for the table, not the criterion);
+    ``with_reference=False`` optimizes without the float model."""
     prepare(entry)
     from .. import api
     from ..errors import EXIT_INTERNAL, QdqoptError
@@ -362,7 +367,11 @@ def evaluate(
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         out, report = api.optimize(
-            source, ruleset, ignore=entry.ignore, calibration_data=entry.calibration
+            source,
+            ruleset,
+            ignore=entry.ignore,
+            calibration_data=entry.calibration,
+            reference=entry.reference if with_reference else None,
         )
     except QdqoptError as exc:
         res.exit_code, res.error = exc.exit_code, str(exc)

@@ -1,0 +1,106 @@
+"""Float weights from the user's float model (``--reference``) for the int8 weights a quantized
+model holds per tensor: what lets ``weight-per-channel`` re-quantize them per output channel,
+as TensorRT quantizes weights, when the model itself keeps no float values (ONNX Runtime's
+``per_channel=False`` default writes int8 initializers).
+
+A pre-pass, like the calibration one: it runs before the rules and hands them its result in
+settings (``observed_float_weights``: weighted op name -> float weight), so the rules stay graph
+rewrites. A float weight is taken only when it provably is the one that was quantized: the op has
+the same name in both models (quantizers keep node names), the same weight shape, and rounding
+the float weight with the model's own scale gives its int8 values (``|w - s (q - z)| <= s/2``
+everywhere, a little slack for float arithmetic). A float conv whose output only a
+BatchNormalization reads is tried with the BN folded in as well: ONNX Runtime's pre-processing
+folds BN before it quantizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .graph import Node, QGraph, constant_value
+from .trt_patterns import output_channel_axis, weight_tensor
+
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+SLACK = 1e-3  # in steps: float32 division and rounding in the quantizer
+
+
+def per_tensor_int8_weights(graph: QGraph) -> dict[str, tuple[np.ndarray, float, float]]:
+    """Weighted op name -> (int8 values, scale, zero point) of every weight held as an int8
+    initializer behind a DQ with one scale, with two or more output channels."""
+    out: dict[str, tuple[np.ndarray, float, float]] = {}
+    for op in graph.topo_nodes():
+        if op.op not in WEIGHTED:
+            continue
+        t = weight_tensor(graph, op)
+        dq = graph.producer(t) if t is not None else None
+        if not graph.is_dq(dq):
+            continue
+        raw = constant_value(dq.inputs[0])
+        try:
+            p = graph.qparams(dq)
+        except ValueError:
+            continue
+        if raw is None or np.asarray(raw).dtype.kind not in "iu" or p.scale.size != 1:
+            continue
+        raw = np.asarray(raw)
+        axis = output_channel_axis(op, raw.ndim)
+        if axis is None or raw.ndim < 2 or raw.shape[axis] < 2:
+            continue
+        zp = 0.0 if p.zero_point is None else float(np.asarray(p.zero_point).reshape(-1)[0])
+        out[op.name] = (raw, float(p.scale.reshape(-1)[0]), zp)
+    return out
+
+
+def _bn_folded(graph: QGraph, op: Node, w: np.ndarray) -> np.ndarray | None:
+    """``w`` with the BatchNormalization that alone reads ``op``'s output folded in."""
+    readers = op.outputs[0].outputs if op.outputs else []
+    if op.op not in ("Conv", "ConvTranspose") or len(readers) != 1:
+        return None
+    bn = readers[0]
+    if bn.op != "BatchNormalization" or bn.inputs[0] is not op.outputs[0]:
+        return None
+    gamma, var = constant_value(bn.inputs[1]), constant_value(bn.inputs[4])
+    if gamma is None or var is None:
+        return None
+    g = np.asarray(gamma, np.float64) / np.sqrt(
+        np.asarray(var, np.float64) + float(bn.attrs.get("epsilon", 1e-5))
+    )
+    axis = output_channel_axis(op, w.ndim)
+    if g.size != w.shape[axis]:
+        return None
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    return (w * g.reshape(shape)).astype(np.float32)
+
+
+def _rounds_to(w: np.ndarray, q: np.ndarray, scale: float, zp: float) -> bool:
+    back = (np.asarray(q, np.float64) - zp) * scale
+    return bool(np.all(np.abs(np.asarray(w, np.float64) - back) <= scale * (0.5 + SLACK)))
+
+
+def reference_weights(
+    model: onnx.ModelProto, reference: onnx.ModelProto
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """(op name -> float weight of ``reference`` that ``model``'s per-tensor int8 weight was
+    rounded from; the names of the per-tensor int8 weights no float weight matched)."""
+    wanted = per_tensor_int8_weights(QGraph.from_model(model))
+    if not wanted:
+        return {}, []
+    ref = QGraph.from_model(reference)
+    found: dict[str, np.ndarray] = {}
+    for op in ref.topo_nodes():
+        if op.name not in wanted or op.op not in WEIGHTED or len(op.inputs) < 2:
+            continue
+        value = constant_value(op.inputs[1])
+        if value is None or np.asarray(value).dtype.kind != "f":
+            continue
+        q, scale, zp = wanted[op.name]
+        w = np.asarray(value, np.float32)
+        if w.shape != q.shape:
+            continue
+        for candidate in (w, _bn_folded(ref, op, w)):
+            if candidate is not None and _rounds_to(candidate, q, scale, zp):
+                found[op.name] = candidate
+                break
+    return found, [name for name in wanted if name not in found]
