@@ -29,8 +29,9 @@ def per_tensor_int8_weights(graph: QGraph) -> dict[str, tuple[np.ndarray, float,
     """Weighted op name -> (int8 values, scale, zero point) of every weight held as an int8
     initializer behind a DQ with one scale, with two or more output channels."""
     out: dict[str, tuple[np.ndarray, float, float]] = {}
+    names = _unique_names(graph)
     for op in graph.topo_nodes():
-        if op.op not in WEIGHTED:
+        if op.op not in WEIGHTED or op.name not in names:
             continue
         t = weight_tensor(graph, op)
         dq = graph.producer(t) if t is not None else None
@@ -50,6 +51,14 @@ def per_tensor_int8_weights(graph: QGraph) -> dict[str, tuple[np.ndarray, float,
         zp = 0.0 if p.zero_point is None else float(np.asarray(p.zero_point).reshape(-1)[0])
         out[op.name] = (raw, float(p.scale.reshape(-1)[0]), zp)
     return out
+
+
+def _unique_names(graph: QGraph) -> set[str]:
+    """Node names that name one node: an empty or repeated name identifies nothing."""
+    seen: dict[str, int] = {}
+    for n in graph.nodes:
+        seen[n.name] = seen.get(n.name, 0) + 1
+    return {name for name, k in seen.items() if name and k == 1}
 
 
 def _bn_folded(graph: QGraph, op: Node, w: np.ndarray) -> np.ndarray | None:
@@ -88,9 +97,12 @@ def reference_weights(
     if not wanted:
         return {}, []
     ref = QGraph.from_model(reference)
+    unique = _unique_names(ref)
     found: dict[str, np.ndarray] = {}
     for op in ref.topo_nodes():
-        if op.name not in wanted or op.op not in WEIGHTED or len(op.inputs) < 2:
+        if op.name not in wanted or op.name not in unique or op.op not in WEIGHTED:
+            continue
+        if len(op.inputs) < 2:
             continue
         value = constant_value(op.inputs[1])
         if value is None or np.asarray(value).dtype.kind != "f":

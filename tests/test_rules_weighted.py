@@ -348,3 +348,15 @@ def test_reference_weights_match_a_bn_folded_conv_and_refuse_a_stranger() -> Non
     assert any(
         x.startswith("--reference: 1 per-tensor int8 weight(s) ('op')") for x in rep.warnings
     )
+
+
+def test_reference_weights_need_a_name_that_identifies_one_node() -> None:
+    from qdq_optimizer.reference_weights import reference_weights
+
+    w = _narrow_conv_weight()
+    m = _weighted_graph("Conv", w, _per_tensor(w), 0)
+    float_model = _weighted_graph("Conv", w, None, 0, form="float")
+    found, missing = reference_weights(m, float_model)
+    assert list(found) == ["op"] and missing == []
+    float_model.graph.node[0].name = ""  # a nameless float conv identifies nothing
+    assert reference_weights(m, float_model) == ({}, ["op"])
