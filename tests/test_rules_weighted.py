@@ -358,5 +358,6 @@ def test_reference_weights_need_a_name_that_identifies_one_node() -> None:
     float_model = _weighted_graph("Conv", w, None, 0, form="float")
     found, missing = reference_weights(m, float_model)
     assert list(found) == ["op"] and missing == []
-    float_model.graph.node[0].name = ""  # a nameless float conv identifies nothing
+    conv = next(n for n in float_model.graph.node if n.op_type == "Conv")
+    conv.name = ""  # a nameless float conv identifies nothing
     assert reference_weights(m, float_model) == ({}, ["op"])
