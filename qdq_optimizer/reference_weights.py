@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 
 from .graph import Node, QGraph, constant_value
+from .ops import CONV_OPS, WEIGHTED_OPS
 from .trt_patterns import output_channel_axis, weight_tensor
 
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 SLACK = 1e-3  # in steps: float32 division and rounding in the quantizer
 
 
@@ -31,7 +31,7 @@ def per_tensor_int8_weights(graph: QGraph) -> dict[str, tuple[np.ndarray, float,
     out: dict[str, tuple[np.ndarray, float, float]] = {}
     names = _unique_names(graph)
     for op in graph.topo_nodes():
-        if op.op not in WEIGHTED or op.name not in names:
+        if op.op not in WEIGHTED_OPS or op.name not in names:
             continue
         t = weight_tensor(graph, op)
         dq = graph.producer(t) if t is not None else None
@@ -64,7 +64,7 @@ def _unique_names(graph: QGraph) -> set[str]:
 def _bn_folded(graph: QGraph, op: Node, w: np.ndarray) -> np.ndarray | None:
     """``w`` with the BatchNormalization that alone reads ``op``'s output folded in."""
     readers = op.outputs[0].outputs if op.outputs else []
-    if op.op not in ("Conv", "ConvTranspose") or len(readers) != 1:
+    if op.op not in CONV_OPS or len(readers) != 1:
         return None
     bn = readers[0]
     if bn.op != "BatchNormalization" or bn.inputs[0] is not op.outputs[0]:
@@ -100,7 +100,7 @@ def reference_weights(
     unique = _unique_names(ref)
     found: dict[str, np.ndarray] = {}
     for op in ref.topo_nodes():
-        if op.name not in wanted or op.name not in unique or op.op not in WEIGHTED:
+        if op.name not in wanted or op.name not in unique or op.op not in WEIGHTED_OPS:
             continue
         if len(op.inputs) < 2:
             continue

@@ -27,6 +27,7 @@ import onnx_graphsurgeon as gs
 
 from ..commute import is_int8_tensor
 from ..graph import DEQUANTIZE, Node, QGraph, constant_value
+from ..ops import WEIGHTED_OPS
 from ..report import Change
 from ..trt_patterns import is_ignored, weight_axis
 from .registry import ActionContext, register_action
@@ -151,7 +152,7 @@ def weight_per_channel(
     """Re-quantize a per-tensor weight of a weighted op (the anchor) per output channel, from
     its float values: the pair form's Q input, or the user's float model (``--reference``)."""
     op = node
-    if op is None or op.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+    if op is None or op.op not in WEIGHTED_OPS:
         return []
     if len(op.inputs) < 2 or is_ignored(op, ctx.ignore):
         return []
