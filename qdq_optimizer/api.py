@@ -190,8 +190,7 @@ def reference_weight_pre_pass(
 ) -> dict[str, Any]:
     """The float weights of ``reference`` that ``model``'s per-tensor int8 weights were rounded
     from (``reference_weights``), for ``weight-per-channel``; a warning names those it lacks."""
-    from .actions.weight_forms import FLOAT_WEIGHTS
-    from .reference_weights import reference_weights
+    from .reference_weights import FLOAT_WEIGHTS, reference_weights
 
     found, missing = reference_weights(model, reference)
     if missing:

@@ -23,6 +23,21 @@ from .ops import CONV_OPS, WEIGHTED_OPS
 from .trt_patterns import output_channel_axis, weight_tensor
 
 SLACK = 1e-3  # in steps: float32 division and rounding in the quantizer
+FLOAT_WEIGHTS = "observed_float_weights"  # the setting: op name -> float weight
+
+
+def float_weight_for(graph: QGraph, dq: Node, settings: dict) -> np.ndarray | None:
+    """The reference's float weight for the int8 initializer ``dq`` reads, from the pre-pass's
+    setting: ``dq`` must feed exactly one weighted op, by that op's name, of the same shape."""
+    readers = dq.outputs[0].outputs if dq.outputs else []
+    found = settings.get(FLOAT_WEIGHTS) or {}
+    if len(readers) != 1 or readers[0].name not in found:
+        return None
+    if len(readers[0].inputs) < 2 or readers[0].inputs[1] is not dq.outputs[0]:
+        return None  # read as the op's data, not its weight
+    w = found[readers[0].name]
+    raw = constant_value(dq.inputs[0])
+    return w if raw is not None and np.shape(raw) == np.shape(w) else None
 
 
 def per_tensor_int8_weights(graph: QGraph) -> dict[str, tuple[np.ndarray, float, float]]:

@@ -361,3 +361,27 @@ def test_reference_weights_need_a_name_that_identifies_one_node() -> None:
     conv = next(n for n in float_model.graph.node if n.op_type == "Conv")
     conv.name = ""  # a nameless float conv identifies nothing
     assert reference_weights(m, float_model) == ({}, ["op"])
+
+
+def test_uint8_weights_converted_from_the_reference_float_weights() -> None:
+    # ONNX Runtime's uint8 weights (asymmetric, per tensor): symmetric-int8 must re-quantize
+    # them; with the float model it does so from the float values, not the re-rounded uint8 ones.
+    w = _narrow_conv_weight()
+    lo, hi = min(float(w.min()), 0.0), max(float(w.max()), 0.0)
+    s = np.float32((hi - lo) / 255)
+    zp = np.uint8(round(-lo / s))
+    m = _weighted_graph("Conv", w, _per_tensor(w), 0)
+    inits = {t.name: t for t in m.graph.initializer}
+    q = np.clip(np.rint(w / s) + zp, 0, 255).astype(np.uint8)
+    for name, value in (("w", q), ("ws", s), ("wz", zp)):
+        inits[name].CopyFrom(numpy_helper.from_array(np.asarray(value), name))
+    float_model = _weighted_graph("Conv", w, None, 0, form="float")
+    alone, _ = optimize(m, "tensorrt")
+    out, rep = optimize(m, "tensorrt", reference=float_model)
+    changes = [c.detail for c in rep.result("symmetric-int8").changes]
+    assert any(
+        "uint8 weight 'w' -> symmetric int8 per-channel (axis 0) from the reference" in c
+        for c in changes
+    )
+    ref = _raw(float_model, _x(4))
+    assert _sqnr(ref, _raw(out, _x(4))) > _sqnr(ref, _raw(alone, _x(4))) + 3  # measured +7.5

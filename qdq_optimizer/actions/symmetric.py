@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from .. import asymmetric as asym
 from ..graph import DEQUANTIZE, QUANTIZE, Node, QGraph, QParams, constant_value
+from ..reference_weights import float_weight_for
 from ..report import Change
 from ..trt_patterns import weight_axis
 from .registry import ActionContext, register_action
@@ -176,7 +177,15 @@ def _convert_weight(graph: QGraph, dq: Node, ctx: ActionContext, stats: dict) ->
     raw = constant_value(q.inputs[0] if pair else src)
     if raw is None:
         return None
-    w = np.asarray(raw, np.float32) if pair else dequantize_np(raw, p.scale, p.zero_point, p.axis)
+    reference = None if pair else float_weight_for(graph, dq, ctx.settings)
+    if pair:
+        w = np.asarray(raw, np.float32)
+    else:
+        w = (
+            reference
+            if reference is not None
+            else dequantize_np(raw, p.scale, p.zero_point, p.axis)
+        )
     axis = weight_axis(graph, dq.outputs[0])
     stats["weights"] += 1
     change = Change(
@@ -184,7 +193,8 @@ def _convert_weight(graph: QGraph, dq: Node, ctx: ActionContext, stats: dict) ->
         [n.name for n in ((q, dq) if pair else (dq,))],
         f"{onnx.TensorProto.DataType.Name(p.dtype).lower()} weight "
         f"'{(q.inputs[0] if pair else src).name}' -> symmetric int8 "
-        + (f"per-channel (axis {axis})" if axis is not None else "per-tensor"),
+        + (f"per-channel (axis {axis})" if axis is not None else "per-tensor")
+        + (" from the reference model's float weight" if reference is not None else ""),
     )
     if ctx.dry_run:
         return change

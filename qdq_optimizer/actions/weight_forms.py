@@ -28,6 +28,7 @@ import onnx_graphsurgeon as gs
 from ..commute import is_int8_tensor
 from ..graph import DEQUANTIZE, Node, QGraph, constant_value
 from ..ops import WEIGHTED_OPS
+from ..reference_weights import float_weight_for
 from ..report import Change
 from ..trt_patterns import is_ignored, weight_axis
 from .registry import ActionContext, register_action
@@ -142,9 +143,6 @@ def _error(w: np.ndarray, q: np.ndarray, scale: np.ndarray, axis: int | None) ->
     return float(np.sum((np.asarray(w, np.float64) - back) ** 2))
 
 
-FLOAT_WEIGHTS = "observed_float_weights"  # setting: op name -> float weight (reference_weights)
-
-
 @register_action("weight_per_channel", params={})
 def weight_per_channel(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
@@ -180,9 +178,9 @@ def weight_per_channel(
     if q is not None:
         w, source = np.asarray(raw, np.float32), "its float values"
     else:
-        w = (ctx.settings.get(FLOAT_WEIGHTS) or {}).get(op.name)
+        w = float_weight_for(graph, dq, ctx.settings)
         source = "the reference model's float weight"
-        if w is None or np.shape(w) != np.shape(raw) or len(t.outputs) != 1:
+        if w is None:
             return []  # int8 values only: re-rounding them would add error (lint warns)
     if w.ndim < 2 or w.shape[axis] < 2 or (op.op == "MatMul" and w.ndim != 2):
         return []  # one output channel: per-tensor is per-channel already
