@@ -31,7 +31,7 @@ not change lint's exit status or optimize's remaining problems):
 - ``trt-weight-per-tensor``: int8 weights quantized per tensor whose typical output channel uses
   under ``NARROW_CODES`` of its 127 codes (TensorRT quantizes weights per channel). One warning
   for the graph: an accuracy cost of the producer's choice that no rewrite can undo without the
-  float weights (the ``weight-per-channel`` rule re-quantizes weights it has the float values of).
+  float weights (``weight-per-channel`` re-quantizes them from ``--reference``'s weights).
 """
 
 from __future__ import annotations
@@ -190,9 +190,9 @@ def per_tensor_weights(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]
     message = (
         f"{len(narrow)} of {total} weighted ops with per-tensor int8 weights leave most output "
         f"channels under {NARROW_CODES} of 127 codes (fewest: '{worst[1]}' channel {worst[2]}, "
-        f"{worst[0]}): TensorRT's per-channel weights would round them finer. Quantize weights per "
-        "channel in the producer (ONNX Runtime per_channel=True) or keep the float weights in the "
-        "export (Q -> DQ) for the weight-per-channel rule"
+        f"{worst[0]}): TensorRT's per-channel weights would round them finer. Give optimize the "
+        "float model (--reference FLOAT.onnx: weight-per-channel re-quantizes them from its "
+        "weights), or quantize per channel in the producer (ONNX Runtime per_channel=True)"
     )
     return [Problem(PER_TENSOR, narrow, message, severity="warning")]
 
