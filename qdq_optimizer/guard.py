@@ -143,7 +143,7 @@ class _Scorer:
         self, reference: onnx.ModelProto, model: onnx.ModelProto, samples: dict[str, np.ndarray]
     ) -> None:
         self.samples = samples
-        self.reference = self._outputs(reference)
+        self.reference = self.outputs(reference)
         names = {o.name for o in model.graph.output}
         if not names & set(self.reference):
             raise InputError(
@@ -157,11 +157,12 @@ class _Scorer:
 
         return run(model, samples)
 
-    def _outputs(self, model: onnx.ModelProto) -> Outputs:
+    def outputs(self, model: onnx.ModelProto) -> Outputs:
         return self._run(model, self.samples)
 
-    def sqnr(self, model: onnx.ModelProto) -> float:
-        return pooled_sqnr(self.reference, self._outputs(model))
+    def sqnr(self, model: onnx.ModelProto, outputs: Outputs | None = None) -> float:
+        """SQNR of ``model`` (or of its ``outputs``, already run) against the reference."""
+        return pooled_sqnr(self.reference, self.outputs(model) if outputs is None else outputs)
 
 
 def quantization_off(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -195,12 +196,15 @@ def run_guard(
     ``model`` is the input, ``optimized`` what the whole rule set made of it, ``rerun(ruleset)``
     optimizes the input with another rule set, ``lint(model)`` lists the problems the whole rule
     set still finds (asked only when rules were backed out). Raises GuardFailed."""
+    given = reference is not None
     if reference is None:
         reference, reference_label = quantization_off(model), "input, quantization off"
     scorer = _Scorer(reference, model, samples)
-    s_in = scorer.sqnr(model)
+    in_outputs = scorer.outputs(model)
+    s_in = scorer.sqnr(model, in_outputs)
     out, report = optimized
-    s_all = s_out = scorer.sqnr(out)
+    out_outputs = scorer.outputs(out)
+    s_all = s_out = scorer.sqnr(out, out_outputs)
     effects = _leave_one_out(ruleset, report, rerun, scorer, s_all, set())
     guard = GuardReport(
         reference=reference_label or "reference model",
@@ -227,7 +231,8 @@ def run_guard(
             )
         disabled.append(worst.rule_id)
         out, report = rerun(without(ruleset, disabled))
-        s_out = scorer.sqnr(out)
+        out_outputs = scorer.outputs(out)
+        s_out = scorer.sqnr(out, out_outputs)
         guard.backed_out.append({"rule_id": worst.rule_id, "sqnr_after_db": _finite(s_out)})
         if s_in - s_out > max_loss_db:
             current = _leave_one_out(ruleset, report, rerun, scorer, s_out, set(disabled))
@@ -237,6 +242,11 @@ def run_guard(
     if disabled and lint is not None:
         guard.problems_after = lint(out)
     report.guard = guard.to_dict()
+    # what --verify on the same samples would run again: the input's, the result's and a given
+    # reference's outputs
+    report.sample_outputs = {"input": in_outputs, "output": out_outputs}
+    if given:
+        report.sample_outputs["reference"] = scorer.reference
     return out, report
 
 

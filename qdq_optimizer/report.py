@@ -100,6 +100,9 @@ class OptimizeReport:
     remaining_problems: list[Problem] | None = None
     # lint's warnings (severity "warning"): of the input for lint, of the result for optimize
     lint_warnings: list[Problem] = field(default_factory=list)
+    # the accuracy guard's model outputs on its samples, by "input", "output" and (a given float
+    # model) "reference": arrays, never written to JSON; --verify on the same samples reuses them
+    sample_outputs: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def total_changes(self) -> int:

@@ -143,9 +143,14 @@ def verify_rewrite(
     models = {"input": source, "output": result}
     if reference is not None:
         models["reference"] = reference
-    outs = run_models(models, feeds, seed)
+    return verify_outputs(run_models(models, feeds, seed))
+
+
+def verify_outputs(outs: dict[str, dict[str, np.ndarray]]) -> list[dict]:
+    """``verify_rewrite``'s entries from outputs already run, by "input", "output" and,
+    optionally, "reference" (e.g. the accuracy guard's, on the same samples)."""
     entries = [c.to_dict() for c in output_comparisons(outs["input"], outs["output"])]
-    if reference is not None:
+    if "reference" in outs:
         rows = reference_sqnrs(
             outs["reference"], {"input": outs["input"], "output": outs["output"]}
         )

@@ -273,3 +273,32 @@ def test_reference_gives_per_tensor_int8_weights_their_float_values(tmp_path, ca
     assert vs["output"] > vs["input"] + 6, vs
     assert cli.main(["lint", str(q_path)]) == 0
     assert "warning [trt-weight-per-tensor] op: 1 of 1 weighted ops" in capsys.readouterr().out
+
+
+def test_verify_reuses_the_guards_runs_on_the_same_inputs(tmp_path, monkeypatch):
+    """With --inputs and --reference the guard runs the reference, the input and the result on
+    the very samples --verify reads: verify compares those outputs instead of running the three
+    models again, and its table is what a separate run gives."""
+    import qdq_optimizer.runtime as runtime
+    import qdq_optimizer.verify as verify
+    from qdq_optimizer.verify import verify_rewrite
+    from tests.test_rules_weighted import _narrow_conv_weight, _per_tensor, _weighted_graph
+
+    w = _narrow_conv_weight()
+    q_path, f_path, x_path = tmp_path / "q.onnx", tmp_path / "f.onnx", tmp_path / "x.npz"
+    onnx.save(_weighted_graph("Conv", w, _per_tensor(w), 0), q_path)
+    onnx.save(_weighted_graph("Conv", w, None, 0, form="float"), f_path)
+    np.savez(x_path, x=np.random.default_rng(3).standard_normal((6, 4, 4, 4)).astype(np.float32))
+    sessions = []
+    real = runtime.session
+    counted = lambda m: sessions.append(1) or real(m)  # noqa: E731
+    monkeypatch.setattr(runtime, "session", counted)  # the guard's runs
+    monkeypatch.setattr(verify, "session", counted)  # --verify's own runs
+    out, rep = tmp_path / "out.onnx", tmp_path / "report.json"
+    args = ["optimize", str(q_path), str(out), "--inputs", str(x_path), "--reference", str(f_path)]
+    assert cli.main([*args, "--report", str(rep)]) == 0
+    report = json.loads(rep.read_text())
+    measured = len(report["guard"]["effects"])
+    assert measured >= 1 and len(sessions) == 3 + measured  # reference, input, result, reruns
+    again = verify_rewrite(q_path, onnx.load(out), dict(np.load(x_path)), 0, onnx.load(f_path))
+    assert json.loads(json.dumps(again)) == report["verify"]

@@ -159,12 +159,17 @@ def command(
     verify = verify or inputs_path is not None or reference_path is not None
     if verify and not dry_run:
         from ..api import load
-        from ..verify import verify_rewrite
+        from ..verify import verify_outputs, verify_rewrite
 
-        # ONNX Runtime reads the input from its file (already loaded and checked by optimize):
-        # no second in-memory copy of a big model
-        reference = load(reference_path) if reference_path is not None else None
-        report.verify = verify_rewrite(input_path, model, feeds, seed, reference)
+        ran = report.sample_outputs or {}
+        if feeds is not None and (reference_path is None or "reference" in ran):
+            # the guard ran these models on the same --inputs: compare its outputs
+            report.verify = verify_outputs(ran)
+        else:
+            # ONNX Runtime reads the input from its file (already loaded and checked by
+            # optimize): no second in-memory copy of a big model
+            reference = load(reference_path) if reference_path is not None else None
+            report.verify = verify_rewrite(input_path, model, feeds, seed, reference)
     if not dry_run:
         save_model(model, output_path)
     if report_path is not None:
