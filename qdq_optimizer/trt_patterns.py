@@ -15,8 +15,11 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+import onnx
+
 from .commute import is_const, is_int8_qdq, is_int8_tensor, joining_inputs, value_outputs
-from .graph import Node, QGraph, Tensor, name_matches
+from .graph import Node, QGraph, QParams, Tensor, name_matches
 from .matmul_patterns import (  # xrules
     gemm_bias_data,
     is_activation_matmul,
@@ -97,6 +100,20 @@ def weight_tensor(graph: QGraph, node: Node) -> Tensor | None:
         if weighted_matmul(graph, node) is not None:  # xrules: every export form of the weight
             return node.inputs[1]
     return None
+
+
+def per_tensor_int8(graph: QGraph, node: Node) -> QParams | None:
+    """The parameters of a Q or DQ in signed symmetric per-tensor int8 (one scale, zero point
+    0, not blocked), else None."""
+    try:
+        p = graph.qparams(node)
+    except ValueError:
+        return None
+    if p.dtype != onnx.TensorProto.INT8 or p.per_axis or p.scale.size != 1:
+        return None
+    if node.attrs.get("block_size") or (p.zero_point is not None and np.any(p.zero_point != 0)):
+        return None
+    return p
 
 
 def output_channel_axis(node: Node, weight_rank: int = 2) -> int | None:

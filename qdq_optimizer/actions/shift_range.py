@@ -25,11 +25,10 @@ outputs sum fewer inputs).
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from ..graph import Node, QGraph, Tensor, constant_value
 from ..report import Change
-from ..trt_patterns import is_ignored
+from ..trt_patterns import is_ignored, per_tensor_int8
 from .registry import ActionContext, register_action
 from .weighted import dequantize_np, quantize_np
 
@@ -132,13 +131,8 @@ def shift_one_sided(
         return []
     if graph.is_graph_output(act.inputs[0]) or ctx.any_ignored([conv, act]):
         return []
-    try:
-        p = graph.qparams(q)
-    except ValueError:
-        return []
-    if p.dtype != onnx.TensorProto.INT8 or p.per_axis or p.scale.size != 1:
-        return []
-    if (p.zero_point is not None and np.any(p.zero_point != 0)) or q.attrs.get("saturate") == 0:
+    p = per_tensor_int8(graph, q)
+    if p is None or q.attrs.get("saturate") == 0:
         return []
     dqs = list(q.outputs[0].outputs)
     if not dqs or not all(graph.is_dq(d) and graph.qparams(d).same_as(p) for d in dqs):

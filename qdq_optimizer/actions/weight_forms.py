@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from ..commute import is_int8_tensor
@@ -30,7 +29,7 @@ from ..graph import DEQUANTIZE, Node, QGraph, constant_value
 from ..ops import WEIGHTED_OPS
 from ..reference_weights import float_weight_for
 from ..report import Change
-from ..trt_patterns import is_ignored, weight_axis
+from ..trt_patterns import is_ignored, per_tensor_int8, weight_axis
 from .registry import ActionContext, register_action
 from .symmetric import symmetric_weight
 from .weighted import dequantize_np, quantize_np
@@ -160,13 +159,8 @@ def weight_per_channel(
     if found is None:
         return []
     q, raw = found
-    try:
-        p = graph.qparams(dq)
-    except ValueError:
-        return []
-    if p.dtype != onnx.TensorProto.INT8 or p.per_axis or p.scale.size != 1:
-        return []
-    if dq.attrs.get("block_size") or (p.zero_point is not None and np.any(p.zero_point != 0)):
+    p = per_tensor_int8(graph, dq)
+    if p is None:
         return []
     if q is not None and not np.array_equal(graph.qparams(q).scale, p.scale):
         return []
