@@ -103,11 +103,47 @@ def _rounds_to(w: np.ndarray, q: np.ndarray, scale: float, zp: float) -> bool:
     return bool(np.all(np.abs(np.asarray(w, np.float64) - back) <= scale * (0.5 + SLACK)))
 
 
+def _may_hold_per_tensor_int8_weights(model: onnx.ModelProto) -> bool:
+    """A cheap scan of the protobuf: some DequantizeLinear reads an integer constant with a
+    one-element scale and feeds a conv's weight with two or more output channels, or a GEMM (a
+    superset of what ``per_tensor_int8_weights`` returns, without indexing the graph)."""
+    consts = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        if (
+            n.op_type == "Constant"
+            and n.attribute
+            and n.attribute[0].type == onnx.AttributeProto.TENSOR
+        ):
+            consts[n.output[0]] = n.attribute[0].t
+        if len(n.input) > 1:
+            readers.setdefault(n.input[1], []).append(n.op_type)
+    ints = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    for n in model.graph.node:
+        if n.op_type != "DequantizeLinear" or len(n.input) < 2:
+            continue
+        w, s = consts.get(n.input[0]), consts.get(n.input[1])
+        if w is None or s is None or w.data_type not in ints or len(w.dims) < 2:
+            continue
+        if int(np.prod(s.dims)) != 1:
+            continue
+        ops = set(readers.get(n.output[0], []))
+        if not ops or not ops <= WEIGHTED_OPS:
+            continue  # not (only) a weight; a weight behind a Transpose is left per tensor
+        channels = w.dims[1] if ops == {"ConvTranspose"} else w.dims[0]
+        if ops <= CONV_OPS and channels < 2:
+            continue  # one output channel: per-tensor is per-channel
+        return True
+    return False
+
+
 def reference_weights(
     model: onnx.ModelProto, reference: onnx.ModelProto
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """(op name -> float weight of ``reference`` that ``model``'s per-tensor int8 weight was
     rounded from; the names of the per-tensor int8 weights no float weight matched)."""
+    if not _may_hold_per_tensor_int8_weights(model):
+        return {}, []  # the common case, decided without indexing the graph
     wanted = per_tensor_int8_weights(QGraph.from_model(model))
     if not wanted:
         return {}, []

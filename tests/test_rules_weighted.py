@@ -385,3 +385,14 @@ def test_uint8_weights_converted_from_the_reference_float_weights() -> None:
     )
     ref = _raw(float_model, _x(4))
     assert _sqnr(ref, _raw(out, _x(4))) > _sqnr(ref, _raw(alone, _x(4))) + 3  # measured +7.5
+
+
+def test_reference_pre_pass_skips_graphs_without_per_tensor_weights_cheaply() -> None:
+    from qdq_optimizer.reference_weights import _may_hold_per_tensor_int8_weights as may
+
+    w = _narrow_conv_weight()
+    per_channel = (np.abs(w).reshape(6, -1).max(1) / 127).astype(np.float32)
+    assert may(_weighted_graph("Conv", w, _per_tensor(w), 0))
+    assert not may(_weighted_graph("Conv", w, per_channel, 0))
+    one = w[:1]  # one output channel: per-tensor is per-channel already
+    assert not may(_weighted_graph("Conv", one, _per_tensor(one), 0))
