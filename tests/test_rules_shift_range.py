@@ -55,6 +55,10 @@ def test_relu_output_uses_all_codes_and_rounds_finer() -> None:
     consts = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
     clip = next(n for n in out.graph.node if n.op_type == "Clip")
     assert np.isclose(consts[clip.input[1]], -127 * 0.01)  # -c, c = 127 * s/2
+    # shifted values get a new name: a name keeps its input values (calibration ranges read it)
+    assert clip.output[0] != "act_out" and "act_out" not in {
+        o for n in out.graph.node for o in n.output
+    }
     q = next(
         n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == clip.output[0]
     )

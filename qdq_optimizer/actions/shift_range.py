@@ -25,6 +25,7 @@ outputs sum fewer inputs).
 from __future__ import annotations
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from ..graph import Node, QGraph, Tensor, constant_value
 from ..report import Change
@@ -166,9 +167,11 @@ def shift_one_sided(
     ins = [act.inputs[0], graph.float_constant(f"{act.name}_min", np.float32(lo - c))]
     if hi is not None:
         ins.append(graph.float_constant(f"{act.name}_max", np.float32(hi - c)))
-    name = act.name
+    # a new tensor: a name keeps the values it had in the input (calibration ranges read it)
+    shifted = gs.Variable(graph.unique_name(f"{x.name}_shifted"), dtype=x.dtype, shape=x.shape)
     graph.remove_node(act)
-    graph.add_node("Clip", ins, [x], graph.unique_name(f"{name}_shifted"))
+    graph.add_node("Clip", ins, [shifted], graph.unique_name(f"{act.name}_shifted"))
+    graph.set_input(q, 0, shifted)
     for n in (q, *dqs):
         graph.set_qparams(n, np.float32(step))
     return [change]
