@@ -160,9 +160,12 @@ class _Scorer:
     def outputs(self, model: onnx.ModelProto) -> Outputs:
         return self._run(model, self.samples)
 
-    def sqnr(self, model: onnx.ModelProto, outputs: Outputs | None = None) -> float:
-        """SQNR of ``model`` (or of its ``outputs``, already run) against the reference."""
-        return pooled_sqnr(self.reference, self.outputs(model) if outputs is None else outputs)
+    def sqnr(self, model: onnx.ModelProto) -> float:
+        return self.score(self.outputs(model))
+
+    def score(self, outputs: Outputs) -> float:
+        """SQNR of outputs already run against the reference."""
+        return pooled_sqnr(self.reference, outputs)
 
 
 def quantization_off(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -201,10 +204,10 @@ def run_guard(
         reference, reference_label = quantization_off(model), "input, quantization off"
     scorer = _Scorer(reference, model, samples)
     in_outputs = scorer.outputs(model)
-    s_in = scorer.sqnr(model, in_outputs)
+    s_in = scorer.score(in_outputs)
     out, report = optimized
     out_outputs = scorer.outputs(out)
-    s_all = s_out = scorer.sqnr(out, out_outputs)
+    s_all = s_out = scorer.score(out_outputs)
     effects = _leave_one_out(ruleset, report, rerun, scorer, s_all, set())
     guard = GuardReport(
         reference=reference_label or "reference model",
@@ -232,7 +235,7 @@ def run_guard(
         disabled.append(worst.rule_id)
         out, report = rerun(without(ruleset, disabled))
         out_outputs = scorer.outputs(out)
-        s_out = scorer.sqnr(out, out_outputs)
+        s_out = scorer.score(out_outputs)
         guard.backed_out.append({"rule_id": worst.rule_id, "sqnr_after_db": _finite(s_out)})
         if s_in - s_out > max_loss_db:
             current = _leave_one_out(ruleset, report, rerun, scorer, s_out, set(disabled))

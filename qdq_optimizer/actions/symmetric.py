@@ -180,12 +180,10 @@ def _convert_weight(graph: QGraph, dq: Node, ctx: ActionContext, stats: dict) ->
     reference = None if pair else float_weight_for(graph, dq, ctx.settings)
     if pair:
         w = np.asarray(raw, np.float32)
+    elif reference is not None:
+        w = reference
     else:
-        w = (
-            reference
-            if reference is not None
-            else dequantize_np(raw, p.scale, p.zero_point, p.axis)
-        )
+        w = dequantize_np(raw, p.scale, p.zero_point, p.axis)
     axis = weight_axis(graph, dq.outputs[0])
     stats["weights"] += 1
     change = Change(

@@ -158,7 +158,6 @@ def command(
     )
     verify = verify or inputs_path is not None or reference_path is not None
     if verify and not dry_run:
-        from ..api import load
         from ..verify import verify_outputs, verify_rewrite
 
         ran = report.sample_outputs or {}
@@ -166,10 +165,9 @@ def command(
             # the guard ran these models on the same --inputs: compare its outputs
             report.verify = verify_outputs(ran)
         else:
-            # ONNX Runtime reads the input from its file (already loaded and checked by
-            # optimize): no second in-memory copy of a big model
-            reference = load(reference_path) if reference_path is not None else None
-            report.verify = verify_rewrite(input_path, model, feeds, seed, reference)
+            # ONNX Runtime reads the input and the reference from their files (already loaded
+            # and checked by optimize): no second in-memory copy of a big model
+            report.verify = verify_rewrite(input_path, model, feeds, seed, reference_path)
     if not dry_run:
         save_model(model, output_path)
     if report_path is not None:
