@@ -35,7 +35,7 @@ from .symmetric import symmetric_weight
 from .weighted import dequantize_np, quantize_np
 
 
-def _weight_pair(graph: QGraph, dq: Node) -> tuple[Node | None, np.ndarray] | None:
+def weight_pair(graph: QGraph, dq: Node) -> tuple[Node | None, np.ndarray] | None:
     """(Q or None, raw constant) behind a weight DQ: int form (DQ over a constant) or pair form
     (DQ over Q over a float constant); None for anything else."""
     src = dq.inputs[0]
@@ -65,7 +65,7 @@ def zero_scale_channels(
     zero = p.scale == 0
     if not p.per_axis or not zero.any() or p.axis is None:
         return []  # the common case: decided without loading the weight
-    found = _weight_pair(graph, dq)
+    found = weight_pair(graph, dq)
     if found is None:
         return []
     q, raw = found
@@ -106,7 +106,7 @@ def convtranspose_weight_axis(
     dq = graph.producer(w_t)
     if not graph.is_dq(dq) or len(w_t.outputs) != 1:
         return []
-    found = _weight_pair(graph, dq)
+    found = weight_pair(graph, dq)
     if found is None:
         return []
     q, raw = found
@@ -155,7 +155,7 @@ def weight_per_channel(
         return []
     t = op.inputs[1]
     dq = graph.producer(t)
-    found = _weight_pair(graph, dq) if graph.is_dq(dq) else None
+    found = weight_pair(graph, dq) if graph.is_dq(dq) else None
     if found is None:
         return []
     q, raw = found

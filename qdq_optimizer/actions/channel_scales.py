@@ -1,0 +1,246 @@
+"""Fold a per-channel activation quantizer's scales into the convs around it:
+``fold_channel_scales`` (rule ``channel-scales``).
+
+NNCF quantizes a depthwise conv's input per channel (one scale per channel on axis 1). TensorRT
+quantizes activations per tensor, and ``symmetric-int8`` can only give such a pair one scale, the
+largest: a narrow channel then keeps a few codes (measured: the step grows up to 21x on an NNCF
+LRASPP MobileNetV3). When the values reach the Q from a Conv or BatchNormalization through ops
+that commute with a positive per-channel factor (Relu, LeakyRelu, PRelu), and every reader of
+the pair is a depthwise conv, the factor ``r_c = S / s_c`` (``S`` the largest scale) moves into
+those neighbours instead:
+
+    before: Conv(W, b) -> Relu -> Q/DQ(s_c, axis 1) -> DepthwiseConv(V)
+    after:  Conv(W r, b r) -> Relu -> Q/DQ(S)       -> DepthwiseConv(V / r)
+
+``round(r_c x / S) = round(x / s_c)``: every value lands on the integer it had, and the depthwise
+conv (each output channel reads one input channel) divides the factor out again. Int8 weights keep
+their integers; only their per-channel scales change (a per-tensor weight becomes per-channel).
+Exact in real arithmetic; the products are rounded to the graph's float type, so a value sitting
+on a rounding edge can move by one step (the guard measures the result).
+
+Left alone: other activations (SiLU, hard-swish, ReLU6: not homogeneous, or a clamp that would
+have to scale per channel), readers that are not depthwise convs (an ordinary conv mixes the
+channels inside one per-output-channel weight scale), different zero points per channel, and a
+chain tensor anything else reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from onnx import helper
+
+from ..graph import Node, QGraph, QParams, Tensor, constant_value
+from ..report import Change
+from .registry import ActionContext, register_action
+from .weight_forms import weight_pair
+
+# positively homogeneous: f(r x) = r f(x) for r > 0, per channel
+_HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu")
+_MAX_CHAIN = 4
+
+Apply = Callable[[], None]
+
+
+def _producer_chain(graph: QGraph, x: Tensor) -> tuple[list[Node], Node] | None:
+    """(the homogeneous ops between ``x`` and its Conv/BN, that Conv/BN), each tensor on the way
+    read by one node only; None otherwise."""
+    chain: list[Node] = []
+    t = x
+    for _ in range(_MAX_CHAIN):
+        n = graph.producer(t)
+        if n is None or len(t.outputs) != 1 or graph.is_graph_output(t):
+            return None
+        if n.op in ("Conv", "BatchNormalization") and len(n.outputs) == 1:
+            return chain, n
+        if n.op not in _HOMOGENEOUS:
+            return None
+        if n.op == "PRelu" and constant_value(n.inputs[1]) is None:
+            return None
+        chain.append(n)
+        t = n.inputs[0]
+    return None
+
+
+def _expand(factor: np.ndarray, channels: int) -> np.ndarray | None:
+    """``factor`` per output channel: repeated for a depthwise conv's channel multiplier."""
+    if channels % factor.size:
+        return None
+    return np.repeat(factor, channels // factor.size)
+
+
+def _scaled_constant(graph: QGraph, t: Tensor, factor: np.ndarray, name: str):
+    """A new float constant ``t * factor`` over axis 0 (None if ``t`` is not a float
+    constant whose axis 0 is a multiple of the factor's channels)."""
+    v = constant_value(t)
+    if v is None or np.asarray(v).dtype.kind != "f" or np.ndim(v) == 0:
+        return None
+    f = _expand(factor, np.shape(v)[0])
+    if f is None:
+        return None
+    v = np.asarray(v, np.float64)
+    return graph.float_constant(name, v * f.reshape((-1,) + (1,) * (v.ndim - 1)))
+
+
+def _weight_plan(graph: QGraph, conv: Node, factor: np.ndarray) -> Apply | None:
+    """How to multiply output channel ``o`` of ``conv``'s weight by ``factor[o]`` (repeated for
+    a depthwise channel multiplier) keeping its int8 integers (float constant, DQ over int8, or
+    the pair form); None when it cannot."""
+    w_t = conv.inputs[1]
+    new_w = _scaled_constant(graph, w_t, factor, f"{conv.name}_weight_folded")
+    if new_w is not None:
+        return lambda: graph.set_input(conv, 1, new_w)
+    dq = graph.producer(w_t)
+    if not graph.is_dq(dq) or len(w_t.outputs) != 1:
+        return None
+    found = weight_pair(graph, dq)
+    try:
+        p = graph.qparams(dq)
+    except ValueError:
+        return None
+    if found is None or dq.attrs.get("block_size") or p.axis not in (None, 0):
+        return None
+    if p.zero_point is not None and np.any(p.zero_point != 0):
+        return None
+    q, raw = found
+    factor = _expand(factor, raw.shape[0]) if raw.ndim else None
+    if factor is None:
+        return None
+    scale = np.broadcast_to(np.asarray(p.scale, np.float64).reshape(-1), factor.shape) * factor
+    new_src = None
+    if q is not None:  # pair form: the float weight and both scales scale, the integers stay
+        if not np.array_equal(graph.qparams(q).scale, p.scale):
+            return None
+        new_src = _scaled_constant(graph, q.inputs[0], factor, f"{conv.name}_weight_folded")
+        if new_src is None:
+            return None
+
+    def apply() -> None:
+        if q is not None:
+            graph.set_input(q, 0, new_src)
+        nodes = [n for n in (q, dq) if n is not None]
+        graph.set_weight_qparams(nodes, graph.to_float_type(scale), 0, f"{conv.name}_weight")
+
+    return apply
+
+
+def _bias_plan(graph: QGraph, conv: Node, factor: np.ndarray) -> Apply | None:
+    if len(conv.inputs) < 3 or not conv.inputs[2].name:
+        return lambda: None
+    new_b = _scaled_constant(graph, conv.inputs[2], factor, f"{conv.name}_bias_folded")
+    return None if new_b is None else (lambda: graph.set_input(conv, 2, new_b))
+
+
+def _absorb_plan(graph: QGraph, node: Node, factor: np.ndarray) -> list[Apply] | None:
+    """Scale the output channels of a Conv (weight and bias) or a BatchNormalization (its
+    scale and bias: mean and variance stay)."""
+    if node.op == "BatchNormalization":
+        plans = [
+            (i, _scaled_constant(graph, node.inputs[i], factor, f"{node.name}_folded"))
+            for i in (1, 2)
+        ]
+        if any(c is None for _, c in plans):
+            return None
+        return [lambda i=i, c=c: graph.set_input(node, i, c) for i, c in plans]
+    plans = [_weight_plan(graph, node, factor), _bias_plan(graph, node, factor)]
+    return None if any(p is None for p in plans) else plans
+
+
+def _depthwise_readers(
+    graph: QGraph, dqs: list[Node], channels: int, ctx: ActionContext
+) -> list[Node] | None:
+    """The depthwise Convs reading the DQs as their data input, or None if anything else
+    reads them."""
+    convs = []
+    for dq in dqs:
+        if graph.is_graph_output(dq.outputs[0]):
+            return None
+        for c in dq.outputs[0].outputs:
+            if c.op != "Conv" or c.inputs[0] is not dq.outputs[0] or dq.outputs[0] in c.inputs[1:]:
+                return None
+            if int(c.attrs.get("group", 1)) != channels or ctx.is_ignored(c):
+                return None
+            convs.append(c)
+    return convs or None
+
+
+def _uniform_zero_point(p: QParams) -> int | None:
+    if p.zero_point is None:
+        return 0
+    z = np.asarray(p.zero_point).reshape(-1)
+    return int(z[0]) if np.all(z == z[0]) else None
+
+
+def _channel_axis(graph: QGraph, q: Node, p: QParams) -> bool:
+    rank = len(q.inputs[0].shape) if q.inputs[0].shape is not None else None
+    axis = p.axis if p.axis is not None else 1
+    if axis < 0:
+        if rank is None:
+            return False
+        axis += rank
+    return axis == 1 and rank in (None, 3, 4, 5)
+
+
+@register_action("fold_channel_scales", params={})
+def fold_channel_scales(
+    graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
+) -> list[Change]:
+    """Make a per-channel activation Q/DQ (the anchor Q) per-tensor by folding its channel
+    scales into the producing Conv/BN and the depthwise convs reading it (module doc)."""
+    q = node
+    if q is None or not graph.is_q(q) or q.attrs.get("block_size"):
+        return []
+    try:
+        p = graph.qparams(q)
+    except ValueError:
+        return []
+    if not p.per_axis or not _channel_axis(graph, q, p):
+        return []
+    z0 = _uniform_zero_point(p)
+    s = np.asarray(p.scale, np.float64).reshape(-1)
+    if z0 is None or not np.all(s > 0) or not np.all(np.isfinite(s)):
+        return []
+    dqs = list(q.outputs[0].outputs)
+    if not dqs or not all(graph.is_dq(d) and graph.qparams(d).same_as(p) for d in dqs):
+        return []
+    if graph.is_graph_output(q.outputs[0]) or any(d.attrs.get("block_size") for d in dqs):
+        return []
+    found = _producer_chain(graph, q.inputs[0])
+    readers = _depthwise_readers(graph, dqs, s.size, ctx) if found is not None else None
+    if readers is None:
+        return []
+    chain, absorber = found
+    if ctx.any_ignored([absorber, *chain]):
+        return []
+    big = float(graph.to_float_type(np.float32(s.max())))
+    r = big / s
+    plans = _absorb_plan(graph, absorber, r)
+    plans = None if plans is None else plans + [_weight_plan(graph, c, 1.0 / r) for c in readers]
+    if plans is None or any(a is None for a in plans):
+        return []
+    change = Change(
+        "fold",
+        [absorber.name, *(n.name for n in chain), q.name, *(d.name for d in dqs)]
+        + [c.name for c in readers],
+        f"per-channel scales of '{q.name}' ({s.size} channels, widest/narrowest "
+        f"{s.max() / s.min():.3g}) folded into '{absorber.name}' and {len(readers)} depthwise "
+        f"conv(s): one scale {big:.4g}, every value on the integer it had (exact up to float "
+        "rounding)",
+    )
+    if ctx.dry_run:
+        return [change]
+    for apply in plans:
+        apply()
+    zp_type = helper.tensor_dtype_to_np_dtype(p.dtype)
+    zp = gs.Constant(graph.unique_name(f"{q.name}_zero_point"), np.asarray(z0, zp_type))
+    for n in (q, *dqs):
+        graph.set_qparams(n, np.float32(big))
+        if len(n.inputs) > 2:
+            n.inputs[2] = zp
+        else:
+            n.inputs.append(zp)
+        n.attrs.pop("axis", None)
+    graph.touch()
+    return [change]

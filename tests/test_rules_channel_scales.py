@@ -1,0 +1,169 @@
+"""``channel-scales``: a per-channel activation Q/DQ (NNCF's, on depthwise conv inputs) becomes
+per-tensor with its channel factors folded into the producing Conv/BN and the depthwise convs,
+every value keeping its integer; other shapes of graph are left to ``symmetric-int8``."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from qdq_optimizer.api import optimize
+from qdq_optimizer.guard import without
+from qdq_optimizer.ruleset import load_ruleset
+from tests.rules_util import G, count, outputs
+
+C = 4
+# one narrow channel among wide ones: one per-tensor scale (the largest) costs it 20x the step
+SCALES = np.array([0.02, 0.001, 0.015, 0.01], np.float32)
+
+
+def _net(
+    act: str = "Relu",
+    bn: bool = False,
+    reader: str = "depthwise",
+    dtype=np.uint8,
+    weights: str = "int8",
+    multiplier: int = 1,
+) -> onnx.ModelProto:
+    """x -> Q/DQ -> conv1 (1x1) [-> BN] -> act -> Q/DQ(per channel) -> reader (3x3)."""
+    g = G(c=C, hw=6, seed=3)
+    h = g.conv(g.q("x", 0.03), k=1, form=weights, name="conv1")
+    if bn:
+        rng = np.random.default_rng(5)
+        params = [rng.uniform(0.5, 1.5, C), rng.normal(0, 0.2, C), rng.normal(0, 0.1, C)]
+        params.append(rng.uniform(0.5, 1.5, C))
+        h = g.op("BatchNormalization", [h, *(g.const(p.astype(np.float32)) for p in params)])
+    if act == "LeakyRelu":
+        a = g.op("LeakyRelu", [h], "act", alpha=0.1)
+    elif act == "Sigmoid":
+        a = g.op("Mul", [h, g.op("Sigmoid", [h])], "act")
+    elif act == "Clip":  # ReLU6: its clamp would have to scale per channel
+        a = g.op("Clip", [h, g.const(np.float32(0)), g.const(np.float32(6))], "act")
+    else:
+        a = g.op(act, [h], "act")
+    s, z = g.const(SCALES), g.const(np.zeros(C, dtype))
+    qo = g.op("QuantizeLinear", [a, s, z], "mid_Q", axis=1)
+    dq = g.op("DequantizeLinear", [qo, s, z], "mid_DQ", axis=1)
+    if reader == "conv":
+        y = g.conv(dq, k=3, name="conv2")
+    else:
+        cout = C * multiplier
+        w = (g.rng.standard_normal((cout, 1, 3, 3)) * 0.3).astype(np.float32)
+        ws = (np.abs(w).reshape(cout, -1).max(1) / 127).astype(np.float32)
+        wq = np.clip(np.rint(w / ws[:, None, None, None]), -127, 127).astype(np.int8)
+        wdq = g.op(
+            "DequantizeLinear", [g.const(wq), g.const(ws), g.const(np.zeros(cout, np.int8))], axis=0
+        )
+        b = g.const((g.rng.standard_normal(cout) * 0.1).astype(np.float32))
+        y = g.op("Conv", [dq, wdq, b], "conv2", kernel_shape=[3, 3], pads=[1] * 4, group=C)
+    return g.model([y])
+
+
+def _only(rule_id: str):
+    """The tensorrt rule set with one rule (its Q/DQ left as the rule leaves it)."""
+    rules = load_ruleset("tensorrt")
+    return without(rules, [r.id for r in rules.rules if r.id != rule_id])
+
+
+def _x() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"x": (rng.standard_normal((1, C, 6, 6)) * 2).astype(np.float32)}
+
+
+def _mid_params(model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray, int | None]:
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    q = next(n for n in model.graph.node if n.name == "mid_Q")
+    axis = next((a.i for a in q.attribute if a.name == "axis"), None)
+    return consts[q.input[1]], consts[q.input[2]], axis
+
+
+def _codes(model: onnx.ModelProto) -> np.ndarray:
+    """The integers the pair under test produces (its Q output made a graph output)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    q = next(n for n in m.graph.node if n.name == "mid_Q")
+    zp = next(t for t in m.graph.initializer if t.name == q.input[2])
+    m.graph.output.append(onnx.helper.make_tensor_value_info(q.output[0], zp.data_type, None))
+    return outputs(m, _x())[-1]
+
+
+@pytest.mark.parametrize(
+    "act, bn, weights, multiplier",
+    [("Relu", False, "int8", 1), ("Relu", True, "int8", 1), ("LeakyRelu", False, "pair", 1)]
+    + [("Relu", False, "float", 2)],
+)
+def test_per_channel_pair_becomes_per_tensor_with_every_integer_kept(
+    act: str, bn: bool, weights: str, multiplier: int
+) -> None:
+    m = _net(act, bn=bn, weights=weights, multiplier=multiplier)
+    out, rep = optimize(m, _only("channel-scales"), lint_result=False)
+    res = rep.result("channel-scales")
+    assert res.count == 1 and "every value on the integer it had" in res.changes[0].detail
+    scale, zp, axis = _mid_params(out)
+    assert scale.size == 1 and zp.size == 1 and axis is None
+    assert np.isclose(float(scale), SCALES.max())
+    assert np.array_equal(_codes(out), _codes(m))  # same integers: the rounding is unchanged
+    ref, got = outputs(m, _x())[0], outputs(out, _x())[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    onnx.checker.check_model(out, full_check=True)
+    _, again = optimize(out, _only("channel-scales"), lint_result=False)  # idempotent
+    assert again.result("channel-scales").count == 0
+
+
+def test_full_rule_set_rounds_the_narrow_channel_as_finely_as_the_producer() -> None:
+    """Through symmetric-int8 too: with the fold the narrow channel keeps its step (x2 for
+    uint8 -> int8); without it the largest scale gives it 20x (the loss the rule removes)."""
+    m = _net()
+    out, rep = optimize(m, "tensorrt")
+    assert rep.result("channel-scales").count == 1
+    plain, rep2 = optimize(m, without(load_ruleset("tensorrt"), ["channel-scales"]))
+    assert rep2.result("symmetric-int8").count >= 1
+    ref = outputs(m, _x())[0]
+
+    def err(model: onnx.ModelProto) -> float:
+        return float(np.mean((outputs(model, _x())[0] - ref) ** 2))
+
+    assert err(out) < err(plain) / 4, (err(out), err(plain))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"act": "Sigmoid"}, {"reader": "conv"}, {"act": "Clip"}],
+    ids=["silu-producer", "ordinary-conv-reader", "relu6-producer"],
+)
+def test_left_alone_when_the_factor_cannot_move(kwargs: dict) -> None:
+    _, rep = optimize(_net(**kwargs), "tensorrt")
+    assert rep.result("channel-scales").count == 0
+    assert rep.result("symmetric-int8").count >= 1  # the plain conversion still happens
+
+
+def test_left_alone_for_a_second_reader_and_the_ignore_list() -> None:
+    m = _net()
+    # a second reader of the Relu output would see the scaled values
+    relu = next(n for n in m.graph.node if n.name == "act")
+    m.graph.node.append(onnx.helper.make_node("Identity", [relu.output[0]], ["extra"], name="x2"))
+    m.graph.output.append(onnx.helper.make_tensor_value_info("extra", 1, None))
+    _, rep = optimize(m, "tensorrt")
+    assert rep.result("channel-scales").count == 0
+    _, rep = optimize(_net(), "tensorrt", ignore=["^conv2$"])
+    assert rep.result("channel-scales").count == 0
+    assert count(_net(), "QuantizeLinear") == 2
+
+
+def test_fp16_graph_stays_fp16_and_keeps_its_integers() -> None:
+    """ModelOpt-style fp16 graphs: every scale the fold writes is fp16 (the model stays valid)."""
+    from float_types import convert_float_type
+
+    m = convert_float_type(_net(bn=True))
+    out, rep = optimize(m, _only("channel-scales"), lint_result=False)
+    assert rep.result("channel-scales").count == 1
+    onnx.checker.check_model(out, full_check=True)
+    floats = {t.data_type for t in out.graph.initializer if t.data_type in (1, 10)}
+    assert floats == {onnx.TensorProto.FLOAT16}
+    x = {"x": _x()["x"].astype(np.float16)}
+    ref, got = outputs(m, x)[0], outputs(out, x)[0]
+    # fp16 scale products can move a value on a rounding edge by one step: nearly all agree
+    close = np.isclose(got.astype(np.float32), ref.astype(np.float32), rtol=1e-2, atol=1e-2)
+    assert close.mean() > 0.97, close.mean()
