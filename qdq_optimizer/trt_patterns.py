@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +100,24 @@ def weight_tensor(graph: QGraph, node: Node) -> Tensor | None:
         if weighted_matmul(graph, node) is not None:  # xrules: every export form of the weight
             return node.inputs[1]
     return None
+
+
+def conv_data_readers(
+    graph: QGraph, dqs: Iterable[Node], accept: Callable[[Node], bool]
+) -> list[Node] | None:
+    """The Convs reading the DQs' outputs as their data input, each one ``accept``ed; None when
+    anything else reads them (a graph output, another op, a conv reading it as a weight)."""
+    convs = []
+    for dq in dqs:
+        if graph.is_graph_output(dq.outputs[0]):
+            return None
+        for c in dq.outputs[0].outputs:
+            if c.op != "Conv" or c.inputs[0] is not dq.outputs[0] or dq.outputs[0] in c.inputs[1:]:
+                return None
+            if not accept(c):
+                return None
+            convs.append(c)
+    return convs or None
 
 
 def per_tensor_int8(graph: QGraph, node: Node) -> QParams | None:

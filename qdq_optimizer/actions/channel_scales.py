@@ -34,6 +34,7 @@ from onnx import helper
 
 from ..graph import Node, QGraph, QParams, Tensor, constant_value
 from ..report import Change
+from ..trt_patterns import conv_data_readers
 from .registry import ActionContext, register_action
 from .weight_forms import weight_pair
 
@@ -148,24 +149,6 @@ def _absorb_plan(graph: QGraph, node: Node, factor: np.ndarray) -> list[Apply] |
     return None if any(p is None for p in plans) else plans
 
 
-def _depthwise_readers(
-    graph: QGraph, dqs: list[Node], channels: int, ctx: ActionContext
-) -> list[Node] | None:
-    """The depthwise Convs reading the DQs as their data input, or None if anything else
-    reads them."""
-    convs = []
-    for dq in dqs:
-        if graph.is_graph_output(dq.outputs[0]):
-            return None
-        for c in dq.outputs[0].outputs:
-            if c.op != "Conv" or c.inputs[0] is not dq.outputs[0] or dq.outputs[0] in c.inputs[1:]:
-                return None
-            if int(c.attrs.get("group", 1)) != channels or ctx.is_ignored(c):
-                return None
-            convs.append(c)
-    return convs or None
-
-
 def _uniform_zero_point(p: QParams) -> int | None:
     if p.zero_point is None:
         return 0
@@ -208,7 +191,12 @@ def fold_channel_scales(
     if graph.is_graph_output(q.outputs[0]) or any(d.attrs.get("block_size") for d in dqs):
         return []
     found = _producer_chain(graph, q.inputs[0])
-    readers = _depthwise_readers(graph, dqs, s.size, ctx) if found is not None else None
+    if found is None:
+        return []
+    channels = s.size  # a depthwise conv has one group per channel
+    readers = conv_data_readers(
+        graph, dqs, lambda c: int(c.attrs.get("group", 1)) == channels and not ctx.is_ignored(c)
+    )
     if readers is None:
         return []
     chain, absorber = found

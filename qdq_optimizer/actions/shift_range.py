@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from ..graph import Node, QGraph, Tensor, constant_value
 from ..report import Change
-from ..trt_patterns import is_ignored, per_tensor_int8
+from ..trt_patterns import conv_data_readers, is_ignored, per_tensor_int8
 from .registry import ActionContext, register_action
 from .weighted import dequantize_np, quantize_np
 
@@ -98,22 +98,6 @@ def _weight(graph: QGraph, conv: Node) -> np.ndarray | None:
     return np.asarray(dequantize_np(src, p.scale, p.zero_point, p.axis), np.float64)
 
 
-def _consumers(graph: QGraph, dqs: list[Node], ctx: ActionContext) -> list[Node] | None:
-    """The unpadded Convs that read the DQs as their data input, or None if anything else
-    reads them."""
-    convs = []
-    for dq in dqs:
-        if graph.is_graph_output(dq.outputs[0]):
-            return None
-        for c in dq.outputs[0].outputs:
-            if c.op != "Conv" or c.inputs[0] is not dq.outputs[0] or dq.outputs[0] in c.inputs[1:]:
-                return None
-            if not _zero_padding(c) or is_ignored(c, ctx.ignore):
-                return None
-            convs.append(c)
-    return convs or None
-
-
 @register_action("shift_one_sided", params={})
 def shift_one_sided(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
@@ -138,7 +122,9 @@ def shift_one_sided(
     dqs = list(q.outputs[0].outputs)
     if not dqs or not all(graph.is_dq(d) and graph.qparams(d).same_as(p) for d in dqs):
         return []
-    consumers = _consumers(graph, dqs, ctx)
+    consumers = conv_data_readers(
+        graph, dqs, lambda c: _zero_padding(c) and not is_ignored(c, ctx.ignore)
+    )
     if consumers is None:
         return []
     weights = [_weight(graph, c) for c in consumers]
