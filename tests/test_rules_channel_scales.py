@@ -167,3 +167,17 @@ def test_fp16_graph_stays_fp16_and_keeps_its_integers() -> None:
     # fp16 scale products can move a value on a rounding edge by one step: nearly all agree
     close = np.isclose(got.astype(np.float32), ref.astype(np.float32), rtol=1e-2, atol=1e-2)
     assert close.mean() > 0.97, close.mean()
+
+
+def test_lint_describes_the_conversion_the_fold_leaves() -> None:
+    """Lint (a dry run) reports the fold, and the uint8 -> int8 conversion as the real run makes
+    it after the fold (step x2), not of the unfolded per-channel pair (x40 on the narrow one)."""
+    from qdq_optimizer.api import lint
+
+    problems = lint(_net(), "tensorrt")
+    fold = [p for p in problems if p.rule_id == "channel-scales"]
+    conv = [p for p in problems if p.rule_id == "symmetric-int8" and "mid_Q" in p.node_names]
+    assert len(fold) == 1 and len(conv) == 1
+    assert "step x2.01" in conv[0].message, conv[0].message
+    out, _ = optimize(_net(), "tensorrt")
+    assert lint(out, "tensorrt") == []

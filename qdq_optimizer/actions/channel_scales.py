@@ -36,6 +36,7 @@ from ..graph import Node, QGraph, QParams, Tensor, constant_value
 from ..report import Change
 from ..trt_patterns import conv_data_readers
 from .registry import ActionContext, register_action
+from .symmetric import PLANNED_FOLDS
 from .weight_forms import weight_pair
 
 # positively homogeneous: f(r x) = r f(x) for r > 0, per channel
@@ -218,6 +219,7 @@ def fold_channel_scales(
         "rounding)",
     )
     if ctx.dry_run:
+        ctx.run.setdefault(PLANNED_FOLDS, {})[q.name] = (big, z0)
         return [change]
     for apply in plans:
         apply()

@@ -25,6 +25,9 @@ from .registry import ActionContext, register_action
 from .weighted import dequantize_np, quantize_np
 
 _ATTRS_DROPPED = ("axis", "output_dtype")
+# ctx.run key: in a dry run (lint), the per-channel pairs channel-scales would make per-tensor
+# first (Q name -> (scale, zero point)), so the conversion is described as the real run makes it
+PLANNED_FOLDS = "channel_scales_planned"
 
 
 def _plain(node: Node) -> bool:
@@ -112,6 +115,9 @@ def convert_activation(
     """Convert one activation pair (Q ``q`` and its DQs) when the rule converts it; the change,
     or None. ``memo`` caches the non-negativity walk across calls."""
     p = _params(graph, q)
+    planned = ctx.run.get(PLANNED_FOLDS, {}).get(q.name) if ctx.dry_run and p else None
+    if planned is not None:
+        p = QParams(np.float32(planned[0]), np.asarray(planned[1]), None, p.dtype)
     if p is None or not _needs_conversion(p) or not _plain(q):
         return None
     dqs = list(q.outputs[0].outputs)
