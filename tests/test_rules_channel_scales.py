@@ -26,6 +26,7 @@ def _net(
     dtype=np.uint8,
     weights: str = "int8",
     multiplier: int = 1,
+    reader_weights=np.int8,
 ) -> onnx.ModelProto:
     """x -> Q/DQ -> conv1 (1x1) [-> BN] -> act -> Q/DQ(per channel) -> reader (3x3)."""
     g = G(c=C, hw=6, seed=3)
@@ -52,10 +53,12 @@ def _net(
         cout = C * multiplier
         w = (g.rng.standard_normal((cout, 1, 3, 3)) * 0.3).astype(np.float32)
         ws = (np.abs(w).reshape(cout, -1).max(1) / 127).astype(np.float32)
-        wq = np.clip(np.rint(w / ws[:, None, None, None]), -127, 127).astype(np.int8)
-        wdq = g.op(
-            "DequantizeLinear", [g.const(wq), g.const(ws), g.const(np.zeros(cout, np.int8))], axis=0
-        )
+        wq = np.clip(np.rint(w / ws[:, None, None, None]), -127, 127)
+        if reader_weights is np.uint8:  # asymmetric uint8 (ORT's weight_type QUInt8), zp 128
+            wq, zp = (wq + 128).astype(np.uint8), np.full(cout, 128, np.uint8)
+        else:
+            wq, zp = wq.astype(np.int8), np.zeros(cout, np.int8)
+        wdq = g.op("DequantizeLinear", [g.const(wq), g.const(ws), g.const(zp)], axis=0)
         b = g.const((g.rng.standard_normal(cout) * 0.1).astype(np.float32))
         y = g.op("Conv", [dq, wdq, b], "conv2", kernel_shape=[3, 3], pads=[1] * 4, group=C)
     return g.model([y])
@@ -130,8 +133,8 @@ def test_full_rule_set_rounds_the_narrow_channel_as_finely_as_the_producer() -> 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"act": "Sigmoid"}, {"reader": "conv"}, {"act": "Clip"}],
-    ids=["silu-producer", "ordinary-conv-reader", "relu6-producer"],
+    [{"act": "Sigmoid"}, {"reader": "conv"}, {"act": "Clip"}, {"reader_weights": np.uint8}],
+    ids=["silu-producer", "ordinary-conv-reader", "relu6-producer", "uint8-reader-weights"],
 )
 def test_left_alone_when_the_factor_cannot_move(kwargs: dict) -> None:
     _, rep = optimize(_net(**kwargs), "tensorrt")

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
 
@@ -104,8 +105,8 @@ def _weight_plan(graph: QGraph, conv: Node, factor: np.ndarray) -> Apply | None:
         return None
     if found is None or dq.attrs.get("block_size") or p.axis not in (None, 0):
         return None
-    if p.zero_point is not None and np.any(p.zero_point != 0):
-        return None
+    if p.dtype != onnx.TensorProto.INT8 or (p.zero_point is not None and np.any(p.zero_point)):
+        return None  # symmetric int8 weights only (the new zero point is int8 zeros)
     q, raw = found
     factor = _expand(factor, raw.shape[0]) if raw.ndim else None
     if factor is None:
@@ -113,7 +114,10 @@ def _weight_plan(graph: QGraph, conv: Node, factor: np.ndarray) -> Apply | None:
     scale = np.broadcast_to(np.asarray(p.scale, np.float64).reshape(-1), factor.shape) * factor
     new_src = None
     if q is not None:  # pair form: the float weight and both scales scale, the integers stay
-        if not np.array_equal(graph.qparams(q).scale, p.scale):
+        try:
+            if not graph.qparams(q).same_as(p):
+                return None
+        except ValueError:
             return None
         new_src = _scaled_constant(graph, q.inputs[0], factor, f"{conv.name}_weight_folded")
         if new_src is None:
