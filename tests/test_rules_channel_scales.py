@@ -27,6 +27,7 @@ def _net(
     weights: str = "int8",
     multiplier: int = 1,
     reader_weights=np.int8,
+    scales: np.ndarray = SCALES,
 ) -> onnx.ModelProto:
     """x -> Q/DQ -> conv1 (1x1) [-> BN] -> act -> Q/DQ(per channel) -> reader (3x3)."""
     g = G(c=C, hw=6, seed=3)
@@ -40,11 +41,12 @@ def _net(
         a = g.op("LeakyRelu", [h], "act", alpha=0.1)
     elif act == "Sigmoid":
         a = g.op("Mul", [h, g.op("Sigmoid", [h])], "act")
-    elif act == "Clip":  # ReLU6: its clamp would have to scale per channel
-        a = g.op("Clip", [h, g.const(np.float32(0)), g.const(np.float32(6))], "act")
+    elif act.startswith("Clip"):  # ReLU6 ("Clip") or a cap of 4, which the pair's range passes
+        cap = 6.0 if act == "Clip" else float(act[4:])
+        a = g.op("Clip", [h, g.const(np.float32(0)), g.const(np.float32(cap))], "act")
     else:
         a = g.op(act, [h], "act")
-    s, z = g.const(SCALES), g.const(np.zeros(C, dtype))
+    s, z = g.const(scales), g.const(np.zeros(C, dtype))
     qo = g.op("QuantizeLinear", [a, s, z], "mid_Q", axis=1)
     dq = g.op("DequantizeLinear", [qo, s, z], "mid_DQ", axis=1)
     if reader == "conv":
@@ -82,20 +84,20 @@ def _mid_params(model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray, int | N
     return consts[q.input[1]], consts[q.input[2]], axis
 
 
-def _codes(model: onnx.ModelProto) -> np.ndarray:
+def _codes(model: onnx.ModelProto, gain: float = 1.0) -> np.ndarray:
     """The integers the pair under test produces (its Q output made a graph output)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     q = next(n for n in m.graph.node if n.name == "mid_Q")
     zp = next(t for t in m.graph.initializer if t.name == q.input[2])
     m.graph.output.append(onnx.helper.make_tensor_value_info(q.output[0], zp.data_type, None))
-    return outputs(m, _x())[-1]
+    return outputs(m, {"x": _x()["x"] * np.float32(gain)})[-1]
 
 
 @pytest.mark.parametrize(
     "act, bn, weights, multiplier",
     [("Relu", False, "int8", 1), ("Relu", True, "int8", 1), ("LeakyRelu", False, "pair", 1)]
-    + [("Relu", False, "float", 2)],
+    + [("Relu", False, "float", 2), ("Clip", False, "int8", 1)],
 )
 def test_per_channel_pair_becomes_per_tensor_with_every_integer_kept(
     act: str, bn: bool, weights: str, multiplier: int
@@ -133,8 +135,8 @@ def test_full_rule_set_rounds_the_narrow_channel_as_finely_as_the_producer() -> 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"act": "Sigmoid"}, {"reader": "conv"}, {"act": "Clip"}, {"reader_weights": np.uint8}],
-    ids=["silu-producer", "ordinary-conv-reader", "relu6-producer", "uint8-reader-weights"],
+    [{"act": "Sigmoid"}, {"reader": "conv"}, {"act": "Clip4"}, {"reader_weights": np.uint8}],
+    ids=["silu-producer", "ordinary-conv-reader", "cap-below-range", "uint8-reader-weights"],
 )
 def test_left_alone_when_the_factor_cannot_move(kwargs: dict) -> None:
     _, rep = optimize(_net(**kwargs), "tensorrt")
@@ -184,3 +186,18 @@ def test_lint_describes_the_conversion_the_fold_leaves() -> None:
     assert "step x2.01" in conv[0].message, conv[0].message
     out, _ = optimize(_net(), "tensorrt")
     assert lint(out, "tensorrt") == []
+
+
+def test_relu6_cap_the_quantizer_makes_redundant_is_dropped() -> None:
+    """ReLU6 before a per-channel uint8 pair whose channels all end below 6 (255 x 0.02 = 5.1):
+    the Q saturates each channel first, so the fold keeps the Clip's lower bound only."""
+    out, rep = optimize(_net("Clip"), _only("channel-scales"), lint_result=False)
+    assert rep.result("channel-scales").count == 1
+    clip = next(n for n in out.graph.node if n.name == "act")
+    assert clip.op_type == "Clip" and len(clip.input) == 2  # Clip(x, 0): a Relu
+    # a cap of 2 that the values cross, over channels whose ranges end at 1.8: same integers
+    m = _net("Clip2", scales=SCALES * np.float32(0.35))
+    out, rep = optimize(m, _only("channel-scales"), lint_result=False)
+    assert rep.result("channel-scales").count == 1
+    before, after = _codes(m, gain=6.0), _codes(out, gain=6.0)
+    assert np.array_equal(before, after) and np.all(before.max(axis=(0, 2, 3)) == 255)

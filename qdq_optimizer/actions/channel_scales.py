@@ -18,8 +18,12 @@ their integers; only their per-channel scales change (a per-tensor weight become
 Exact in real arithmetic; the products are rounded to the graph's float type, so a value sitting
 on a rounding edge can move by one step (the guard measures the result).
 
-Left alone: other activations (SiLU, hard-swish, ReLU6: not homogeneous, or a clamp that would
-have to scale per channel), readers that are not depthwise convs (an ordinary conv mixes the
+A ReLU6 (Clip(0, 6)) right before the Q counts as a Relu when every channel's quantizer range
+ends at or below 6: the Q's saturation already caps each channel, so the Clip keeps only its
+lower bound (exact: two nested clamps are the inner one).
+
+Left alone: other activations (SiLU, hard-swish: not homogeneous; a ReLU6 whose cap some channel
+reaches: the cap would have to scale per channel), readers that are not depthwise convs (an ordinary conv mixes the
 channels inside one per-output-channel weight scale), different zero points per channel, and a
 chain tensor anything else reads.
 """
@@ -33,9 +37,11 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
 
+from .. import asymmetric as asym
 from ..graph import Node, QGraph, QParams, Tensor, constant_value
 from ..report import Change
 from ..trt_patterns import conv_data_readers
+from .clamps import clip_bounds
 from .registry import ActionContext, register_action
 from .symmetric import PLANNED_FOLDS
 from .weight_forms import weight_pair
@@ -47,17 +53,29 @@ _MAX_CHAIN = 4
 Apply = Callable[[], None]
 
 
-def _producer_chain(graph: QGraph, x: Tensor) -> tuple[list[Node], Node] | None:
+def _redundant_cap(n: Node, top: float) -> bool:
+    """A Clip(0, m) whose cap the Q's saturation makes redundant: m >= ``top``, the largest value
+    any channel's quantizer represents (ReLU6 before a quantizer whose range ends below 6)."""
+    bounds = clip_bounds(n) if n.op == "Clip" and not n.attrs else None
+    return bounds is not None and bounds[0] == 0.0 and bounds[1] >= top
+
+
+def _producer_chain(graph: QGraph, x: Tensor, top: float) -> tuple[list[Node], Node] | None:
     """(the homogeneous ops between ``x`` and its Conv/BN, that Conv/BN), each tensor on the way
-    read by one node only; None otherwise."""
+    read by one node only; None otherwise. A Clip(0, m) reading straight into the Q counts when
+    its cap is redundant (``_redundant_cap``): without the cap it is a Relu."""
     chain: list[Node] = []
     t = x
-    for _ in range(_MAX_CHAIN):
+    for i in range(_MAX_CHAIN):
         n = graph.producer(t)
         if n is None or len(t.outputs) != 1 or graph.is_graph_output(t):
             return None
         if n.op in ("Conv", "BatchNormalization") and len(n.outputs) == 1:
             return chain, n
+        if i == 0 and _redundant_cap(n, top):
+            chain.append(n)
+            t = n.inputs[0]
+            continue
         if n.op not in _HOMOGENEOUS:
             return None
         if n.op == "PRelu" and constant_value(n.inputs[1]) is None:
@@ -195,7 +213,8 @@ def fold_channel_scales(
         return []
     if graph.is_graph_output(q.outputs[0]) or any(d.attrs.get("block_size") for d in dqs):
         return []
-    found = _producer_chain(graph, q.inputs[0])
+    _, qmax = asym.INT_RANGES[p.dtype]
+    found = _producer_chain(graph, q.inputs[0], float((qmax - z0) * s.max()))
     if found is None:
         return []
     channels = s.size  # a depthwise conv has one group per channel
@@ -227,6 +246,10 @@ def fold_channel_scales(
         return [change]
     for apply in plans:
         apply()
+    for n in chain:
+        if n.op == "Clip" and len(n.inputs) > 2:  # the cap the Q makes redundant: a Relu now
+            del n.inputs[2]
+            graph.touch()
     zp_type = helper.tensor_dtype_to_np_dtype(p.dtype)
     zp = gs.Constant(graph.unique_name(f"{q.name}_zero_point"), np.asarray(z0, zp_type))
     for n in (q, *dqs):

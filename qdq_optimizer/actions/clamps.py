@@ -63,7 +63,7 @@ def value_range(graph: QGraph, t: Tensor, depth: int = 16) -> tuple[float, float
     if node.op in BOUNDED_OPS:
         return BOUNDED_OPS[node.op]
     if node.op == "Clip":
-        return _clip_bounds(node)
+        return clip_bounds(node)
     if graph.is_dq(node):
         q = graph.producer(node.inputs[0])
         r = saturation_range(graph, q) if graph.is_q(q) else None
@@ -78,7 +78,8 @@ def value_range(graph: QGraph, t: Tensor, depth: int = 16) -> tuple[float, float
     return None
 
 
-def _clip_bounds(node: Node) -> tuple[float, float] | None:
+def clip_bounds(node: Node) -> tuple[float, float] | None:
+    """(min, max) of a Clip with constant bounds (-inf / inf where absent); None otherwise."""
     if "min" in node.attrs or "max" in node.attrs:  # opset < 11 form
         return float(node.attrs.get("min", -np.inf)), float(node.attrs.get("max", np.inf))
     bounds = []
