@@ -179,7 +179,7 @@ def _uniform_zero_point(p: QParams) -> int | None:
     return int(z[0]) if np.all(z == z[0]) else None
 
 
-def _channel_axis(graph: QGraph, q: Node, p: QParams) -> bool:
+def _channel_axis(q: Node, p: QParams) -> bool:
     rank = len(q.inputs[0].shape) if q.inputs[0].shape is not None else None
     axis = p.axis if p.axis is not None else 1
     if axis < 0:
@@ -202,7 +202,7 @@ def fold_channel_scales(
         p = graph.qparams(q)
     except ValueError:
         return []
-    if not p.per_axis or not _channel_axis(graph, q, p):
+    if not p.per_axis or not _channel_axis(q, p):
         return []
     z0 = _uniform_zero_point(p)
     s = np.asarray(p.scale, np.float64).reshape(-1)

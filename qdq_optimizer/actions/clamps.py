@@ -79,14 +79,15 @@ def value_range(graph: QGraph, t: Tensor, depth: int = 16) -> tuple[float, float
 
 
 def clip_bounds(node: Node) -> tuple[float, float] | None:
-    """(min, max) of a Clip with constant bounds (-inf / inf where absent); None otherwise."""
+    """(min, max) of a Clip with constant scalar bounds (-inf / inf where absent); None
+    otherwise."""
     if "min" in node.attrs or "max" in node.attrs:  # opset < 11 form
         return float(node.attrs.get("min", -np.inf)), float(node.attrs.get("max", np.inf))
     bounds = []
     for i, default in ((1, -np.inf), (2, np.inf)):
         if len(node.inputs) > i and node.inputs[i].name:
             v = constant_value(node.inputs[i])
-            if v is None:
+            if v is None or np.size(v) != 1:  # ONNX's Clip bounds are scalars
                 return None
             bounds.append(float(np.asarray(v).reshape(-1)[0]))
         else:

@@ -30,6 +30,7 @@ import onnx_graphsurgeon as gs
 from ..graph import Node, QGraph, Tensor, constant_value
 from ..report import Change
 from ..trt_patterns import conv_data_readers, is_ignored, per_tensor_int8
+from .clamps import clip_bounds
 from .registry import ActionContext, register_action
 from .weighted import dequantize_np, quantize_np
 
@@ -40,24 +41,16 @@ def _zero_padding(conv: Node) -> bool:
     return auto in ("NOTSET", "VALID") and not any(conv.attrs.get("pads", []))
 
 
-def _clip_bounds(graph: QGraph, act: Node) -> tuple[float, float | None] | None:
+def _clip_bounds(act: Node) -> tuple[float, float | None] | None:
     """(0, max or None) of a Relu or a Clip whose min is 0; None for anything else."""
     if act.op == "Relu":
         return 0.0, None
     if act.op != "Clip" or act.attrs:  # opset-6 Clip (attributes) is upgraded before the rules
         return None
-    bounds = []
-    for i in (1, 2):
-        t = act.inputs[i] if len(act.inputs) > i else None
-        if t is None or not t.name:
-            bounds.append(None)
-            continue
-        v = constant_value(t)
-        if v is None or np.size(v) != 1:
-            return None
-        bounds.append(float(np.asarray(v).reshape(-1)[0]))
-    lo, hi = bounds
-    return (0.0, hi) if lo == 0.0 and (hi is None or hi > 0) else None
+    bounds = clip_bounds(act)
+    if bounds is None or bounds[0] != 0.0 or not bounds[1] > 0:
+        return None
+    return 0.0, None if np.isinf(bounds[1]) else bounds[1]
 
 
 def _bias(conv: Node, cout: int) -> np.ndarray | None:
@@ -110,7 +103,7 @@ def shift_one_sided(
     act = graph.producer(x)
     if act is None or list(x.outputs) != [q] or graph.is_graph_output(x):
         return []
-    bounds = _clip_bounds(graph, act)
+    bounds = _clip_bounds(act)
     conv = graph.producer(act.inputs[0]) if bounds is not None else None
     if conv is None or conv.op != "Conv" or list(act.inputs[0].outputs) != [act]:
         return []
