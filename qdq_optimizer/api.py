@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from .calibration import CalibrationData, measure_histograms, measure_ranges
+from .contrib_qdq import to_default_domain
 from .errors import UsageError
 from .fixpoint import DEFAULT_MAX_ITERATIONS, apply_rules
 from .graph import DEQUANTIZE, QUANTIZE, QGraph, name_matches
@@ -104,7 +105,8 @@ def optimize(
     timings["load"] = _ms(t)
 
     model, upgraded = upgrade_opset(model)  # opset 10-12 -> 13 (exact), before anything reads it
-    input_warnings = [upgraded] if upgraded else []
+    model, moved = to_default_domain(model)  # ONNX Runtime's com.microsoft Q/DQ (exact)
+    input_warnings = [note for note in (upgraded, moved) if note]
     ref = None if reference is None else load(reference)
     if ref is not None:  # float weights for per-tensor int8 ones (weight-per-channel)
         run_settings.update(reference_weight_pre_pass(model, ref, input_warnings))
@@ -242,15 +244,15 @@ def _optimize_loaded(
     dead = 0
     remaining = None
     lint_warnings: list[Problem] = []
+    touched = {n for r in run.results for c in r.changes for n in c.nodes}
     if dry_run:
         out = model
         after = before
-        touched = {n for r in run.results for c in r.changes for n in c.nodes}
         warnings = _untouched_only(warnings, lambda name: name not in touched)
     else:
         dead = graph.cleanup()  # finalize would do it too; counted here for the report
         out, check_warnings = finalize(graph, reference=model)
-        present = {n.name for n in out.graph.node}
+        present = {n.name for n in out.graph.node} - touched
         warnings = _untouched_only(warnings, present.__contains__)
         warnings.extend(check_warnings)
         after = _stats(graph)

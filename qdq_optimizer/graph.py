@@ -25,6 +25,7 @@ import networkx as nx
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from .gcutil import paused_gc
@@ -571,6 +572,10 @@ def _single_copy_weights(graph: gs.Graph) -> Iterator[Callable[[onnx.ModelProto]
     the yielded ``fill`` then copies each original proto into the exported model once."""
     swapped: dict[str, tuple[gs.Constant, LazyValues]] = {}
     for t in graph.tensors().values():
+        if isinstance(t, gs.Constant) and _sub_byte(t._values):
+            # graph-surgeon writes a loaded int4/uint4 array one byte per element (a corrupt
+            # initializer); ONNX's from_array packs two per byte
+            t._values = LazyValues(numpy_helper.from_array(t._values, t.name))
         if isinstance(t, gs.Constant) and isinstance(t._values, LazyValues):
             src = t._values.tensor
             if src.HasField("raw_data"):
@@ -590,6 +595,15 @@ def _single_copy_weights(graph: gs.Graph) -> Iterator[Callable[[onnx.ModelProto]
     finally:
         for t, values in swapped.values():
             t._values = values
+
+
+def _sub_byte(values: object) -> bool:
+    """A loaded array of a 4-bit type (ONNX's ml_dtypes int4, uint4, float4_e2m1fn)."""
+    return (
+        isinstance(values, np.ndarray)
+        and values.dtype.itemsize == 1
+        and (values.dtype.name in ("int4", "uint4", "float4_e2m1fn"))
+    )
 
 
 def module_path(name: str) -> str:

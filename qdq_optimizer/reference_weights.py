@@ -1,5 +1,5 @@
-"""Float weights from the user's float model (``--reference``) for the int8 weights a quantized
-model holds per tensor: what lets ``weight-per-channel`` re-quantize them per output channel,
+"""Float weights from the user's float model (``--reference``) for the int8 (or int4) weights a
+quantized model holds per tensor: what lets ``weight-per-channel`` re-quantize them per output channel,
 as TensorRT quantizes weights, when the model itself keeps no float values (ONNX Runtime's
 ``per_channel=False`` default writes int8 initializers).
 
@@ -57,9 +57,13 @@ def per_tensor_int8_weights(graph: QGraph) -> dict[str, tuple[np.ndarray, float,
             p = graph.qparams(dq)
         except ValueError:
             continue
-        if raw is None or np.asarray(raw).dtype.kind not in "iu" or p.scale.size != 1:
+        if raw is None or p.scale.size != 1:
             continue
         raw = np.asarray(raw)
+        if raw.dtype.name in ("int4", "uint4"):
+            raw = raw.astype(np.int8)  # symmetric-int8 widens these to int8, the same values
+        elif raw.dtype.kind not in "iu":
+            continue
         axis = output_channel_axis(op, raw.ndim)
         if axis is None or raw.ndim < 2 or raw.shape[axis] < 2:
             continue
@@ -118,7 +122,12 @@ def _may_hold_per_tensor_int8_weights(model: onnx.ModelProto) -> bool:
             consts[n.output[0]] = n.attribute[0].t
         if len(n.input) > 1:
             readers.setdefault(n.input[1], []).append(n.op_type)
-    ints = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    ints = (
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.INT4,
+        onnx.TensorProto.UINT4,
+    )
     for n in model.graph.node:
         if n.op_type != "DequantizeLinear" or len(n.input) < 2:
             continue

@@ -18,6 +18,7 @@ import onnx
 from onnx import TensorProto, checker, defs, numpy_helper
 
 from .asymmetric import INT_RANGES
+from .contrib_qdq import CONTRIB_DOMAIN
 from .errors import InputError
 from .model_io import check_tensor_data as _check_tensor_data
 from .protos import (
@@ -50,6 +51,8 @@ _FP8 = frozenset(
     }
 )
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+# ONNX Runtime's contrib Q/DQ still there after contrib_qdq moved what it could: checked alike
+_QDQ_DOMAINS = (*_DEFAULT_DOMAINS, CONTRIB_DOMAIN)
 _SCALE_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
 
@@ -127,7 +130,7 @@ def validate_model(model: onnx.ModelProto) -> list[str]:
                 "quant_format=QuantFormat.QDQ"
             )
         _check_schema(node, i, ctx, opset)
-        if node.op_type in (QUANTIZE, DEQUANTIZE) and node.domain in _DEFAULT_DOMAINS:
+        if node.op_type in (QUANTIZE, DEQUANTIZE) and node.domain in _QDQ_DOMAINS:
             _check_qdq(node, i, nodes, producer, inits, shapes, warnings)
     return warnings
 

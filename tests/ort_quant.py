@@ -67,9 +67,12 @@ def float_cnn(act: str, seed: int = 0, width: int = 8) -> onnx.ModelProto:
     return m
 
 
-def ort_quantize(model: onnx.ModelProto, mode: str, calib: np.ndarray) -> onnx.ModelProto:
+def ort_quantize(
+    model: onnx.ModelProto, mode: str, calib: np.ndarray, **options
+) -> onnx.ModelProto:
     """``mode``: ``uint8`` (QUInt8 activations and weights), ``int8-asym`` (ORT's default),
-    ``int8-sym`` (ActivationSymmetric), ``uint8-pc`` (uint8, per-channel weights)."""
+    ``int8-sym`` (ActivationSymmetric), ``uint8-pc`` (uint8, per-channel weights). ``options``:
+    more ``quantize_static`` keywords (``weight_type``: a QuantType name) or ``extra_options``."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -91,6 +94,13 @@ def ort_quantize(model: onnx.ModelProto, mode: str, calib: np.ndarray) -> onnx.M
     elif mode == "int8-sym":
         kw.update(extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
         kw["per_channel"] = True
+    for key, value in options.items():
+        if key in ("activation_type", "weight_type"):
+            kw[key] = QuantType[value]
+        elif key in ("per_channel",):
+            kw[key] = value
+        else:
+            kw.setdefault("extra_options", {})[key] = value
     with tempfile.TemporaryDirectory() as d:
         src, dst = Path(d) / "f.onnx", Path(d) / "q.onnx"
         onnx.save(model, src)
