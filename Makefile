@@ -100,7 +100,7 @@ corpus: $(foreach p,$(CORPUS_PRODUCERS),$(CV)/$(p)/.installed)
 
 # Held-out graphs (fixtures/corpus/make_heldout.py): other architectures, exporters and producer
 # options, written OUTSIDE the repository (never committed); then the criterion on them.
-# Usage: make corpus-heldout HELDOUT_OUT=/elsewhere/heldout/cnn   (about 30 min of CPU)
+# Usage: make corpus-heldout HELDOUT_OUT=/elsewhere/heldout/cnn   (about 50 min of CPU)
 corpus-heldout: $(foreach p,$(CORPUS_PRODUCERS),$(CV)/$(p)/.installed)
 	@test -n "$(HELDOUT_OUT)" || { echo "set HELDOUT_OUT=/path/outside/the/repo/heldout/cnn"; exit 2; }
 	export CORPUS_OUT=$(abspath $(HELDOUT_OUT)) OMP_NUM_THREADS=1 PYTHONPATH=$(CURDIR) \
@@ -110,6 +110,7 @@ corpus-heldout: $(foreach p,$(CORPUS_PRODUCERS),$(CV)/$(p)/.installed)
 	$(CV)/ort/bin/python fixtures/corpus/make_heldout.py ort && \
 	$(CV)/nncf/bin/python fixtures/corpus/make_heldout.py nncf && \
 	$(CV)/modelopt/bin/python fixtures/corpus/make_heldout.py modelopt && \
+	$(CV)/modelopt/bin/python fixtures/corpus/make_heldout.py mtq && \
 	$(CV)/ort/bin/python fixtures/corpus/make_heldout.py manifest
 	QDQOPT_CORPUS_ROOT=$(dir $(abspath $(HELDOUT_OUT))) OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_corpus.py
 

@@ -29,7 +29,13 @@ from onnx import numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from .gcutil import paused_gc
-from .protos import DEQUANTIZE, QUANTIZE, small_tensor_array
+from .protos import DEQUANTIZE, QUANTIZE, is_float_dtype, small_tensor_array
+
+# graph-surgeon warns on every bfloat16 constant read ("will be casted to a supported data type",
+# hundreds of lines on a ModelOpt bf16 graph) and about its optional colour module: QGraph keeps
+# the graph's float type itself (``float_constant``; bf16 graphs export bf16, tested), so those
+# lines are noise to users. Its errors still print.
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 
 Node = gs.Node
 Tensor = gs.Tensor
@@ -644,14 +650,14 @@ def _tensor_float_type(t: Tensor) -> np.dtype | None:
         if dt is not None:
             return _FLOAT_TYPES.get(dt)
         kind = np.asarray(t.values).dtype
-        return kind if kind.kind == "f" or kind.name == "bfloat16" else None
+        return kind if is_float_dtype(kind) else None
     if t.dtype is None:
         return None
     try:
         dt = np.dtype(t.dtype)
     except TypeError:
         return None
-    return dt if dt.kind == "f" or dt.name == "bfloat16" else None
+    return dt if is_float_dtype(dt) else None
 
 
 def _detect_float_type(graph: gs.Graph) -> np.dtype:

@@ -15,6 +15,12 @@ DEQUANTIZE = "DequantizeLinear"
 QDQ_OPS = (QUANTIZE, DEQUANTIZE)
 
 
+def is_float_dtype(dtype: np.dtype) -> bool:
+    """A float numpy type, bfloat16 included (ml_dtypes' bfloat16 has kind 'V', not 'f')."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
 def attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
     """An integer attribute of a node (e.g. a Q/DQ's ``axis``, ``block_size``, ``output_dtype``)."""
     return next((a.i for a in node.attribute if a.name == name), default)

@@ -20,6 +20,7 @@ import onnx
 
 from .graph import Node, QGraph, constant_value
 from .ops import CONV_OPS, WEIGHTED_OPS
+from .protos import is_float_dtype
 from .trt_patterns import output_channel_axis, weight_tensor
 
 SLACK = 1e-3  # in steps: float32 division and rounding in the quantizer
@@ -165,7 +166,7 @@ def reference_weights(
         if len(op.inputs) < 2:
             continue
         value = constant_value(op.inputs[1])
-        if value is None or np.asarray(value).dtype.kind != "f":
+        if value is None or not is_float_dtype(np.asarray(value).dtype):
             continue
         q, scale, zp = wanted[op.name]
         w = np.asarray(value, np.float32)

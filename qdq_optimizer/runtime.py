@@ -196,6 +196,15 @@ def _as_input(inp, arr: np.ndarray) -> np.ndarray:
     elif arr.dtype != dtype:
         if np.issubdtype(arr.dtype, np.floating):
             raise InputError(f"inputs for '{inp.name}' are {arr.dtype}; the model takes {inp.type}")
+        if np.issubdtype(dtype, np.integer) and arr.size:
+            info = np.iinfo(dtype)  # a cast would wrap values silently (uint8 200 -> int8 -56)
+            lo, hi = arr.min(), arr.max()
+            if lo < info.min or hi > info.max:
+                raise InputError(
+                    f"inputs for '{inp.name}' hold {arr.dtype} values {lo}..{hi}, outside "
+                    f"{inp.type}; give the values the model takes (an int8 graph input, as "
+                    "ModelOpt's --direct_io_types writes, reads the quantized image)"
+                )
         arr = arr.astype(dtype)
     return arr
 

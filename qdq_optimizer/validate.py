@@ -27,6 +27,7 @@ from .protos import (
     attr_int,
     constant_payload,
     implicit_quant_dtype,
+    is_float_dtype,
 )
 
 MIN_OPSET = 13
@@ -278,7 +279,7 @@ def _check_qdq(
     if isinstance(scale_src, TensorProto) and scale_src.data_type not in _SCALE_TYPES:
         raise InputError(f"{label} scale has type {_dtype_name(scale_src.data_type)}, not float")
     scale = _to_array(scale_src, f"{label} scale")
-    if scale.dtype.kind != "f" and scale.dtype.name != "bfloat16":
+    if not is_float_dtype(scale.dtype):
         raise InputError(f"{label} scale has dtype {scale.dtype}, not float")
     if scale.size == 0:
         raise InputError(f"{label} has an empty scale")

@@ -103,6 +103,19 @@ def test_static_batch_of_two_and_integer_inputs() -> None:
     assert feed["i"].dtype == np.int64  # integers are widened, not scaled
 
 
+def test_integer_samples_outside_an_integer_input_are_refused() -> None:
+    """ModelOpt's --direct_io_types makes the graph input int8 (the quantized image): uint8
+    photos cast to it would wrap (200 -> -56) into silent garbage, so they are refused."""
+    i = helper.make_tensor_value_info("i", TensorProto.INT8, [1, 2])
+    o = helper.make_tensor_value_info("o", TensorProto.INT8, [1, 2])
+    g = helper.make_graph([helper.make_node("Identity", ["i"], ["o"])], "g", [i], [o])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    with pytest.raises(InputError, match=r"uint8 values 3..200, outside tensor\(int8\)"):
+        feed_batches(session(m), {"i": np.array([[3, 200]], np.uint8)})
+    (feed,) = feed_batches(session(m), {"i": np.array([[3, 127]], np.uint8)})
+    assert feed["i"].tolist() == [[3, 127]] and feed["i"].dtype == np.int8
+
+
 def test_run_joins_the_outputs_of_every_batch() -> None:
     x = np.random.default_rng(1).normal(size=(3, 3, 4, 4)).astype(np.float32)
     out = run(relu_model(), {"x": x})["y"]

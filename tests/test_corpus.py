@@ -11,6 +11,7 @@ turns them into XPASS failures, and the entry is then deleted from that file.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,18 @@ def test_criterion_fails_a_held_out_set_too_small_to_resolve_the_tolerance(tmp_p
     big = corpus.evaluate(_held_out_entry(tmp_path, many), input_lint=False)
     assert big.held_out == 64 and big.effective_samples >= corpus.MIN_EFFECTIVE_SAMPLES
     assert not any(r.startswith("held-out set too small") for r in big.reasons)
+
+
+def test_an_input_onnx_runtime_cannot_run_is_not_judged_but_still_checked(tmp_path) -> None:
+    """A bf16 graph (no CPU kernel) or an int8 graph input the photos cannot feed: the criterion
+    says "not judged" instead of crashing the table, and still optimizes (without samples) and
+    checks the result's validity, lint and INT8 ops."""
+    bad = np.zeros((4, 3, 9, 9))  # not the model's 8x8: every run of it fails the same way
+    res = corpus.evaluate(_held_out_entry(tmp_path, bad), input_lint=False)
+    assert res.reasons[0].startswith("not judged: ONNX Runtime cannot run the input")
+    assert res.exit_code == 0 and res.valid and res.problems_after == 0
+    assert res.int8_ops_after == res.int8_ops_before == 2 and math.isnan(res.sqnr_after)
+    assert not res.passed
 
 
 def test_a_cached_set_is_kept_only_while_its_generator_is_unchanged(tmp_path) -> None:

@@ -39,6 +39,7 @@ from onnx import helper
 
 from .. import asymmetric as asym
 from ..graph import Node, QGraph, QParams, Tensor, constant_value
+from ..protos import is_float_dtype
 from ..report import Change
 from ..trt_patterns import conv_data_readers
 from .clamps import clip_bounds
@@ -96,7 +97,7 @@ def _scaled_constant(graph: QGraph, t: Tensor, factor: np.ndarray, name: str):
     """A new float constant ``t * factor`` over axis 0 (None if ``t`` is not a float
     constant whose axis 0 is a multiple of the factor's channels)."""
     v = constant_value(t)
-    if v is None or np.asarray(v).dtype.kind != "f" or np.ndim(v) == 0:
+    if v is None or not is_float_dtype(np.asarray(v).dtype) or np.ndim(v) == 0:
         return None
     f = _expand(factor, np.shape(v)[0])
     if f is None:

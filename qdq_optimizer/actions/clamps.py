@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 
 from ..graph import Node, QGraph, Tensor, constant_value
 from ..ops import DATA_MOVEMENT_OPS
+from ..protos import is_float_dtype
 
 # Ops whose output lies in a fixed interval whatever their input.
 BOUNDED_OPS = {
@@ -138,4 +139,4 @@ def _float_dtype(t: Tensor) -> np.dtype | None:
         dt = np.dtype(t.dtype) if t.dtype is not None else None
     except TypeError:
         return None
-    return dt if dt is not None and np.issubdtype(dt, np.floating) else None
+    return dt if dt is not None and is_float_dtype(dt) else None

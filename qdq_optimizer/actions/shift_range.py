@@ -28,6 +28,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..graph import Node, QGraph, Tensor, constant_value
+from ..protos import is_float_dtype
 from ..report import Change
 from ..trt_patterns import conv_data_readers, is_ignored, per_tensor_int8
 from .clamps import clip_bounds
@@ -75,7 +76,7 @@ def _weight(graph: QGraph, conv: Node) -> np.ndarray | None:
     w_t = conv.inputs[1]
     raw = constant_value(w_t)
     if raw is not None:
-        return np.asarray(raw, np.float64) if np.asarray(raw).dtype.kind == "f" else None
+        return np.asarray(raw, np.float64) if is_float_dtype(np.asarray(raw).dtype) else None
     dq = graph.producer(w_t)
     if not graph.is_dq(dq):
         return None

@@ -27,6 +27,7 @@ import onnx_graphsurgeon as gs
 from ..commute import is_int8_tensor
 from ..graph import DEQUANTIZE, Node, QGraph, constant_value
 from ..ops import WEIGHTED_OPS
+from ..protos import is_float_dtype
 from ..reference_weights import float_weight_for
 from ..report import Change
 from ..trt_patterns import is_ignored, per_tensor_int8, weight_axis
@@ -219,7 +220,9 @@ def quantize_float_weights(
         return []
     x, wt = w.inputs[0], w.inputs[1]
     value = constant_value(wt)
-    if value is None or np.asarray(value).dtype.kind != "f" or not _quantized_input(graph, x):
+    if value is None or not is_float_dtype(np.asarray(value).dtype):
+        return []
+    if not _quantized_input(graph, x):
         return []
     if w.op == "ConvTranspose" and int(w.attrs.get("group", 1)) != 1:
         return []

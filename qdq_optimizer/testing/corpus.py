@@ -279,15 +279,16 @@ def quantized_weighted_ops(model: onnx.ModelProto) -> list[str]:
     ]
 
 
-def model_error(model: onnx.ModelProto) -> str | None:
-    """None when the model passes the checker's full check, strict shape inference and loads in
-    ONNX Runtime; else the first failure in one line."""
+def model_error(model: onnx.ModelProto, load: bool = True) -> str | None:
+    """None when the model passes the checker's full check, strict shape inference and (``load``)
+    loads in ONNX Runtime; else the first failure in one line."""
     from ..runtime import session
 
     try:
         onnx.checker.check_model(model, full_check=True)
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-        session(model)
+        if load:
+            session(model)
     except Exception as exc:  # checker, shape inference and ORT raise their own types
         return " ".join(str(exc).split())[:300]
     return None
@@ -346,15 +347,21 @@ def evaluate(
     before_ops = quantized_weighted_ops(source)
     res.int8_ops_before = len(before_ops)
     res.int8_ops_ignored = sum(1 for n in before_ops if name_matches(n, patterns))
-    res.sqnr_before = output_sqnr(entry.model, entry.reference, entry.inputs)
-    noise = model_sample_noise(entry.model, entry.reference, entry.inputs)
-    res.held_out, res.effective_samples = len(noise), effective_samples(noise)
-    if not res.effective_samples >= MIN_EFFECTIVE_SAMPLES:
-        res.reasons.append(
-            f"held-out set too small: the input's error rests on {res.effective_samples:.1f} of "
-            f"{res.held_out} samples (Kish; at least {MIN_EFFECTIVE_SAMPLES:g})"
-        )
-    task = task_function(entry)
+    try:
+        res.sqnr_before = output_sqnr(entry.model, entry.reference, entry.inputs)
+    except QdqoptError as exc:  # e.g. bf16 Q/DQ: ONNX Runtime's CPU provider has no kernel
+        res.reasons.append(f"not judged: ONNX Runtime cannot run the input ({str(exc)[:160]})")
+        runs = False
+    else:
+        runs = True
+        noise = model_sample_noise(entry.model, entry.reference, entry.inputs)
+        res.held_out, res.effective_samples = len(noise), effective_samples(noise)
+        if not res.effective_samples >= MIN_EFFECTIVE_SAMPLES:
+            res.reasons.append(
+                f"held-out set too small: the input's error rests on {res.effective_samples:.1f}"
+                f" of {res.held_out} samples (Kish; at least {MIN_EFFECTIVE_SAMPLES:g})"
+            )
+    task = task_function(entry) if runs else None
     if task is not None:
         res.task_float = task(str(entry.reference), str(entry.inputs))
         res.task_before = task(str(entry.model), str(entry.inputs))
@@ -370,7 +377,7 @@ def evaluate(
             source,
             ruleset,
             ignore=entry.ignore,
-            calibration_data=entry.calibration,
+            calibration_data=entry.calibration if runs else None,  # samples need ORT
             reference=entry.reference if with_reference else None,
         )
     except QdqoptError as exc:
@@ -395,7 +402,7 @@ def evaluate(
             f"optimize took {rules_cpu:.2f} s of CPU time besides calibration (limit {time_limit_s} s)"
         )
 
-    error = model_error(out)
+    error = model_error(out, load=runs)  # what ORT cannot run as input it cannot run as output
     res.valid = error is None
     if error is not None:
         res.reasons.append(f"invalid output: {error}")
@@ -428,6 +435,8 @@ def evaluate(
             f"({res.int8_ops_ignored} ignored); lost: {lost or '?'}"
         )
 
+    if not runs:
+        return res
     res.sqnr_after = output_sqnr(out, entry.reference, entry.inputs)
     if not res.sqnr_after >= res.sqnr_before - sqnr_tolerance_db:
         res.reasons.append(
