@@ -11,7 +11,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .calibration import CalibrationData, measure_histograms, measure_ranges
+from .actions.mean_keep import INPUT_MEANS
+from .calibration import (
+    CalibrationData,
+    measure_channel_means,
+    measure_histograms,
+    measure_ranges,
+)
 from .contrib_qdq import to_default_domain
 from .errors import UsageError
 from .fixpoint import DEFAULT_MAX_ITERATIONS, apply_rules
@@ -165,7 +171,9 @@ def calibration_pre_pass(model: onnx.ModelProto, data: CalibrationData) -> dict[
     """What the rules get from calibration samples, measured once before they run: the largest
     |x| of every activation tensor (``observed_ranges``), the number of ONNX Runtime batches
     (``observed_runs``) and a histogram of |x| for every tensor an activation Q reads
-    (``observed_histograms``), so scale choices compare errors without running a model."""
+    (``observed_histograms``), so scale choices compare errors without running a model, and the
+    per-channel mean of every Conv/Gemm data input (``observed_input_means``, by op name), so a
+    rule that re-rounds weights keeps the op's output mean."""
     ranges = measure_ranges(model, data)
     runs = data.runs
     constants = {t.name for t in model.graph.initializer} | {
@@ -179,11 +187,18 @@ def calibration_pre_pass(model: onnx.ModelProto, data: CalibrationData) -> dict[
         }
     )
     histograms = measure_histograms(model, data, ranges, quantized)
+    weighted = {
+        n.name: n.input[0]
+        for n in model.graph.node
+        if n.op_type in ("Conv", "Gemm") and n.name and len(n.input) > 1 and n.input[0]
+    }
+    means = measure_channel_means(model, data, weighted)
     data.runs = runs
     return {
         "observed_ranges": ranges,
         "observed_runs": runs,
         "observed_histograms": histograms,
+        INPUT_MEANS: means,
     }
 
 
@@ -191,10 +206,18 @@ def reference_weight_pre_pass(
     model: onnx.ModelProto, reference: onnx.ModelProto, warnings: list[str]
 ) -> dict[str, Any]:
     """The float weights of ``reference`` that ``model``'s per-tensor int8 weights were rounded
-    from (``reference_weights``), for ``weight-per-channel``; a warning names those it lacks."""
-    from .reference_weights import FLOAT_WEIGHTS, reference_weights
+    from (``reference_weights``), for ``weight-per-channel``; a warning names those it lacks. And
+    the ops whose bias the producer corrected for its rounding (``corrected_biases``): only
+    theirs keep their output mean when a rule re-rounds their weights (``mean_keep``)."""
+    from .reference_weights import (
+        BIAS_CORRECTED,
+        FLOAT_WEIGHTS,
+        corrected_biases,
+        reference_weights,
+    )
 
     found, missing = reference_weights(model, reference)
+    corrected = corrected_biases(model, reference)
     if missing:
         shown = ", ".join(f"'{n}'" for n in missing[:3]) + (" ..." if len(missing) > 3 else "")
         warnings.append(
@@ -202,7 +225,10 @@ def reference_weight_pre_pass(
             "weight there that rounds to them (same node name and shape, BN folded or not): "
             "they stay per tensor"
         )
-    return {FLOAT_WEIGHTS: found} if found else {}
+    settings: dict[str, Any] = {FLOAT_WEIGHTS: found} if found else {}
+    if corrected:
+        settings[BIAS_CORRECTED] = corrected
+    return settings
 
 
 def _optimize_loaded(

@@ -202,3 +202,40 @@ def measure_histograms(
             h, _ = np.histogram(a, bins=HISTOGRAM_BINS, range=(0.0, ranges[n]))
             counts[n] += h
     return counts
+
+
+def measure_channel_means(
+    model: onnx.ModelProto, data: CalibrationData, inputs: dict[str, str]
+) -> dict[str, np.ndarray]:
+    """Part of the pre-pass: the mean of each named tensor per channel (axis 1, over samples and
+    every other axis), quantization off. ``inputs``: op name -> the tensor its data input reads;
+    the result is keyed by op name. The rules that re-round a weighted op's weights keep its
+    output mean with them (``actions/mean_keep.py``)."""
+    from .runtime import feed_batches, session
+
+    bypassed, alias = _bypass(model)
+    source = {op: alias.get(t, t) for op, t in inputs.items()}
+    if not source:
+        return {}
+    graph_inputs = {i.name for i in bypassed.graph.input}
+    fetch = sorted({s for s in source.values() if s not in graph_inputs})
+    present = {o.name for o in bypassed.graph.output}
+    for name in fetch:
+        if name not in present:
+            bypassed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    sess = session(bypassed)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for feed in feed_batches(sess, data.arrays, dynamic_batch=1):
+        values = dict(zip(fetch, sess.run(fetch, feed), strict=True)) if fetch else {}
+        values.update({n: feed[n] for n in graph_inputs if n in feed})
+        for src in set(source.values()):
+            v = np.asarray(values[src], dtype=np.float64)
+            if v.ndim < 2 or not np.isfinite(v).all():
+                continue
+            s = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1).sum(axis=1)
+            if src in sums and sums[src].shape != s.shape:
+                continue
+            sums[src] = sums.get(src, 0.0) + s
+            counts[src] = counts.get(src, 0) + v.size // v.shape[1]
+    return {op: sums[s] / counts[s] for op, s in source.items() if counts.get(s)}

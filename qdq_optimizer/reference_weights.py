@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from .biases import float_bias
 from .graph import Node, QGraph, constant_value
 from .ops import CONV_OPS, WEIGHTED_OPS
 from .protos import is_float_dtype
@@ -25,6 +26,7 @@ from .trt_patterns import output_channel_axis, weight_tensor
 
 SLACK = 1e-3  # in steps: float32 division and rounding in the quantizer
 FLOAT_WEIGHTS = "observed_float_weights"  # the setting: op name -> float weight
+BIAS_CORRECTED = "bias_corrected_ops"  # the setting: ops whose bias the producer corrected
 
 
 def float_weight_for(graph: QGraph, dq: Node, settings: dict) -> np.ndarray | None:
@@ -177,3 +179,98 @@ def reference_weights(
                 found[op.name] = candidate
                 break
     return found, [name for name in wanted if name not in found]
+
+
+def _reference_biases(ref: QGraph, op: Node) -> list[np.ndarray]:
+    """The bias a float op adds (zeros without one), and with the BatchNormalization or the
+    constant Add (a Paddle export's bias) that alone reads its output folded in, as ONNX
+    Runtime's pre-processing folds them: the forms a quantizer's own copy of that bias can take."""
+    cout = _out_channels(op)
+    if cout is None:
+        return []
+    b = np.zeros(cout, np.float64)
+    if len(op.inputs) > 2 and op.inputs[2].name:
+        value = constant_value(op.inputs[2])
+        if value is None or np.size(value) != cout:
+            return []
+        b = np.asarray(value, np.float64).reshape(-1)
+    forms = [b]
+    readers = op.outputs[0].outputs if op.outputs else []
+    if len(readers) == 1 and readers[0].op == "Add":
+        other = [t for t in readers[0].inputs if t is not op.outputs[0]]
+        value = _layout_constant(ref, other[0]) if len(other) == 1 else None
+        if value is not None and np.size(value) == cout:
+            forms.append(b + np.asarray(value, np.float64).reshape(-1))
+    if op.op in CONV_OPS and len(readers) == 1 and readers[0].op == "BatchNormalization":
+        bn = readers[0]
+        params = [constant_value(t) for t in bn.inputs[1:5]]
+        if all(p is not None and np.size(p) == cout for p in params):
+            gamma, beta, mean, var = (np.asarray(p, np.float64).reshape(-1) for p in params)
+            g = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+            forms.append((b - mean) * g + beta)
+    return forms
+
+
+def _layout_constant(graph: QGraph, t) -> np.ndarray | None:
+    """A constant, or one behind Reshape/Unsqueeze/Identity (a Paddle export's bias)."""
+    for _ in range(4):
+        value = constant_value(t)
+        if value is not None:
+            return value
+        p = graph.producer(t)
+        if p is None or p.op not in ("Reshape", "Unsqueeze", "Identity") or not p.inputs:
+            return None
+        t = p.inputs[0]
+    return None
+
+
+def _out_channels(op: Node) -> int | None:
+    w = constant_value(op.inputs[1]) if len(op.inputs) > 1 else None
+    if w is None or np.ndim(w) < 2:
+        return None
+    axis = output_channel_axis(op, np.ndim(w))
+    return None if axis is None else int(np.shape(w)[axis])
+
+
+BIAS_TOLERANCE = 1e-3  # relative to max(1, |b|): ONNX Runtime's int32 bias rounds far below it
+
+
+def corrected_biases(model: onnx.ModelProto, reference: onnx.ModelProto) -> set[str]:
+    """Names of the Conv/Gemm ops whose bias in ``model`` is not the reference model's (plain or
+    with its BatchNormalization folded): the producer corrected it for the weights it rounded
+    (NNCF's bias correction), so re-rounding those weights must keep the output mean
+    (``actions/mean_keep.py``). Unmatched ops are left out: their weights re-round as before."""
+    graph, ref = QGraph.from_model(model), QGraph.from_model(reference)
+    mine, theirs = _unique_names(graph), _unique_names(ref)
+    ref_ops = {op.name: op for op in ref.nodes if op.name in theirs}
+    out: set[str] = set()
+    for op in graph.nodes:
+        if op.op not in ("Conv", "Gemm") or op.name not in mine or op.name not in ref_ops:
+            continue
+        readers = op.outputs[0].outputs if op.outputs else []
+        if any(r.op == "BatchNormalization" for r in readers):
+            continue  # its bias is partly the BN's (a pytorch-quantization export): no comparison
+        forms = _reference_biases(ref, ref_ops[op.name])
+        b = float_bias(graph, op, forms[0].size) if forms else None
+        if b is None:
+            continue
+        step = _bias_step(graph, op)  # an int32 bias rounds the float one to this grid
+        tol = [
+            max(BIAS_TOLERANCE * max(1.0, float(np.abs(f).max(initial=0.0))), 0.51 * step)
+            for f in forms
+        ]
+        if all(np.abs(b - f).max(initial=0.0) > t for f, t in zip(forms, tol, strict=True)):
+            out.add(op.name)
+    return out
+
+
+def _bias_step(graph: QGraph, op: Node) -> float:
+    """The largest step of an int32 bias DQ (ONNX Runtime rounds the bias to ``s_x s_w``, which
+    per-tensor weights make coarse); 0 for a float bias."""
+    dq = graph.producer(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2].name else None
+    if not graph.is_dq(dq):
+        return 0.0
+    try:
+        return float(np.max(graph.qparams(dq).scale))
+    except ValueError:
+        return 0.0

@@ -48,6 +48,9 @@ def session(model: ModelLike):
     # runs each next to its consumer. Without the arena a second run does not grow memory again.
     opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     opts.enable_cpu_mem_arena = False
+    # idle pool threads spin by default, burning CPU after each run that the rules' own CPU
+    # time then shows (and a 2-core machine's other work loses): these sessions check, not serve
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
     def open_session(src):
         try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..biases import float_bias, set_float_bias
 from ..graph import Node, QGraph, Tensor, constant_value
 from ..protos import is_float_dtype
 from ..report import Change
@@ -52,22 +53,6 @@ def _clip_bounds(act: Node) -> tuple[float, float | None] | None:
     if bounds is None or bounds[0] != 0.0 or not bounds[1] > 0:
         return None
     return 0.0, None if np.isinf(bounds[1]) else bounds[1]
-
-
-def _bias(conv: Node, cout: int) -> np.ndarray | None:
-    if len(conv.inputs) > 2 and conv.inputs[2].name:
-        b = constant_value(conv.inputs[2])
-        return None if b is None else np.asarray(b, np.float64).reshape(-1)
-    return np.zeros(cout, np.float64)
-
-
-def _set_bias(graph: QGraph, conv: Node, bias: np.ndarray) -> None:
-    c = graph.float_constant(f"{conv.name}_bias", bias.astype(np.float32))
-    if len(conv.inputs) > 2:
-        graph.set_input(conv, 2, c)
-    else:
-        conv.inputs.append(c)
-        graph.touch()
 
 
 def _weight(graph: QGraph, conv: Node) -> np.ndarray | None:
@@ -125,8 +110,8 @@ def shift_one_sided(
     w_prod = _weight(graph, conv)
     if w_prod is None or any(w is None for w in weights):
         return []
-    b_prod = _bias(conv, w_prod.shape[0])
-    biases = [_bias(c, w.shape[0]) for c, w in zip(consumers, weights, strict=True)]
+    b_prod = float_bias(graph, conv, w_prod.shape[0])
+    biases = [float_bias(graph, c, w.shape[0]) for c, w in zip(consumers, weights, strict=True)]
     if b_prod is None or any(b is None for b in biases):
         return []
     step = float(graph.to_float_type(np.float32(p.scale.reshape(-1)[0] / 2)))
@@ -141,9 +126,9 @@ def shift_one_sided(
     )
     if ctx.dry_run:
         return [change]
-    _set_bias(graph, conv, b_prod - c)
+    set_float_bias(graph, conv, b_prod - c)
     for k, w, b in zip(consumers, weights, biases, strict=True):
-        _set_bias(graph, k, b + c * w.reshape(w.shape[0], -1).sum(axis=1))
+        set_float_bias(graph, k, b + c * w.reshape(w.shape[0], -1).sum(axis=1))
     ins = [act.inputs[0], graph.float_constant(f"{act.name}_min", np.float32(lo - c))]
     if hi is not None:
         ins.append(graph.float_constant(f"{act.name}_max", np.float32(hi - c)))

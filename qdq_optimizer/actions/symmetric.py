@@ -21,6 +21,7 @@ from ..graph import DEQUANTIZE, QUANTIZE, Node, QGraph, QParams, constant_value
 from ..reference_weights import float_weight_for
 from ..report import Change
 from ..trt_patterns import input_quantized, is_weighted, weight_axis, weight_tensor
+from .mean_keep import keep_means
 from .registry import ActionContext, register_action
 from .weighted import dequantize_np, quantize_np
 
@@ -195,17 +196,20 @@ def _convert_weight(graph: QGraph, dq: Node, ctx: ActionContext, stats: dict) ->
         w = dequantize_np(raw, p.scale, p.zero_point, p.axis)
     axis = weight_axis(graph, dq.outputs[0])
     stats["weights"] += 1
+    wq, scale = symmetric_weight(w, axis, graph)
+    w_old = _current_weight(raw, p, pair)
+    kept = keep_means(graph, dq.outputs[0], w_old, dequantize_np(wq, scale, None, axis), ctx)
     change = Change(
         "requantize",
         [n.name for n in ((q, dq) if pair else (dq,))],
         f"{onnx.TensorProto.DataType.Name(p.dtype).lower()} weight "
         f"'{(q.inputs[0] if pair else src).name}' -> symmetric int8 "
         + (f"per-channel (axis {axis})" if axis is not None else "per-tensor")
-        + (" from the reference model's float weight" if reference is not None else ""),
+        + (" from the reference model's float weight" if reference is not None else "")
+        + (f"; {kept}" if kept else ""),
     )
     if ctx.dry_run:
         return change
-    wq, scale = symmetric_weight(w, axis, graph)
     zp = np.zeros(np.shape(scale), np.int8)
     if pair:
         for n in (q, dq):
@@ -259,6 +263,21 @@ def _widen_nibble_weight(
         graph, dq, p.scale, np.zeros(p.scale.shape, np.int8), p.axis if p.scale.ndim else None
     )
     return change
+
+
+def _current_weight(raw: np.ndarray, p: QParams, pair: bool) -> np.ndarray:
+    """What the weight DQ computes now: its integers dequantized, or (pair form) the Q's
+    rounding of the float weight at its own type's range."""
+    if not pair:
+        return dequantize_np(raw, p.scale, p.zero_point, p.axis)
+    lo, hi = asym.INT_RANGES[p.dtype]
+    w = np.asarray(raw, np.float64)
+    shape = [1] * w.ndim
+    if p.scale.size > 1:
+        shape[p.axis % w.ndim] = -1
+    s = np.asarray(p.scale, np.float64).reshape(shape if p.scale.size > 1 else ())
+    z = 0.0 if p.zero_point is None else np.asarray(p.zero_point, np.float64).reshape(s.shape)
+    return (np.clip(np.rint(w / s) + z, lo, hi) - z) * s
 
 
 def new_stats() -> dict:

@@ -31,6 +31,7 @@ from ..protos import is_float_dtype
 from ..reference_weights import float_weight_for
 from ..report import Change
 from ..trt_patterns import is_ignored, per_tensor_int8, weight_axis
+from .mean_keep import keep_means
 from .registry import ActionContext, register_action
 from .symmetric import symmetric_weight
 from .weighted import dequantize_np, quantize_np
@@ -189,12 +190,14 @@ def weight_per_channel(
     narrow = int(np.sum(codes < 63.5))
     gain = "all of it" if after == 0 else f"{10 * np.log10(before / after):.1f} dB"
     name = q.inputs[0].name if q is not None else dq.inputs[0].name
+    w_old, w_new = dequantize_np(held, p.scale, None, None), dequantize_np(wq, scale, None, axis)
+    kept = keep_means(graph, t, w_old, w_new, ctx)  # each reader's bias, before the weights change
     change = Change(
         "requantize",
         [n.name for n in (q, dq) if n is not None],
         f"weight '{name}' {list(w.shape)} of '{op.name}' per-tensor -> per-channel (axis {axis}, "
         f"max/127) from {source}: {narrow} of {w.shape[axis]} output channels used under 64 of "
-        f"127 codes; weight rounding error down {gain} (not exact)",
+        f"127 codes; weight rounding error down {gain} (not exact)" + (f"; {kept}" if kept else ""),
     )
     if ctx.dry_run:
         return [change]
