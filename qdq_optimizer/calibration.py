@@ -172,6 +172,24 @@ def observed_ranges(
 HISTOGRAM_BINS = 2048
 
 
+def _batches_of(bypassed: onnx.ModelProto, names: set[str], data: CalibrationData):
+    """Per ONNX Runtime batch of the samples: the named tensors of an activation-bypassed model
+    (graph inputs included), for the pre-pass's measurements."""
+    from .runtime import feed_batches, session
+
+    graph_inputs = {i.name for i in bypassed.graph.input}
+    fetch = sorted(n for n in names if n not in graph_inputs)
+    present = {o.name for o in bypassed.graph.output}
+    for name in fetch:
+        if name not in present:
+            bypassed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    sess = session(bypassed)
+    for feed in feed_batches(sess, data.arrays, dynamic_batch=1):
+        values = dict(zip(fetch, sess.run(fetch, feed), strict=True)) if fetch else {}
+        values.update({n: feed[n] for n in graph_inputs if n in feed})
+        yield values
+
+
 def measure_histograms(
     model: onnx.ModelProto, data: CalibrationData, ranges: dict[str, float], names: Sequence[str]
 ) -> dict[str, np.ndarray]:
@@ -179,23 +197,12 @@ def measure_histograms(
     amax from ``ranges``) of each named activation tensor on the samples, quantization off. The
     rules compare candidate scales on it (``histogram.quantization_error``) without running
     anything themselves."""
-    from .runtime import feed_batches, session
-
     bypassed, alias = _bypass(model)
     source = {n: alias.get(n, n) for n in names if ranges.get(n, 0.0) > 0}
     if not source:
         return {}
-    graph_inputs = {i.name for i in bypassed.graph.input}
-    fetch = sorted({s for s in source.values() if s not in graph_inputs})
-    present = {o.name for o in bypassed.graph.output}
-    for name in fetch:
-        if name not in present:
-            bypassed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    sess = session(bypassed)
     counts = {n: np.zeros(HISTOGRAM_BINS, dtype=np.int64) for n in source}
-    for feed in feed_batches(sess, data.arrays, dynamic_batch=1):
-        values = dict(zip(fetch, sess.run(fetch, feed), strict=True)) if fetch else {}
-        values.update({n: feed[n] for n in graph_inputs if n in feed})
+    for values in _batches_of(bypassed, set(source.values()), data):
         for n, src in source.items():
             a = np.abs(np.asarray(values[src], dtype=np.float32).reshape(-1))
             a = a[np.isfinite(a)]
@@ -211,24 +218,13 @@ def measure_channel_means(
     every other axis), quantization off. ``inputs``: op name -> the tensor its data input reads;
     the result is keyed by op name. The rules that re-round a weighted op's weights keep its
     output mean with them (``actions/mean_keep.py``)."""
-    from .runtime import feed_batches, session
-
     bypassed, alias = _bypass(model)
     source = {op: alias.get(t, t) for op, t in inputs.items()}
     if not source:
         return {}
-    graph_inputs = {i.name for i in bypassed.graph.input}
-    fetch = sorted({s for s in source.values() if s not in graph_inputs})
-    present = {o.name for o in bypassed.graph.output}
-    for name in fetch:
-        if name not in present:
-            bypassed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    sess = session(bypassed)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for feed in feed_batches(sess, data.arrays, dynamic_batch=1):
-        values = dict(zip(fetch, sess.run(fetch, feed), strict=True)) if fetch else {}
-        values.update({n: feed[n] for n in graph_inputs if n in feed})
+    for values in _batches_of(bypassed, set(source.values()), data):
         for src in set(source.values()):
             v = np.asarray(values[src], dtype=np.float64)
             if v.ndim < 2 or not np.isfinite(v).all():
