@@ -14,9 +14,8 @@ import onnx
 from .actions.mean_keep import INPUT_MEANS
 from .calibration import (
     CalibrationData,
-    measure_channel_means,
     measure_histograms,
-    measure_ranges,
+    measure_ranges_and_means,
 )
 from .contrib_qdq import to_default_domain
 from .errors import UsageError
@@ -174,7 +173,12 @@ def calibration_pre_pass(model: onnx.ModelProto, data: CalibrationData) -> dict[
     (``observed_histograms``), so scale choices compare errors without running a model, and the
     per-channel mean of every Conv/Gemm data input (``observed_input_means``, by op name), so a
     rule that re-rounds weights keeps the op's output mean."""
-    ranges = measure_ranges(model, data)
+    weighted = {
+        n.name: n.input[0]
+        for n in model.graph.node
+        if n.op_type in ("Conv", "Gemm") and n.name and len(n.input) > 1 and n.input[0]
+    }
+    ranges, means = measure_ranges_and_means(model, data, set(weighted.values()))
     runs = data.runs
     constants = {t.name for t in model.graph.initializer} | {
         o for n in model.graph.node if n.op_type == "Constant" for o in n.output
@@ -187,18 +191,12 @@ def calibration_pre_pass(model: onnx.ModelProto, data: CalibrationData) -> dict[
         }
     )
     histograms = measure_histograms(model, data, ranges, quantized)
-    weighted = {
-        n.name: n.input[0]
-        for n in model.graph.node
-        if n.op_type in ("Conv", "Gemm") and n.name and len(n.input) > 1 and n.input[0]
-    }
-    means = measure_channel_means(model, data, weighted)
     data.runs = runs
     return {
         "observed_ranges": ranges,
         "observed_runs": runs,
         "observed_histograms": histograms,
-        INPUT_MEANS: means,
+        INPUT_MEANS: {op: means[t] for op, t in weighted.items() if t in means},
     }
 
 
@@ -216,8 +214,9 @@ def reference_weight_pre_pass(
         reference_weights,
     )
 
-    found, missing = reference_weights(model, reference)
-    corrected = corrected_biases(model, reference)
+    graphs = QGraph.from_model(model), QGraph.from_model(reference)  # indexed once for both
+    found, missing = reference_weights(model, reference, graphs)
+    corrected = corrected_biases(*graphs)
     if missing:
         shown = ", ".join(f"'{n}'" for n in missing[:3]) + (" ..." if len(missing) > 3 else "")
         warnings.append(

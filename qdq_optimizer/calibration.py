@@ -105,40 +105,57 @@ def measure_ranges(model: onnx.ModelProto, data: CalibrationData) -> dict[str, f
     """The calibration pre-pass: the largest finite |x| every activation tensor of ``model``
     takes on the samples with activation quantization off (tensor name -> amax; a bypassed DQ's
     output has its Q input's range). Tensors no sample reached, or that stay 0, are left out."""
+    return measure_ranges_and_means(model, data, set())[0]
+
+
+def measure_ranges_and_means(
+    model: onnx.ModelProto, data: CalibrationData, mean_of: set[str]
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """``measure_ranges``, and in the same inference pass the mean per channel (axis 1, over
+    samples and every other axis) of each tensor in ``mean_of`` (a bypassed DQ's output has its Q
+    input's): the rules that re-round a weighted op's weights keep its output mean with the
+    means of its data input (``actions/mean_keep.py``)."""
     bypassed, alias = _bypass(model)
     constants = {t.name for t in model.graph.initializer}
     names = {i.name for i in model.graph.input if i.name not in constants}
     names.update(o for n in bypassed.graph.node if n.op_type != "Constant" for o in n.output if o)
-    peak = _peaks(bypassed, sorted(names), data)
+    sources = {alias.get(t, t) for t in mean_of}
+    peak, means = _peaks(bypassed, names | sources, data, sources)
     for dq_out, src in alias.items():
         if src in peak:
             peak[dq_out] = peak[src]
-    return {n: v for n, v in peak.items() if v > 0}
+    ranges = {n: v for n, v in peak.items() if v > 0}
+    return ranges, {t: means[alias.get(t, t)] for t in mean_of if alias.get(t, t) in means}
 
 
-def _peaks(bypassed: onnx.ModelProto, names: list[str], data: CalibrationData) -> dict[str, float]:
-    """Largest finite |x| of each named tensor of an (activation-bypassed) model on the samples;
-    ``data.runs`` becomes the number of ONNX Runtime batches."""
-    from .runtime import feed_batches, session
-
-    graph_inputs = {i.name for i in bypassed.graph.input}
-    fetch = [n for n in names if n not in graph_inputs]
-    present = {o.name for o in bypassed.graph.output}
-    for name in fetch:
-        if name not in present:
-            bypassed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    sess = session(bypassed)
-    batches = feed_batches(sess, data.arrays, dynamic_batch=1)
-    data.runs = len(batches)
+def _peaks(
+    bypassed: onnx.ModelProto,
+    names: set[str],
+    data: CalibrationData,
+    mean_of: set[str] = frozenset(),
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Largest finite |x| of each named tensor of an (activation-bypassed) model on the samples,
+    and the per-channel mean of those in ``mean_of`` (all-finite batches of rank >= 2 only)."""
     peak: dict[str, float] = {}
-    for feed in batches:
-        values = dict(zip(fetch, sess.run(fetch, feed), strict=True)) if fetch else {}
-        values.update({n: feed[n] for n in names if n in graph_inputs})
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for values in _batches_of(bypassed, names, data):
         for n, v in values.items():
+            if n not in names:
+                continue
             amax = _finite_amax(np.asarray(v))
             if amax is not None:
                 peak[n] = max(peak.get(n, 0.0), amax)
-    return peak
+            if n in mean_of:
+                v = np.asarray(v, dtype=np.float64)
+                if v.ndim < 2 or not np.isfinite(v).all():
+                    continue
+                total = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1).sum(axis=1)
+                if n in sums and sums[n].shape != total.shape:
+                    continue
+                sums[n] = sums.get(n, 0.0) + total
+                counts[n] = counts.get(n, 0) + v.size // v.shape[1]
+    return peak, {n: sums[n] / counts[n] for n in sums if counts.get(n)}
 
 
 def _finite_amax(v: np.ndarray) -> float | None:
@@ -161,7 +178,7 @@ def observed_ranges(
     activation quantization off (None where no sample reached the group)."""
     if not groups:
         return []
-    peak = _peaks(bypass_activation_qdq(model), sorted({n for g in groups for n in g}), data)
+    peak = _peaks(bypass_activation_qdq(model), {n for g in groups for n in g}, data)[0]
     out: list[float | None] = []
     for g in groups:
         seen = [peak[n] for n in g if n in peak]
@@ -174,7 +191,8 @@ HISTOGRAM_BINS = 2048
 
 def _batches_of(bypassed: onnx.ModelProto, names: set[str], data: CalibrationData):
     """Per ONNX Runtime batch of the samples: the named tensors of an activation-bypassed model
-    (graph inputs included), for the pre-pass's measurements."""
+    (graph inputs included), for the pre-pass's measurements; ``data.runs`` becomes the number
+    of batches."""
     from .runtime import feed_batches, session
 
     graph_inputs = {i.name for i in bypassed.graph.input}
@@ -184,7 +202,9 @@ def _batches_of(bypassed: onnx.ModelProto, names: set[str], data: CalibrationDat
         if name not in present:
             bypassed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     sess = session(bypassed)
-    for feed in feed_batches(sess, data.arrays, dynamic_batch=1):
+    batches = feed_batches(sess, data.arrays, dynamic_batch=1)
+    data.runs = len(batches)
+    for feed in batches:
         values = dict(zip(fetch, sess.run(fetch, feed), strict=True)) if fetch else {}
         values.update({n: feed[n] for n in graph_inputs if n in feed})
         yield values
@@ -209,29 +229,3 @@ def measure_histograms(
             h, _ = np.histogram(a, bins=HISTOGRAM_BINS, range=(0.0, ranges[n]))
             counts[n] += h
     return counts
-
-
-def measure_channel_means(
-    model: onnx.ModelProto, data: CalibrationData, inputs: dict[str, str]
-) -> dict[str, np.ndarray]:
-    """Part of the pre-pass: the mean of each named tensor per channel (axis 1, over samples and
-    every other axis), quantization off. ``inputs``: op name -> the tensor its data input reads;
-    the result is keyed by op name. The rules that re-round a weighted op's weights keep its
-    output mean with them (``actions/mean_keep.py``)."""
-    bypassed, alias = _bypass(model)
-    source = {op: alias.get(t, t) for op, t in inputs.items()}
-    if not source:
-        return {}
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for values in _batches_of(bypassed, set(source.values()), data):
-        for src in set(source.values()):
-            v = np.asarray(values[src], dtype=np.float64)
-            if v.ndim < 2 or not np.isfinite(v).all():
-                continue
-            s = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1).sum(axis=1)
-            if src in sums and sums[src].shape != s.shape:
-                continue
-            sums[src] = sums.get(src, 0.0) + s
-            counts[src] = counts.get(src, 0) + v.size // v.shape[1]
-    return {op: sums[s] / counts[s] for op, s in source.items() if counts.get(s)}

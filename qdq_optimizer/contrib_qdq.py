@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto
 
 from .opset_upgrade import default_opset
-from .protos import DEQUANTIZE, QDQ_OPS, constant_payload, implicit_quant_dtype
+from .protos import DEQUANTIZE, QDQ_OPS, constant_payload, implicit_quant_dtype, payload_dtype
 
 CONTRIB_DOMAIN = "com.microsoft"
 
@@ -76,10 +76,7 @@ def to_default_domain(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | No
 
 def _payload_type(name: str, nodes, producer, inits) -> int | None:
     """The element type of a constant (initializer or Constant node), else None."""
-    payload = constant_payload(name, nodes, producer, inits)
-    if isinstance(payload, TensorProto):
-        return payload.data_type
-    return None if payload is None else onnx.helper.np_dtype_to_tensor_dtype(payload.dtype)
+    return payload_dtype(constant_payload(name, nodes, producer, inits))
 
 
 def _quant_type(node: onnx.NodeProto, nodes, producer, inits) -> int | None:

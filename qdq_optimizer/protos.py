@@ -15,6 +15,13 @@ DEQUANTIZE = "DequantizeLinear"
 QDQ_OPS = (QUANTIZE, DEQUANTIZE)
 
 
+def payload_dtype(payload: TensorProto | np.ndarray | None) -> int | None:
+    """The ONNX element type of a ``constant_payload`` (a TensorProto or a decoded value)."""
+    if isinstance(payload, TensorProto):
+        return payload.data_type
+    return None if payload is None else onnx.helper.np_dtype_to_tensor_dtype(payload.dtype)
+
+
 def is_float_dtype(dtype: np.dtype) -> bool:
     """A float numpy type, bfloat16 included (ml_dtypes' bfloat16 has kind 'V', not 'f')."""
     dtype = np.dtype(dtype)

@@ -150,16 +150,20 @@ def _may_hold_per_tensor_int8_weights(model: onnx.ModelProto) -> bool:
 
 
 def reference_weights(
-    model: onnx.ModelProto, reference: onnx.ModelProto
+    model: onnx.ModelProto,
+    reference: onnx.ModelProto,
+    graphs: tuple[QGraph, QGraph] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """(op name -> float weight of ``reference`` that ``model``'s per-tensor int8 weight was
-    rounded from; the names of the per-tensor int8 weights no float weight matched)."""
+    rounded from; the names of the per-tensor int8 weights no float weight matched).
+    ``graphs``: both models already indexed (else they are, when needed)."""
     if not _may_hold_per_tensor_int8_weights(model):
         return {}, []  # the common case, decided without indexing the graph
-    wanted = per_tensor_int8_weights(QGraph.from_model(model))
+    graph, ref = graphs or (QGraph.from_model(model), None)
+    wanted = per_tensor_int8_weights(graph)
     if not wanted:
         return {}, []
-    ref = QGraph.from_model(reference)
+    ref = ref or QGraph.from_model(reference)
     unique = _unique_names(ref)
     found: dict[str, np.ndarray] = {}
     for op in ref.topo_nodes():
@@ -235,12 +239,11 @@ def _out_channels(op: Node) -> int | None:
 BIAS_TOLERANCE = 1e-3  # relative to max(1, |b|): ONNX Runtime's int32 bias rounds far below it
 
 
-def corrected_biases(model: onnx.ModelProto, reference: onnx.ModelProto) -> set[str]:
-    """Names of the Conv/Gemm ops whose bias in ``model`` is not the reference model's (plain or
+def corrected_biases(graph: QGraph, ref: QGraph) -> set[str]:
+    """Names of the Conv/Gemm ops whose bias in ``graph`` is not the reference model's (plain or
     with its BatchNormalization folded): the producer corrected it for the weights it rounded
     (NNCF's bias correction), so re-rounding those weights must keep the output mean
     (``actions/mean_keep.py``). Unmatched ops are left out: their weights re-round as before."""
-    graph, ref = QGraph.from_model(model), QGraph.from_model(reference)
     mine, theirs = _unique_names(graph), _unique_names(ref)
     ref_ops = {op.name: op for op in ref.nodes if op.name in theirs}
     out: set[str] = set()

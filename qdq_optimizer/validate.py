@@ -28,6 +28,7 @@ from .protos import (
     constant_payload,
     implicit_quant_dtype,
     is_float_dtype,
+    payload_dtype,
 )
 
 MIN_OPSET = 13
@@ -308,11 +309,7 @@ def _check_qdq(
                 f"{label} zero point shape {list(zp.shape)} differs from scale shape "
                 f"{list(scale.shape)}"
             )
-        dtype = (
-            zp_src.data_type
-            if isinstance(zp_src, TensorProto)
-            else onnx.helper.np_dtype_to_tensor_dtype(zp.dtype)
-        )
+        dtype = payload_dtype(zp_src)
     else:
         dtype = implicit_quant_dtype(node, nodes, producer, inits)
 

@@ -9,7 +9,7 @@ bias no longer cancels. Measured on NNCF's per-tensor-weight LRASPP MobileNetV3:
 adding ``(W_old - W_new) . E[x]`` to its bias gave all of it back (+0.05 dB over the input).
 
 With calibration samples the pre-pass measures ``E[x]`` per input channel of every Conv/Gemm data
-input, quantization off (``calibration.measure_channel_means``, by op name), and the rules that
+input, quantization off (``calibration.measure_ranges_and_means``, by op name), and the rules that
 re-round weights call ``keep_output_mean``: the output keeps the mean the producer gave it, so a
 re-rounding changes only the spread of the weight error. Exact for the mean where every output
 position reads whole inputs (a padded border reads zeros).

@@ -23,7 +23,7 @@ from ..report import Change
 from ..trt_patterns import input_quantized, is_weighted, weight_axis, weight_tensor
 from .mean_keep import keep_means
 from .registry import ActionContext, register_action
-from .weighted import dequantize_np, quantize_np
+from .weighted import centered_np, dequantize_np, quantize_np
 
 _ATTRS_DROPPED = ("axis", "output_dtype")
 _NIBBLE_TYPES = (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
@@ -250,12 +250,7 @@ def _widen_nibble_weight(
     )
     if ctx.dry_run:
         return change
-    codes = np.asarray(constant_value(src)).astype(np.int16)
-    if p.zero_point is not None:
-        zp = np.asarray(p.zero_point).astype(np.int16)
-        if p.axis is not None and zp.size > 1:
-            zp = zp.reshape([-1 if d == p.axis % codes.ndim else 1 for d in range(codes.ndim)])
-        codes = codes - zp
+    codes = centered_np(constant_value(src), p.zero_point, p.axis)  # within -15..15
     graph.set_input(
         dq, 0, gs.Constant(graph.unique_name(f"{src.name}_int8"), codes.astype(np.int8))
     )
@@ -268,16 +263,9 @@ def _widen_nibble_weight(
 def _current_weight(raw: np.ndarray, p: QParams, pair: bool) -> np.ndarray:
     """What the weight DQ computes now: its integers dequantized, or (pair form) the Q's
     rounding of the float weight at its own type's range."""
-    if not pair:
-        return dequantize_np(raw, p.scale, p.zero_point, p.axis)
-    lo, hi = asym.INT_RANGES[p.dtype]
-    w = np.asarray(raw, np.float64)
-    shape = [1] * w.ndim
-    if p.scale.size > 1:
-        shape[p.axis % w.ndim] = -1
-    s = np.asarray(p.scale, np.float64).reshape(shape if p.scale.size > 1 else ())
-    z = 0.0 if p.zero_point is None else np.asarray(p.zero_point, np.float64).reshape(s.shape)
-    return (np.clip(np.rint(w / s) + z, lo, hi) - z) * s
+    if pair:
+        raw = quantize_np(raw, p.scale, p.zero_point, p.axis, asym.INT_RANGES[p.dtype])
+    return dequantize_np(raw, p.scale, p.zero_point, p.axis)
 
 
 def new_stats() -> dict:
