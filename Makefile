@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Generator venvs of the corpora (one per producer; git-ignored)
+CORPUS_VENVS ?= .venv-corpus
 
 .PHONY: install demo test golden bench fuzz lint format clean system-deps corpus corpus-transformers corpus-trained corpus-heldout corpus-trained-heldout
 
@@ -44,7 +46,6 @@ bench: install
 
 # Transformer corpus (issue 11): one venv per producer under .venv-corpus/ (git-ignored), then
 # every stage of fixtures/corpus/make_transformers.py; rewrites fixtures/corpus/transformers/.
-CORPUS_VENVS := .venv-corpus
 XF := fixtures/corpus/make_transformers.py
 XF_REQ := fixtures/corpus/transformers/requirements
 
@@ -74,7 +75,6 @@ format: install
 # The corpus of Q/DQ graphs from other producers (fixtures/corpus/README in the main README): each
 # producer runs in its own venv from its pinned requirements file (ModelOpt's [onnx] extra pins onnx
 # and pulls onnxruntime-gpu). Deterministic: rebuilds the committed files and manifest.json.
-CORPUS_VENVS ?= .venv-corpus
 CORPUS_OUT ?= fixtures/corpus/cnn
 CORPUS_PRODUCERS := torch ort modelopt nncf ultralytics
 CV := $(CORPUS_VENVS)
@@ -120,7 +120,6 @@ clean:
 # The trained-model corpus (fixtures/corpus/trained): two generator venvs under an ignored path
 # (ModelOpt's [onnx] extra pins onnx and pulls onnxruntime-gpu, so it gets its own), then samples,
 # ORT and ModelOpt graphs (CPU), packed as xz with the manifest. Deterministic; about 15 min of CPU.
-CORPUS_VENVS := .venvs-corpus
 TRAINED_CACHE := fixtures/corpus/trained/.cache
 TV := $(CORPUS_VENVS)/trained
 $(TV)/.installed: fixtures/corpus/requirements-trained.txt fixtures/corpus/requirements-trained-modelopt.txt

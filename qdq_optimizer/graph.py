@@ -523,14 +523,19 @@ class QGraph:
         self.touch()
 
     def set_weight_qparams(
-        self, nodes: list[Node], scale: np.ndarray, axis: int | None, name: str
+        self,
+        nodes: list[Node],
+        scale: np.ndarray,
+        axis: int | None,
+        name: str,
+        zero_point: np.ndarray | None = None,
     ) -> None:
-        """Give a weight's DQ (and its Q, pair form) one new scale and a zero int8 zero point of
-        the scale's shape, on ``axis`` (None: per-tensor); constants are named after ``name``."""
+        """Give a weight's DQ (and its Q, pair form) one new scale and zero point of the scale's
+        shape (default int8 zeros; its type is the weight's), on ``axis`` (None: per-tensor);
+        constants are named after ``name``."""
         s_c = self.float_constant(f"{name}_scale", scale)
-        z_c = gs.Constant(
-            self.unique_name(f"{name}_zero_point"), np.zeros(np.shape(scale), np.int8)
-        )
+        zp = np.zeros(np.shape(scale), np.int8) if zero_point is None else zero_point
+        z_c = gs.Constant(self.unique_name(f"{name}_zero_point"), np.asarray(zp))
         for n in nodes:
             n.inputs[1] = s_c
             if len(n.inputs) > 2:

@@ -31,7 +31,8 @@ BIAS_CORRECTED = "bias_corrected_ops"  # the setting: ops whose bias the produce
 
 def float_weight_for(graph: QGraph, dq: Node, settings: dict) -> np.ndarray | None:
     """The reference's float weight for the int8 initializer ``dq`` reads, from the pre-pass's
-    setting: ``dq`` must feed exactly one weighted op, by that op's name, of the same shape."""
+    setting: ``dq`` must feed exactly one weighted op, by that op's name, of the same shape, and
+    its per-tensor integers must still be what that float weight rounds to."""
     readers = dq.outputs[0].outputs if dq.outputs else []
     found = settings.get(FLOAT_WEIGHTS) or {}
     if len(readers) != 1 or readers[0].name not in found:
@@ -40,7 +41,20 @@ def float_weight_for(graph: QGraph, dq: Node, settings: dict) -> np.ndarray | No
         return None  # read as the op's data, not its weight
     w = found[readers[0].name]
     raw = constant_value(dq.inputs[0])
-    return w if raw is not None and np.shape(raw) == np.shape(w) else None
+    if raw is None or np.shape(raw) != np.shape(w):
+        return None
+    try:
+        p = graph.qparams(dq)
+    except ValueError:
+        return None
+    if p.scale.size != 1:
+        return None  # a rule re-quantized the weight since the pre-pass matched it
+    zp = 0.0 if p.zero_point is None else float(np.asarray(p.zero_point).reshape(-1)[0])
+    raw = np.asarray(raw)
+    if raw.dtype.name in ("int4", "uint4"):
+        raw = raw.astype(np.int8)
+    # still the integers it rounds to: a rule that rescaled the weight (channel-scales) ends it
+    return w if _rounds_to(w, raw, float(p.scale.reshape(-1)[0]), zp) else None
 
 
 def per_tensor_int8_weights(graph: QGraph) -> dict[str, tuple[np.ndarray, float, float]]:

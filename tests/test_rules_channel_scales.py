@@ -58,6 +58,12 @@ def _net(
         wq = np.clip(np.rint(w / ws[:, None, None, None]), -127, 127)
         if reader_weights is np.uint8:  # asymmetric uint8 (ORT's weight_type QUInt8), zp 128
             wq, zp = (wq + 128).astype(np.uint8), np.full(cout, 128, np.uint8)
+        elif reader_weights == "asymmetric":  # NNCF's asymmetric int8 weights: zp per channel
+            zp = np.arange(cout, dtype=np.int8) * 3 - 4
+            wq = np.clip(wq + zp[:, None, None, None], -128, 127).astype(np.int8)
+        elif reader_weights == "uint8-per-tensor":  # ORT's per_channel=False, QUInt8 weights
+            ws = np.float32(np.abs(w).max() / 127)
+            wq, zp = (np.clip(np.rint(w / ws), -127, 127) + 128).astype(np.uint8), np.uint8(128)
         else:
             wq, zp = wq.astype(np.int8), np.zeros(cout, np.int8)
         wdq = g.op("DequantizeLinear", [g.const(wq), g.const(ws), g.const(zp)], axis=0)
@@ -135,13 +141,98 @@ def test_full_rule_set_rounds_the_narrow_channel_as_finely_as_the_producer() -> 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"act": "Sigmoid"}, {"reader": "conv"}, {"act": "Clip4"}, {"reader_weights": np.uint8}],
-    ids=["silu-producer", "ordinary-conv-reader", "cap-below-range", "uint8-reader-weights"],
+    [{"act": "Sigmoid"}, {"reader": "conv"}, {"act": "Clip4"}],
+    ids=["silu-producer", "ordinary-conv-reader", "cap-below-range"],
 )
 def test_left_alone_when_the_factor_cannot_move(kwargs: dict) -> None:
     _, rep = optimize(_net(**kwargs), "tensorrt")
     assert rep.result("channel-scales").count == 0
     assert rep.result("symmetric-int8").count >= 1  # the plain conversion still happens
+
+
+@pytest.mark.parametrize("reader_weights", [np.uint8, "asymmetric"])
+def test_asymmetric_depthwise_weights_keep_their_zero_points(reader_weights) -> None:
+    """NNCF's asymmetric weights (per-channel zero points) and ORT's uint8 ones: the fold scales
+    their per-channel scales and keeps each zero point, so every weight and activation keeps its
+    integer; ``symmetric-int8`` then converts the weights from those values."""
+    m = _net(reader_weights=reader_weights)
+    out, rep = optimize(m, _only("channel-scales"), lint_result=False)
+    assert rep.result("channel-scales").count == 1
+    onnx.checker.check_model(out, full_check=True)
+    assert np.array_equal(_codes(out), _codes(m))
+    np.testing.assert_allclose(outputs(out, _x())[0], outputs(m, _x())[0], rtol=1e-5, atol=1e-5)
+    consts = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    conv2 = next(n for n in out.graph.node if n.name == "conv2")
+    wdq = next(n for n in out.graph.node if n.output[0] == conv2.input[1])
+    before = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    wdq0 = next(
+        n
+        for n in m.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in before
+        and before[n.input[0]].ndim == 4
+        and before[n.input[0]].shape[1] == 1
+    )
+    assert consts[wdq.input[2]].dtype == before[wdq0.input[2]].dtype
+    assert np.array_equal(consts[wdq.input[2]], before[wdq0.input[2]])  # zero points kept
+    assert np.array_equal(consts[wdq.input[0]], before[wdq0.input[0]])  # integers kept
+    # the whole rule set: symmetric int8 weights, the narrow channel keeps its step
+    full, rep = optimize(m, "tensorrt")
+    assert rep.result("channel-scales").count == 1
+    plain, _ = optimize(m, without(load_ruleset("tensorrt"), ["channel-scales"]))
+    ref = outputs(m, _x())[0]
+
+    def err(model: onnx.ModelProto) -> float:
+        return float(np.mean((outputs(model, _x())[0] - ref) ** 2))
+
+    assert err(full) < err(plain) / 4, (err(full), err(plain))
+    from qdq_optimizer.api import lint
+
+    assert lint(full, "tensorrt") == []
+
+
+def _float_reader(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with conv2's weight as the float values its DQ computes: a float model whose
+    weight the quantized one was rounded from (what ``--reference`` gives)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    consts = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    conv2 = next(n for n in m.graph.node if n.name == "conv2")
+    dq = next(n for n in m.graph.node if n.output[0] == conv2.input[1])
+    q, s, z = (consts[i].astype(np.float64) for i in dq.input)
+    m.graph.initializer.append(numpy_helper.from_array(((q - z) * s).astype(np.float32), "wf"))
+    conv2.input[1] = "wf"
+    m.graph.node.remove(dq)
+    return m
+
+
+def test_rescaled_weight_is_not_requantized_from_the_reference(tmp_path) -> None:
+    """A per-tensor uint8 depthwise weight the float model matches: the fold rescales it, so
+    ``symmetric-int8`` must convert it from its own (rescaled) values, not from the reference's
+    unscaled weight (which would multiply each channel by the fold's factor again)."""
+    from qdq_optimizer.graph import QGraph
+    from qdq_optimizer.reference_weights import FLOAT_WEIGHTS, float_weight_for
+
+    m = _net(reader_weights="uint8-per-tensor")
+    ref = _float_reader(m)
+    onnx.save(ref, tmp_path / "ref.onnx")
+    with_ref, rep = optimize(m, "tensorrt", reference=tmp_path / "ref.onnx")
+    assert rep.result("channel-scales").count == 1
+    without_ref, _ = optimize(m, "tensorrt")
+    exact = outputs(m, _x())[0]
+    scale = float(np.abs(exact).max())
+    err = np.abs(outputs(with_ref, _x())[0] - exact).max() / scale
+    err0 = np.abs(outputs(without_ref, _x())[0] - exact).max() / scale
+    assert err < 0.05 and err <= err0 * 1.5, (err, err0)
+    # the lookup itself: the reference while the integers round from it, nothing once rescaled
+    graph = QGraph.from_model(m)
+    conv2 = next(n for n in graph.nodes if n.name == "conv2")
+    dq = graph.producer(conv2.inputs[1])
+    wf = next(numpy_helper.to_array(t) for t in ref.graph.initializer if t.name == "wf")
+    settings = {FLOAT_WEIGHTS: {"conv2": wf}}
+    assert float_weight_for(graph, dq, settings) is not None
+    graph.set_weight_qparams([dq], np.full(C, 0.01, np.float32), 0, "w", np.full(C, 128, np.uint8))
+    assert float_weight_for(graph, dq, settings) is None
 
 
 def test_left_alone_for_a_second_reader_and_the_ignore_list() -> None:

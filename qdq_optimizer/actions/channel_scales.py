@@ -24,8 +24,10 @@ lower bound (exact: two nested clamps are the inner one).
 
 Left alone: other activations (SiLU, hard-swish: not homogeneous; a ReLU6 whose cap some channel
 reaches: the cap would have to scale per channel), readers that are not depthwise convs (an ordinary conv mixes the
-channels inside one per-output-channel weight scale), different zero points per channel, and a
-chain tensor anything else reads.
+channels inside one per-output-channel weight scale), different activation zero points per
+channel, and a chain tensor anything else reads. A rescaled weight no longer rounds from the
+float model's (``--reference``) weight, so later rules re-quantize it from its own values
+(``reference_weights.float_weight_for``).
 """
 
 from __future__ import annotations
@@ -108,8 +110,10 @@ def _scaled_constant(graph: QGraph, t: Tensor, factor: np.ndarray, name: str):
 
 def _weight_plan(graph: QGraph, conv: Node, factor: np.ndarray) -> Apply | None:
     """How to multiply output channel ``o`` of ``conv``'s weight by ``factor[o]`` (repeated for
-    a depthwise channel multiplier) keeping its int8 integers (float constant, DQ over int8, or
-    the pair form); None when it cannot."""
+    a depthwise channel multiplier) keeping its integers (float constant, DQ over int8/uint8, or
+    the pair form); None when it cannot. A zero point stays as it is, per channel:
+    ``(q - z) s r = (q - z) (s r)`` (NNCF's asymmetric weights; ``symmetric-int8`` converts them
+    afterwards from these values)."""
     w_t = conv.inputs[1]
     new_w = _scaled_constant(graph, w_t, factor, f"{conv.name}_weight_folded")
     if new_w is not None:
@@ -124,13 +128,17 @@ def _weight_plan(graph: QGraph, conv: Node, factor: np.ndarray) -> Apply | None:
         return None
     if found is None or dq.attrs.get("block_size") or p.axis not in (None, 0):
         return None
-    if p.dtype != onnx.TensorProto.INT8 or (p.zero_point is not None and np.any(p.zero_point)):
-        return None  # symmetric int8 weights only (the new zero point is int8 zeros)
+    if p.dtype not in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
+        return None
     q, raw = found
     factor = _expand(factor, raw.shape[0]) if raw.ndim else None
     if factor is None:
         return None
     scale = np.broadcast_to(np.asarray(p.scale, np.float64).reshape(-1), factor.shape) * factor
+    zp_type = helper.tensor_dtype_to_np_dtype(p.dtype)
+    zp = np.zeros(factor.shape, zp_type)
+    if p.zero_point is not None:
+        zp = np.broadcast_to(np.asarray(p.zero_point).reshape(-1), factor.shape).astype(zp_type)
     new_src = None
     if q is not None:  # pair form: the float weight and both scales scale, the integers stay
         try:
@@ -146,7 +154,7 @@ def _weight_plan(graph: QGraph, conv: Node, factor: np.ndarray) -> Apply | None:
         if q is not None:
             graph.set_input(q, 0, new_src)
         nodes = [n for n in (q, dq) if n is not None]
-        graph.set_weight_qparams(nodes, graph.to_float_type(scale), 0, f"{conv.name}_weight")
+        graph.set_weight_qparams(nodes, graph.to_float_type(scale), 0, f"{conv.name}_weight", zp)
 
     return apply
 
@@ -230,7 +238,8 @@ def fold_channel_scales(
     big = float(graph.to_float_type(np.float32(s.max())))
     r = big / s
     plans = _absorb_plan(graph, absorber, r)
-    plans = None if plans is None else plans + [_weight_plan(graph, c, 1.0 / r) for c in readers]
+    if plans is not None:
+        plans += [_weight_plan(graph, c, 1.0 / r) for c in readers]
     if plans is None or any(a is None for a in plans):
         return []
     change = Change(
