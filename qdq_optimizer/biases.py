@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .graph import Node, QGraph, constant_value
+from .qdq_numpy import dequantize_np
 
 
 def float_bias(graph: QGraph, op: Node, cout: int) -> np.ndarray | None:
@@ -21,8 +22,7 @@ def float_bias(graph: QGraph, op: Node, cout: int) -> np.ndarray | None:
         if raw is None:
             return None
         p = graph.qparams(dq)
-        zp = 0 if p.zero_point is None else np.asarray(p.zero_point, np.float64)
-        value = (np.asarray(raw, np.float64) - zp) * np.asarray(p.scale, np.float64)
+        value = dequantize_np(raw, p.scale, p.zero_point, p.axis)
     b = np.asarray(value, np.float64).reshape(-1)
     return b if b.size == cout else None
 

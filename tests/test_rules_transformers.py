@@ -333,7 +333,7 @@ def test_float_params_tensor_values_match_ort_dq():
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    from qdq_optimizer.actions.weighted import dequantize_np
+    from qdq_optimizer.qdq_numpy import dequantize_np
 
     ort = run(model, {})["y"]
     assert np.array_equal(ort, dequantize_np(vals, np.float32(3.3e-5), None, None))

@@ -31,9 +31,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..graph import DEQUANTIZE, Node, QGraph, constant_value
+from ..qdq_numpy import dequantize_np
 from ..report import Change
 from .registry import ActionContext, register_action
-from .weighted import dequantize_np
 
 LAYOUT_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 

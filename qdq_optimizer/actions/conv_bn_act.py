@@ -19,10 +19,10 @@ import onnx_graphsurgeon as gs
 
 from ..graph import Node, QGraph, constant_value
 from ..ops import CONV_OPS
+from ..qdq_numpy import dequantize_np, quantize_np
 from ..report import Change
 from ..trt_patterns import epilogue_pairs, is_const, is_ignored, is_weighted
 from .registry import ActionContext, register_action
-from .weighted import dequantize_np, quantize_np
 
 
 @register_action("remove_epilogue_qdq", params={})

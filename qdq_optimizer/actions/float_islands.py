@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from ..graph import Node, QGraph, constant_value
 from ..matmul_patterns import weight_dq_reader  # xrules
+from ..qdq_numpy import dequantize_np
 from ..report import Change
 from ..trt_patterns import (
     activation_pair,
@@ -30,7 +31,6 @@ from ..trt_patterns import (
 )
 from .clamps import bypass_keeping_saturation
 from .registry import ActionContext, register_action
-from .weighted import dequantize_np
 
 
 @register_action("dequantize_ignored", params={}, skip_ignored=False)

@@ -19,9 +19,9 @@ from ..graph import Node, QGraph, Tensor, constant_value
 
 # Ops whose inputs after the first are parameters TensorRT applies in float.
 from ..ops import NORM_OPS
+from ..qdq_numpy import dequantize_np
 from ..report import Change
 from .registry import ActionContext, register_action
-from .weighted import dequantize_np
 
 _BIAS_OWNERS = frozenset({"Conv", "ConvTranspose", "Gemm"})  # input 2: float-bias's
 

@@ -30,11 +30,11 @@ import onnx_graphsurgeon as gs
 from ..biases import float_bias, set_float_bias
 from ..graph import Node, QGraph, Tensor, constant_value
 from ..protos import is_float_dtype
+from ..qdq_numpy import dequantize_np, quantize_np
 from ..report import Change
 from ..trt_patterns import conv_data_readers, is_ignored, per_tensor_int8
 from .clamps import clip_bounds
 from .registry import ActionContext, register_action
-from .weighted import dequantize_np, quantize_np
 
 
 def _zero_padding(conv: Node) -> bool:

@@ -18,12 +18,12 @@ import onnx_graphsurgeon as gs
 
 from .. import asymmetric as asym
 from ..graph import DEQUANTIZE, QUANTIZE, Node, QGraph, QParams, constant_value
+from ..qdq_numpy import centered_np, dequantize_np, quantize_np
 from ..reference_weights import float_weight_for
 from ..report import Change
 from ..trt_patterns import input_quantized, is_weighted, weight_axis, weight_tensor
 from .mean_keep import keep_means
 from .registry import ActionContext, register_action
-from .weighted import centered_np, dequantize_np, quantize_np
 
 _ATTRS_DROPPED = ("axis", "output_dtype")
 _NIBBLE_TYPES = (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)

@@ -28,13 +28,13 @@ from ..commute import is_int8_tensor
 from ..graph import DEQUANTIZE, Node, QGraph, constant_value
 from ..ops import WEIGHTED_OPS
 from ..protos import is_float_dtype
+from ..qdq_numpy import dequantize_np, quantize_np
 from ..reference_weights import float_weight_for
 from ..report import Change
 from ..trt_patterns import is_ignored, per_tensor_int8, weight_axis
 from .mean_keep import keep_means
 from .registry import ActionContext, register_action
 from .symmetric import symmetric_weight
-from .weighted import dequantize_np, quantize_np
 
 
 def weight_pair(graph: QGraph, dq: Node) -> tuple[Node | None, np.ndarray] | None:
