@@ -220,9 +220,10 @@ def reference_weight_pre_pass(
     if missing:
         shown = ", ".join(f"'{n}'" for n in missing[:3]) + (" ..." if len(missing) > 3 else "")
         warnings.append(
-            f"--reference: {len(missing)} per-tensor int8 weight(s) ({shown}) have no float "
+            f"--reference: {len(missing)} re-rounded weight(s) ({shown}) have no float "
             "weight there that rounds to them (same node name and shape, BN folded or not): "
-            "they stay per tensor"
+            "per-tensor int8 ones stay per tensor, uint8/asymmetric ones are converted from "
+            "their integer values"
         )
     settings: dict[str, Any] = {FLOAT_WEIGHTS: found} if found else {}
     if corrected:

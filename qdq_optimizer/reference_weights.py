@@ -1,27 +1,31 @@
-"""Float weights from the user's float model (``--reference``) for the int8 (or int4) weights a
-quantized model holds per tensor: what lets ``weight-per-channel`` re-quantize them per output channel,
-as TensorRT quantizes weights, when the model itself keeps no float values (ONNX Runtime's
-``per_channel=False`` default writes int8 initializers).
+"""Float weights from the user's float model (``--reference``) for the integer weights a rule
+re-rounds: int8 (or int4) weights held per tensor, which ``weight-per-channel`` re-quantizes per
+output channel, as TensorRT quantizes weights, and uint8 or asymmetric weights of any granularity,
+which ``symmetric-int8`` re-quantizes symmetric. The model itself keeps no float values (ONNX
+Runtime's ``per_channel=False`` default and NNCF write integer initializers); re-rounding its
+rounded values would round twice.
 
 A pre-pass, like the calibration one: it runs before the rules and hands them its result in
 settings (``observed_float_weights``: weighted op name -> float weight), so the rules stay graph
 rewrites. A float weight is taken only when it provably is the one that was quantized: the op has
 the same name in both models (quantizers keep node names), the same weight shape, and rounding
-the float weight with the model's own scale gives its int8 values (``|w - s (q - z)| <= s/2``
-everywhere, a little slack for float arithmetic). A float conv whose output only a
-BatchNormalization reads is tried with the BN folded in as well: ONNX Runtime's pre-processing
-folds BN before it quantizes.
+the float weight with the model's own scales gives its integer values (``|w - s (q - z)| <= s/2``
+everywhere, per channel where the scales are, a little slack for float arithmetic). A float conv
+whose output only a BatchNormalization reads is tried with the BN folded in as well: ONNX
+Runtime's pre-processing folds BN before it quantizes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from .biases import float_bias
 from .graph import Node, QGraph, constant_value
 from .ops import CONV_OPS, WEIGHTED_OPS
 from .protos import is_float_dtype
+from .qdq_numpy import centered_np
 from .trt_patterns import output_channel_axis, weight_tensor
 
 SLACK = 1e-3  # in steps: float32 division and rounding in the quantizer
@@ -30,9 +34,10 @@ BIAS_CORRECTED = "bias_corrected_ops"  # the setting: ops whose bias the produce
 
 
 def float_weight_for(graph: QGraph, dq: Node, settings: dict) -> np.ndarray | None:
-    """The reference's float weight for the int8 initializer ``dq`` reads, from the pre-pass's
+    """The reference's float weight for the integer initializer ``dq`` reads, from the pre-pass's
     setting: ``dq`` must feed exactly one weighted op, by that op's name, of the same shape, and
-    its per-tensor integers must still be what that float weight rounds to."""
+    its integers must still be what that float weight rounds to under its current scales (a rule
+    that rescaled the weight since, e.g. ``channel-scales``, ends the match)."""
     readers = dq.outputs[0].outputs if dq.outputs else []
     found = settings.get(FLOAT_WEIGHTS) or {}
     if len(readers) != 1 or readers[0].name not in found:
@@ -40,52 +45,54 @@ def float_weight_for(graph: QGraph, dq: Node, settings: dict) -> np.ndarray | No
     if len(readers[0].inputs) < 2 or readers[0].inputs[1] is not dq.outputs[0]:
         return None  # read as the op's data, not its weight
     w = found[readers[0].name]
+    held = _held_weight(graph, dq)
+    if held is None or held[0].shape != np.shape(w):
+        return None
+    return w if _rounds_to(w, *held) else None
+
+
+Held = tuple[np.ndarray, np.ndarray, "np.ndarray | None", "int | None"]
+
+
+def _held_weight(graph: QGraph, dq: Node) -> Held | None:
+    """(integer values, scale, zero point, axis) of the integer initializer ``dq`` reads; int4
+    values as int8 (``symmetric-int8`` widens them to int8, the same values)."""
     raw = constant_value(dq.inputs[0])
-    if raw is None or np.shape(raw) != np.shape(w):
+    if raw is None or dq.attrs.get("block_size"):
         return None
     try:
         p = graph.qparams(dq)
     except ValueError:
         return None
-    if p.scale.size != 1:
-        return None  # a rule re-quantized the weight since the pre-pass matched it
-    zp = 0.0 if p.zero_point is None else float(np.asarray(p.zero_point).reshape(-1)[0])
     raw = np.asarray(raw)
     if raw.dtype.name in ("int4", "uint4"):
         raw = raw.astype(np.int8)
-    # still the integers it rounds to: a rule that rescaled the weight (channel-scales) ends it
-    return w if _rounds_to(w, raw, float(p.scale.reshape(-1)[0]), zp) else None
+    elif raw.dtype.kind not in "iu":
+        return None
+    return raw, np.asarray(p.scale, np.float64), p.zero_point, p.axis
 
 
-def per_tensor_int8_weights(graph: QGraph) -> dict[str, tuple[np.ndarray, float, float]]:
-    """Weighted op name -> (int8 values, scale, zero point) of every weight held as an int8
-    initializer behind a DQ with one scale, with two or more output channels."""
-    out: dict[str, tuple[np.ndarray, float, float]] = {}
+def rerounded_weights(graph: QGraph) -> dict[str, Held]:
+    """Weighted op name -> its integer weight and parameters, for every weight a rule re-rounds
+    from float values: one scale over two or more output channels (``weight-per-channel``), or
+    uint8 / nonzero zero points at any granularity (``symmetric-int8``)."""
+    out: dict[str, Held] = {}
     names = _unique_names(graph)
     for op in graph.topo_nodes():
         if op.op not in WEIGHTED_OPS or op.name not in names:
             continue
         t = weight_tensor(graph, op)
         dq = graph.producer(t) if t is not None else None
-        if not graph.is_dq(dq):
+        held = _held_weight(graph, dq) if graph.is_dq(dq) else None
+        if held is None:
             continue
-        raw = constant_value(dq.inputs[0])
-        try:
-            p = graph.qparams(dq)
-        except ValueError:
-            continue
-        if raw is None or p.scale.size != 1:
-            continue
-        raw = np.asarray(raw)
-        if raw.dtype.name in ("int4", "uint4"):
-            raw = raw.astype(np.int8)  # symmetric-int8 widens these to int8, the same values
-        elif raw.dtype.kind not in "iu":
-            continue
-        axis = output_channel_axis(op, raw.ndim)
-        if axis is None or raw.ndim < 2 or raw.shape[axis] < 2:
-            continue
-        zp = 0.0 if p.zero_point is None else float(np.asarray(p.zero_point).reshape(-1)[0])
-        out[op.name] = (raw, float(p.scale.reshape(-1)[0]), zp)
+        raw, scale, zp, _ = held
+        asymmetric = raw.dtype == np.uint8 or (zp is not None and np.any(zp))
+        if not asymmetric:
+            axis = output_channel_axis(op, raw.ndim)
+            if scale.size != 1 or axis is None or raw.ndim < 2 or raw.shape[axis] < 2:
+                continue
+        out[op.name] = held
     return out
 
 
@@ -119,15 +126,27 @@ def _bn_folded(graph: QGraph, op: Node, w: np.ndarray) -> np.ndarray | None:
     return (w * g.reshape(shape)).astype(np.float32)
 
 
-def _rounds_to(w: np.ndarray, q: np.ndarray, scale: float, zp: float) -> bool:
-    back = (np.asarray(q, np.float64) - zp) * scale
-    return bool(np.all(np.abs(np.asarray(w, np.float64) - back) <= scale * (0.5 + SLACK)))
+def _rounds_to(
+    w: np.ndarray, q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int | None
+) -> bool:
+    """``q`` is what quantizing ``w`` with these parameters gives (within ``SLACK`` of a step)."""
+    s = np.asarray(scale, np.float64).reshape(-1)
+    axis = None if s.size == 1 else (1 if axis is None else axis) % q.ndim  # ONNX's default: 1
+    if axis is not None:
+        shape = [1] * q.ndim
+        shape[axis] = s.size
+        s = s.reshape(shape)
+    else:
+        s = s.reshape(())
+    back = centered_np(q, zp, axis).astype(np.float64) * s
+    return bool(np.all(np.abs(np.asarray(w, np.float64) - back) <= s * (0.5 + SLACK)))
 
 
-def _may_hold_per_tensor_int8_weights(model: onnx.ModelProto) -> bool:
-    """A cheap scan of the protobuf: some DequantizeLinear reads an integer constant with a
-    one-element scale and feeds a conv's weight with two or more output channels, or a GEMM (a
-    superset of what ``per_tensor_int8_weights`` returns, without indexing the graph)."""
+def _may_hold_rerounded_weights(model: onnx.ModelProto) -> bool:
+    """A cheap scan of the protobuf: some DequantizeLinear reads an integer constant and feeds
+    only weights, with a one-element scale over two or more conv output channels (or a GEMM), or
+    uint8 / nonzero zero points (a superset of what ``rerounded_weights`` returns, without
+    indexing the graph)."""
     consts = {t.name: t for t in model.graph.initializer}
     readers: dict[str, list[str]] = {}
     for n in model.graph.node:
@@ -145,17 +164,21 @@ def _may_hold_per_tensor_int8_weights(model: onnx.ModelProto) -> bool:
         onnx.TensorProto.INT4,
         onnx.TensorProto.UINT4,
     )
+    unsigned = (onnx.TensorProto.UINT8, onnx.TensorProto.UINT4)
     for n in model.graph.node:
         if n.op_type != "DequantizeLinear" or len(n.input) < 2:
             continue
         w, s = consts.get(n.input[0]), consts.get(n.input[1])
         if w is None or s is None or w.data_type not in ints or len(w.dims) < 2:
             continue
-        if int(np.prod(s.dims)) != 1:
-            continue
         ops = set(readers.get(n.output[0], []))
         if not ops or not ops <= WEIGHTED_OPS:
             continue  # not (only) a weight; a weight behind a Transpose is left per tensor
+        z = consts.get(n.input[2]) if len(n.input) > 2 else None
+        if w.data_type in unsigned or (z is not None and np.any(numpy_helper.to_array(z))):
+            return True  # symmetric-int8 re-rounds it
+        if int(np.prod(s.dims)) != 1:
+            continue
         channels = w.dims[1] if ops == {"ConvTranspose"} else w.dims[0]
         if ops <= CONV_OPS and channels < 2:
             continue  # one output channel: per-tensor is per-channel
@@ -168,13 +191,13 @@ def reference_weights(
     reference: onnx.ModelProto,
     graphs: tuple[QGraph, QGraph] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """(op name -> float weight of ``reference`` that ``model``'s per-tensor int8 weight was
-    rounded from; the names of the per-tensor int8 weights no float weight matched).
+    """(op name -> float weight of ``reference`` that ``model``'s re-rounded integer weight was
+    rounded from; the names of the re-rounded weights no float weight matched).
     ``graphs``: both models already indexed (else they are, when needed)."""
-    if not _may_hold_per_tensor_int8_weights(model):
+    if not _may_hold_rerounded_weights(model):
         return {}, []  # the common case, decided without indexing the graph
     graph, ref = graphs or (QGraph.from_model(model), None)
-    wanted = per_tensor_int8_weights(graph)
+    wanted = rerounded_weights(graph)
     if not wanted:
         return {}, []
     ref = ref or QGraph.from_model(reference)
@@ -188,12 +211,12 @@ def reference_weights(
         value = constant_value(op.inputs[1])
         if value is None or not is_float_dtype(np.asarray(value).dtype):
             continue
-        q, scale, zp = wanted[op.name]
+        held = wanted[op.name]
         w = np.asarray(value, np.float32)
-        if w.shape != q.shape:
+        if w.shape != held[0].shape:
             continue
         for candidate in (w, _bn_folded(ref, op, w)):
-            if candidate is not None and _rounds_to(candidate, q, scale, zp):
+            if candidate is not None and _rounds_to(candidate, *held):
                 found[op.name] = candidate
                 break
     return found, [name for name in wanted if name not in found]

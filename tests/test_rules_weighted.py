@@ -345,9 +345,7 @@ def test_reference_weights_match_a_bn_folded_conv_and_refuse_a_stranger() -> Non
     stranger = _weighted_graph("Conv", folded * 1.1, None, 0, form="float")
     _, rep = optimize(m, "tensorrt", reference=stranger)
     assert rep.result("weight-per-channel").count == 0
-    assert any(
-        x.startswith("--reference: 1 per-tensor int8 weight(s) ('op')") for x in rep.warnings
-    )
+    assert any(x.startswith("--reference: 1 re-rounded weight(s) ('op')") for x in rep.warnings)
 
 
 def test_reference_weights_need_a_name_that_identifies_one_node() -> None:
@@ -387,8 +385,49 @@ def test_uint8_weights_converted_from_the_reference_float_weights() -> None:
     assert _sqnr(ref, _raw(out, _x(4))) > _sqnr(ref, _raw(alone, _x(4))) + 3  # measured +7.5
 
 
+def _asymmetric_per_channel(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NNCF's asymmetric weights: int8 per output channel over [min, max], zero point per channel."""
+    flat = w.reshape(w.shape[0], -1).astype(np.float64)
+    lo, hi = np.minimum(flat.min(1), 0), np.maximum(flat.max(1), 0)
+    s = ((hi - lo) / 255).astype(np.float32)
+    zp = np.clip(np.rint(-128 - lo / s), -128, 127).astype(np.int8)
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    q = np.clip(np.rint(w / s.reshape(shape)) + zp.reshape(shape), -128, 127).astype(np.int8)
+    return q, s, zp
+
+
+def test_asymmetric_per_channel_weights_converted_from_the_reference_float_weights() -> None:
+    """NNCF's asymmetric weights (int8, a zero point per channel): symmetric-int8 re-quantizes
+    them from the float model's weights, not from their rounded values (rounding twice)."""
+    w = _narrow_conv_weight()
+    m = _weighted_graph("Conv", w, _per_tensor(w), 0)
+    q, s, zp = _asymmetric_per_channel(w)
+    inits = {t.name: t for t in m.graph.initializer}
+    for name, value in (("w", q), ("ws", s), ("wz", zp)):
+        inits[name].CopyFrom(numpy_helper.from_array(np.asarray(value), name))
+    float_model = _weighted_graph("Conv", w, None, 0, form="float")
+    from qdq_optimizer.reference_weights import reference_weights
+
+    found, missing = reference_weights(m, float_model)
+    assert list(found) == ["op"] and missing == []
+    alone, _ = optimize(m, "tensorrt")
+    out, rep = optimize(m, "tensorrt", reference=float_model)
+    changes = [c.detail for c in rep.result("symmetric-int8").changes]
+    assert any("int8 weight 'w' -> symmetric int8 per-channel (axis 0) from the reference" in c
+               for c in changes), changes  # fmt: skip
+    assert not rep.warnings or not any("--reference" in x for x in rep.warnings)
+    # the converted int8 values are exactly the float weight's symmetric per-channel rounding
+    dq = _weight_dq(out)
+    got = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    s_new = np.abs(w).reshape(6, -1).max(1) / 127
+    expect = np.clip(np.rint(w / s_new.reshape(-1, 1, 1, 1).astype(np.float32)), -127, 127)
+    assert np.array_equal(got[dq.input[0]], expect.astype(np.int8))
+    from_rounded = {t.name: numpy_helper.to_array(t) for t in alone.graph.initializer}
+    assert not np.array_equal(from_rounded[_weight_dq(alone).input[0]], expect.astype(np.int8))
+
+
 def test_reference_pre_pass_skips_graphs_without_per_tensor_weights_cheaply() -> None:
-    from qdq_optimizer.reference_weights import _may_hold_per_tensor_int8_weights as may
+    from qdq_optimizer.reference_weights import _may_hold_rerounded_weights as may
 
     w = _narrow_conv_weight()
     per_channel = (np.abs(w).reshape(6, -1).max(1) / 127).astype(np.float32)
@@ -396,3 +435,8 @@ def test_reference_pre_pass_skips_graphs_without_per_tensor_weights_cheaply() ->
     assert not may(_weighted_graph("Conv", w, per_channel, 0))
     one = w[:1]  # one output channel: per-tensor is per-channel already
     assert not may(_weighted_graph("Conv", one, _per_tensor(one), 0))
+    # uint8 or asymmetric weights at any granularity: symmetric-int8 re-rounds them
+    m = _weighted_graph("Conv", w, per_channel, 0)
+    zp = next(t for t in m.graph.initializer if t.name == "wz")
+    zp.CopyFrom(numpy_helper.from_array(np.arange(6, dtype=np.int8), "wz"))
+    assert may(m)
