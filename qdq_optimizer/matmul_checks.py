@@ -32,6 +32,7 @@ from .matmul_patterns import (
     attention_scale_move,
     attention_shape,
     is_activation_matmul,
+    is_int4_weight_only,
     is_int8_matmul,
     softmax_qdq_reader,
     weight_output_axis,
@@ -71,7 +72,7 @@ def check_matmuls(graph: QGraph, ignore: Iterable[re.Pattern] = ()) -> list[Prob
         if node.op not in ("MatMul", "Gemm"):
             continue
         wm = weighted_matmul(graph, node)
-        if wm is not None:
+        if wm is not None and not is_int4_weight_only(graph, wm):  # its blocks run along K
             out += _weight_axis(graph, wm)
         elif is_activation_matmul(graph, node) and not name_matches(node.name, ignore):
             int8 = [is_int8_tensor(graph, t) for t in node.inputs]

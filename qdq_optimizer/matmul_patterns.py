@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import onnx
+
 from .commute import is_const, is_int8_qdq, is_int8_tensor
 from .graph import Node, QGraph, Tensor, constant_value
 from .ops import DATA_MOVEMENT_OPS, GEMM_OPS
@@ -105,6 +107,37 @@ def weighted_matmul(graph: QGraph, node: Node | None) -> WeightedMatMul | None:
         return None  # constant x constant: a folding leftover, not a GEMM on activations
     path = weight_path(graph, node.inputs[1])
     return WeightedMatMul(node, data, path) if path is not None else None
+
+
+def is_int4_weight_only(graph: QGraph, wm: WeightedMatMul) -> bool:
+    """TensorRT's INT4 weight-only GEMM (W4A16, ModelOpt's ``quantize_mode=int4``): the weight
+    behind a signed INT4 DQ with zero zero points (per channel or block-wise, blocks along the
+    reduction axis) and a data input that is not INT8. TensorRT runs it as written, INT4 weights
+    under float activations ("INT4: weight-only quantization"), so it is not an INT8 GEMM with
+    a missing input quantizer."""
+    dq = wm.weight.dq
+    if dq is None or is_int8_tensor(graph, wm.data):
+        return False
+    try:
+        p = graph.qparams(dq)
+    except ValueError:
+        return False
+    return p.dtype == onnx.TensorProto.INT4 and (p.zero_point is None or not p.zero_point.any())
+
+
+def int4_weight_only_dqs(graph: QGraph) -> set[int]:
+    """Ids of the weight DQs of INT4 weight-only GEMMs (``is_int4_weight_only``) that no other
+    GEMM reads otherwise: one pass over the GEMMs."""
+    found: set[int] = set()
+    other: set[int] = set()
+    for node in graph.topo_nodes():
+        if node.op not in ("MatMul", "Gemm"):
+            continue
+        wm = weighted_matmul(graph, node)
+        if wm is None or wm.weight.dq is None:
+            continue
+        (found if is_int4_weight_only(graph, wm) else other).add(id(wm.weight.dq))
+    return found - other
 
 
 def _rank(t: Tensor) -> int | None:

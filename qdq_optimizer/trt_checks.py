@@ -44,6 +44,7 @@ import onnx
 
 from .graph import Node, QGraph, constant_value
 from .matmul_checks import ATTENTION, attention_warnings, check_matmuls  # xrules
+from .matmul_patterns import int4_weight_only_dqs, is_int4_weight_only, weighted_matmul
 from .ops import GEMM_OPS
 from .report import Problem
 from .scale_groups import scale_groups
@@ -199,8 +200,9 @@ def per_tensor_weights(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]
 
 def _qdq_types(graph: QGraph) -> list[Problem]:
     out = []
+    weight_only = int4_weight_only_dqs(graph)  # TensorRT's INT4 weight-only GEMMs: as written
     for n in graph.topo_nodes():
-        if not (graph.is_q(n) or graph.is_dq(n)):
+        if not (graph.is_q(n) or graph.is_dq(n)) or id(n) in weight_only:
             continue
         try:
             p = graph.qparams(n)
@@ -265,7 +267,7 @@ def _weighted_inputs(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:
                     "trt-weighted-input", [w.name], "data input is INT8 but the weight has no DQ"
                 )
             )
-        elif weight and not data:
+        elif weight and not data and not _int4_weight_only(graph, w):
             out.append(
                 Problem(
                     "trt-weighted-input",
@@ -274,6 +276,11 @@ def _weighted_inputs(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:
                 )
             )
     return out
+
+
+def _int4_weight_only(graph: QGraph, node: Node) -> bool:
+    wm = weighted_matmul(graph, node) if node.op in GEMM_OPS else None
+    return wm is not None and is_int4_weight_only(graph, wm)
 
 
 def _epilogues(graph: QGraph, ignore: list[re.Pattern]) -> list[Problem]:
