@@ -291,6 +291,8 @@ def _check_qdq(
         np.any(s32 == 0) and not _zero_scales_on_zero_channels(node, s32, nodes, producer, inits)
     ):
         raise InputError(f"{label} has a zero or negative scale (min {float(s32.min()):g})")
+    if attr_int(node, "block_size", 0):
+        _check_blocks(node, label, list(scale.shape), shapes.get(node.input[0]))
     if scale.ndim > 1:
         warnings.append(
             f"{label}: blocked quantization (scale shape {list(scale.shape)}) is not handled "
@@ -350,6 +352,27 @@ def _check_qdq(
                 )
         elif axis < -8 or axis > 8:
             raise InputError(f"{label} has an implausible axis {axis}")
+
+
+def _check_blocks(
+    node: onnx.NodeProto, label: str, scale_shape: list[int], shape: list | None
+) -> None:
+    """A blocked Q/DQ's scale has its input's shape with ``ceil(D / block_size)`` on the blocked
+    axis (ONNX's rule). The checker does not look, and ONNX Runtime fails only when it runs the
+    node (ModelOpt's int4 ``awq_clip`` writes a Gemm weight's [N, 1] scale on axis 0)."""
+    if shape is None or any(not isinstance(d, int) or d <= 0 for d in shape):
+        return
+    block, rank = attr_int(node, "block_size", 0), len(shape)
+    axis = attr_int(node, "axis", 1)
+    if not -rank <= axis < rank:
+        raise InputError(f"{label} has axis {axis}, out of range for rank {rank} input")
+    want = [-(-d // block) if i == axis % rank else d for i, d in enumerate(shape)]
+    if scale_shape != want:
+        raise InputError(
+            f"{label} has blocked scales of shape {scale_shape}, but input {shape} with "
+            f"block_size {block} on axis {axis} needs {want}: no runtime can run it "
+            "(re-export it from the producer)"
+        )
 
 
 def _zero_scales_on_zero_channels(

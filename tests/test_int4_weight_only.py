@@ -103,3 +103,33 @@ def test_forms_tensorrt_does_not_run_stay_reported() -> None:
     # INT4 blocked weights under an INT8 data input: TensorRT has no W4A8 INT8 GEMM
     problems = lint(_woq_model(int8_data=True), "tensorrt")
     assert any(p.rule_id == "trt-qdq-type" and "INT4" in p.message for p in problems), problems
+
+
+def test_malformed_blocked_scales_are_refused_in_one_line(tmp_path) -> None:
+    """Blocked scales must have the input's shape with ceil(D / block_size) on the blocked axis.
+    ModelOpt's int4 ``awq_clip`` wrote a Gemm weight's [N, ceil(K/B)] scales with axis 0; the
+    checker passes such a model and ONNX Runtime fails only when it runs the node, so optimize
+    refuses it (exit 2, one line, nothing written) instead of passing it on."""
+    import subprocess
+    import sys
+
+    from qdq_optimizer.errors import InputError
+    from qdq_optimizer.validate import validate_model
+
+    m = _woq_model()
+    dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear")
+    next(a for a in dq.attribute if a.name == "axis").i = 1  # scales [2, 32] fit axis 0 only
+    onnx.checker.check_model(m, full_check=True)  # the checker does not look
+    with pytest.raises(InputError, match=r"blocked scales of shape \[2, 32\].*needs \[64, 1\]"):
+        validate_model(m)
+    src, dst = tmp_path / "bad.onnx", tmp_path / "out.onnx"
+    onnx.save(m, src)
+    run = subprocess.run(
+        [sys.executable, "-m", "qdq_optimizer", "optimize", str(src), str(dst)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and not dst.exists()
+    errors = [line for line in run.stderr.splitlines() if line.startswith("qdqopt: error")]
+    assert len(errors) == 1 and "re-export it from the producer" in errors[0], run.stderr
+    assert "Traceback" not in run.stderr

@@ -349,8 +349,9 @@ def evaluate(
     res.int8_ops_ignored = sum(1 for n in before_ops if name_matches(n, patterns))
     try:
         res.sqnr_before = output_sqnr(entry.model, entry.reference, entry.inputs)
-    except QdqoptError as exc:  # e.g. bf16 Q/DQ: ONNX Runtime's CPU provider has no kernel
-        res.reasons.append(f"not judged: ONNX Runtime cannot run the input ({str(exc)[:160]})")
+    except Exception as exc:  # bf16 Q/DQ (no CPU kernel); a producer's malformed blocked DQ
+        why = " ".join(str(exc).split())[:160]
+        res.reasons.append(f"not judged: ONNX Runtime cannot run the input ({why})")
         runs = False
     else:
         runs = True
