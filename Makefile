@@ -107,6 +107,7 @@ corpus-heldout: $(foreach p,$(CORPUS_PRODUCERS),$(CV)/$(p)/.installed)
 	  HELDOUT_TORCHVISION=$$(ls -d $(CURDIR)/$(CV)/ultralytics/lib/python3*/site-packages/torchvision); \
 	$(CV)/ultralytics/bin/python fixtures/corpus/make_heldout.py floats && \
 	$(CV)/torch/bin/python fixtures/corpus/make_heldout.py torch && \
+	$(CV)/torch/bin/python fixtures/corpus/make_heldout.py pqqm && \
 	$(CV)/ort/bin/python fixtures/corpus/make_heldout.py ort && \
 	$(CV)/nncf/bin/python fixtures/corpus/make_heldout.py nncf && \
 	$(CV)/modelopt/bin/python fixtures/corpus/make_heldout.py modelopt && \
