@@ -290,7 +290,10 @@ def _check_qdq(
     if np.any(s32 < 0) or (
         np.any(s32 == 0) and not _zero_scales_on_zero_channels(node, s32, nodes, producer, inits)
     ):
-        raise InputError(f"{label} has a zero or negative scale (min {float(s32.min()):g})")
+        raise InputError(
+            f"{label} has a zero or negative scale (min {float(s32.min()):g}); TensorRT's parser "
+            "takes positive scales only"
+        )
     if attr_int(node, "block_size", 0):
         _check_blocks(node, label, list(scale.shape), shapes.get(node.input[0]))
     if scale.ndim > 1:
