@@ -211,9 +211,12 @@ def reference_weight_pre_pass(
         BIAS_CORRECTED,
         FLOAT_WEIGHTS,
         corrected_biases,
+        may_reround_weights,
         reference_weights,
     )
 
+    if not may_reround_weights(model):
+        return {}  # no rule re-rounds a weight: nothing to match, neither model indexed
     graphs = QGraph.from_model(model), QGraph.from_model(reference)  # indexed once for both
     found, missing = reference_weights(model, reference, graphs)
     corrected = corrected_biases(*graphs)

@@ -8,7 +8,9 @@ import numpy as np
 INT8_RANGE = (-128, 127)
 
 
-def _axis_shape(ndim: int, axis: int | None, n: int) -> tuple[int, ...]:
+def axis_shape(ndim: int, axis: int | None, n: int) -> tuple[int, ...]:
+    """The shape that broadcasts ``n`` per-axis parameters along ``axis`` of a rank-``ndim``
+    tensor; () for per-tensor ones."""
     if axis is None or n == 1:
         return ()
     shape = [1] * ndim
@@ -27,7 +29,7 @@ def quantize_np(
     or another integer type's range: int32 values then)."""
     w = np.asarray(w, dtype=np.float32)
     s = np.asarray(scale, dtype=np.float32)
-    shape = _axis_shape(w.ndim, axis, s.size)
+    shape = axis_shape(w.ndim, axis, s.size)
     s = s.reshape(shape) if shape else s.reshape(())
     z = np.zeros(()) if zp is None else np.asarray(zp, dtype=np.float64).reshape(shape or ())
     q = np.rint(w / s).astype(np.float64) + z
@@ -41,7 +43,7 @@ def centered_np(x: np.ndarray, zp: np.ndarray | None, axis: int | None) -> np.nd
     if zp is None:
         return x.astype(np.int32)
     z = np.asarray(zp).astype(np.int32)
-    shape = _axis_shape(x.ndim, axis, z.size)
+    shape = axis_shape(x.ndim, axis, z.size)
     return x.astype(np.int32) - z.reshape(shape or ())
 
 
@@ -51,6 +53,6 @@ def dequantize_np(
     """ONNX DequantizeLinear in numpy (float32, as ONNX Runtime computes it)."""
     x = np.asarray(x)
     s = np.asarray(scale, dtype=np.float32)
-    shape = _axis_shape(x.ndim, axis, s.size)
+    shape = axis_shape(x.ndim, axis, s.size)
     s = s.reshape(shape) if shape else s.reshape(())
     return np.asarray(centered_np(x, zp, axis).astype(np.float32) * s, dtype=np.float32)

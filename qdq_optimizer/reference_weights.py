@@ -25,7 +25,7 @@ from .biases import float_bias
 from .graph import Node, QGraph, constant_value
 from .ops import CONV_OPS, WEIGHTED_OPS
 from .protos import is_float_dtype
-from .qdq_numpy import centered_np
+from .qdq_numpy import axis_shape, centered_np
 from .trt_patterns import output_channel_axis, weight_tensor
 
 SLACK = 1e-3  # in steps: float32 division and rounding in the quantizer
@@ -130,23 +130,20 @@ def _rounds_to(
     w: np.ndarray, q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int | None
 ) -> bool:
     """``q`` is what quantizing ``w`` with these parameters gives (within ``SLACK`` of a step)."""
-    s = np.asarray(scale, np.float64).reshape(-1)
-    axis = None if s.size == 1 else (1 if axis is None else axis) % q.ndim  # ONNX's default: 1
-    if axis is not None:
-        shape = [1] * q.ndim
-        shape[axis] = s.size
-        s = s.reshape(shape)
-    else:
-        s = s.reshape(())
+    s = np.asarray(scale, np.float64)
+    s = s.reshape(axis_shape(q.ndim, axis, s.size))  # per-axis scales: QParams resolved the axis
     back = centered_np(q, zp, axis).astype(np.float64) * s
     return bool(np.all(np.abs(np.asarray(w, np.float64) - back) <= s * (0.5 + SLACK)))
 
 
-def _may_hold_rerounded_weights(model: onnx.ModelProto) -> bool:
-    """A cheap scan of the protobuf: some DequantizeLinear reads an integer constant and feeds
-    only weights, with a one-element scale over two or more conv output channels (or a GEMM), or
-    uint8 / nonzero zero points (a superset of what ``rerounded_weights`` returns, without
-    indexing the graph)."""
+def may_reround_weights(model: onnx.ModelProto) -> bool:
+    """A cheap scan of the protobuf: can any rule re-round a weight of ``model``? Some
+    DequantizeLinear feeds only weights and either reads a Q of a float constant (the pair form,
+    which ``weight-per-channel`` and ``symmetric-int8`` re-round from its own float values) or
+    reads an integer constant with a one-element scale over two or more conv output channels (or
+    a GEMM), or with uint8 / nonzero zero points (a superset of what ``rerounded_weights``
+    returns). Without one, neither float weights nor corrected biases can be used, and the
+    reference pre-pass decides so without indexing either model."""
     consts = {t.name: t for t in model.graph.initializer}
     readers: dict[str, list[str]] = {}
     for n in model.graph.node:
@@ -158,6 +155,11 @@ def _may_hold_rerounded_weights(model: onnx.ModelProto) -> bool:
             consts[n.output[0]] = n.attribute[0].t
         if len(n.input) > 1:
             readers.setdefault(n.input[1], []).append(n.op_type)
+    pair_form = {
+        n.output[0]
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and n.input and n.input[0] in consts
+    }
     ints = (
         onnx.TensorProto.INT8,
         onnx.TensorProto.UINT8,
@@ -168,12 +170,14 @@ def _may_hold_rerounded_weights(model: onnx.ModelProto) -> bool:
     for n in model.graph.node:
         if n.op_type != "DequantizeLinear" or len(n.input) < 2:
             continue
-        w, s = consts.get(n.input[0]), consts.get(n.input[1])
-        if w is None or s is None or w.data_type not in ints or len(w.dims) < 2:
-            continue
         ops = set(readers.get(n.output[0], []))
         if not ops or not ops <= WEIGHTED_OPS:
             continue  # not (only) a weight; a weight behind a Transpose is left per tensor
+        if n.input[0] in pair_form:
+            return True
+        w, s = consts.get(n.input[0]), consts.get(n.input[1])
+        if w is None or s is None or w.data_type not in ints or len(w.dims) < 2:
+            continue
         z = consts.get(n.input[2]) if len(n.input) > 2 else None
         if w.data_type in unsigned or (z is not None and np.any(numpy_helper.to_array(z))):
             return True  # symmetric-int8 re-rounds it
@@ -194,7 +198,7 @@ def reference_weights(
     """(op name -> float weight of ``reference`` that ``model``'s re-rounded integer weight was
     rounded from; the names of the re-rounded weights no float weight matched).
     ``graphs``: both models already indexed (else they are, when needed)."""
-    if not _may_hold_rerounded_weights(model):
+    if graphs is None and not may_reround_weights(model):
         return {}, []  # the common case, decided without indexing the graph
     graph, ref = graphs or (QGraph.from_model(model), None)
     wanted = rerounded_weights(graph)

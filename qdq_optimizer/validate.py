@@ -345,9 +345,7 @@ def _check_qdq(
         axis = attr_int(node, "axis", 1)
         shape = shapes.get(node.input[0])
         if shape is not None:
-            rank = len(shape)
-            if not -rank <= axis < rank:
-                raise InputError(f"{label} has axis {axis}, out of range for rank {rank} input")
+            _check_axis(label, axis, len(shape))
             dim = shape[axis]
             if dim is not None and dim != scale.size:
                 raise InputError(
@@ -355,6 +353,11 @@ def _check_qdq(
                 )
         elif axis < -8 or axis > 8:
             raise InputError(f"{label} has an implausible axis {axis}")
+
+
+def _check_axis(label: str, axis: int, rank: int) -> None:
+    if not -rank <= axis < rank:
+        raise InputError(f"{label} has axis {axis}, out of range for rank {rank} input")
 
 
 def _check_blocks(
@@ -367,8 +370,7 @@ def _check_blocks(
         return
     block, rank = attr_int(node, "block_size", 0), len(shape)
     axis = attr_int(node, "axis", 1)
-    if not -rank <= axis < rank:
-        raise InputError(f"{label} has axis {axis}, out of range for rank {rank} input")
+    _check_axis(label, axis, rank)
     want = [-(-d // block) if i == axis % rank else d for i, d in enumerate(shape)]
     if scale_shape != want:
         raise InputError(

@@ -427,7 +427,7 @@ def test_asymmetric_per_channel_weights_converted_from_the_reference_float_weigh
 
 
 def test_reference_pre_pass_skips_graphs_without_per_tensor_weights_cheaply() -> None:
-    from qdq_optimizer.reference_weights import _may_hold_rerounded_weights as may
+    from qdq_optimizer.reference_weights import may_reround_weights as may
 
     w = _narrow_conv_weight()
     per_channel = (np.abs(w).reshape(6, -1).max(1) / 127).astype(np.float32)
@@ -440,3 +440,23 @@ def test_reference_pre_pass_skips_graphs_without_per_tensor_weights_cheaply() ->
     zp = next(t for t in m.graph.initializer if t.name == "wz")
     zp.CopyFrom(numpy_helper.from_array(np.arange(6, dtype=np.int8), "wz"))
     assert may(m)
+    # the pair form: the rules re-round it from its own float values (and keep corrected means)
+    assert may(_weighted_graph("Conv", w, per_channel, 0, form="pair"))
+
+
+def test_reference_pre_pass_indexes_nothing_when_no_rule_rerounds_a_weight(monkeypatch) -> None:
+    """Per-channel symmetric int8 weights: no rule re-rounds them, so the pre-pass returns
+    before indexing either model (corrected biases would serve no rule either)."""
+    import qdq_optimizer.api as api
+    from qdq_optimizer.graph import QGraph
+
+    w = _narrow_conv_weight()
+    per_channel = (np.abs(w).reshape(6, -1).max(1) / 127).astype(np.float32)
+    m = _weighted_graph("Conv", w, per_channel, 0)
+    float_model = _weighted_graph("Conv", w * 1.5, None, 0, form="float")  # a stranger's bias too
+
+    def refuse(*_a, **_k):
+        raise AssertionError("indexed a model")
+
+    monkeypatch.setattr(QGraph, "from_model", staticmethod(refuse))
+    assert api.reference_weight_pre_pass(m, float_model, []) == {}
