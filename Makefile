@@ -112,6 +112,11 @@ corpus-heldout: $(foreach p,$(CORPUS_PRODUCERS),$(CV)/$(p)/.installed)
 	$(CV)/nncf/bin/python fixtures/corpus/make_heldout.py nncf && \
 	$(CV)/modelopt/bin/python fixtures/corpus/make_heldout.py modelopt && \
 	$(CV)/modelopt/bin/python fixtures/corpus/make_heldout.py mtq && \
+	$(CV)/ort/bin/python fixtures/corpus/make_heldout.py ort-partial && \
+	$(CV)/nncf/bin/python fixtures/corpus/make_heldout.py nncf-partial && \
+	$(CV)/modelopt/bin/python fixtures/corpus/make_heldout.py modelopt-partial && \
+	$(CV)/torch/bin/python fixtures/corpus/make_heldout.py pq-partial && \
+	$(CV)/modelopt/bin/python fixtures/corpus/make_heldout.py mtq-partial && \
 	$(CV)/ort/bin/python fixtures/corpus/make_heldout.py manifest
 	QDQOPT_CORPUS_ROOT=$(dir $(abspath $(HELDOUT_OUT))) OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_corpus.py
 

@@ -3,6 +3,8 @@ nothing INT8 reads goes, and weighted-op inputs stay quantized."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from onnx import numpy_helper
 
@@ -226,6 +228,23 @@ def test_float_weight_conv_on_the_ignore_list_stays_float() -> None:
         _weighted_graph("Conv", w, None, 0, form="float"), "tensorrt", ignore=["^op$"]
     )
     assert rep.result("quantize-float-weights").count == 0
+
+
+def test_float_weight_warning_names_the_ignore_that_keeps_it_float() -> None:
+    # A producer's exclusion (ORT nodes_to_exclude, NNCF IgnoredScope, ModelOpt
+    # --nodes_to_exclude) leaves such a conv float on purpose: the warning says how to keep it so,
+    # and following it does (its input pair goes too: keep-ignored-float).
+    w = (np.random.default_rng(6).standard_normal((6, 4, 3, 3)) * 0.2).astype(np.float32)
+    m = _weighted_graph("Conv", w, None, 0, form="float")
+    _, rep = optimize(m, "tensorrt")
+    (text,) = [x for x in rep.warnings if x.startswith("quantize-float-weights")]
+    pattern = re.search(r"--ignore '([^']+)'", text).group(1)
+    out, rep = optimize(m, "tensorrt", ignore=[pattern])
+    assert rep.result("quantize-float-weights").count == 0
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in out.graph.node)
+    conv = next(n for n in out.graph.node if n.op_type == "Conv")
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    np.testing.assert_array_equal(inits[conv.input[1]], w)  # the float weight, untouched
 
 
 def _per_tensor(w: np.ndarray) -> np.ndarray:

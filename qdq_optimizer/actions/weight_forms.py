@@ -21,6 +21,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -262,6 +264,7 @@ def quantize_float_weights(
     graph.set_input(w, 1, out)
     ctx.warn(
         f"quantize-float-weights: '{w.name}' had float weights behind an INT8 input; they are "
-        "now int8 per-channel (max/127): the output moves by that rounding (--verify measures it)"
+        "now int8 per-channel (max/127): the output moves by that rounding (--verify measures "
+        f"it). If it was left float on purpose, keep it float with --ignore '^{re.escape(w.name)}$'"
     )
     return [change]
