@@ -14,9 +14,10 @@ sources of spread in that one number (``qdq_optimizer.testing.noise_floor``):
   realisations (1 of 7: the given rounding is the luckiest, and any rewrite regresses to the mean).
 
 With ``--task`` the entry's task metric (box F1 or top-1 against the float model) is measured
-instead of the SQNR, in its own units.
+instead of the SQNR, in its own units. ``optimize`` runs as the criterion runs it, with the float
+model as ``--reference`` (``--no-reference``: without it, as ``bench_corpus.py --no-reference``).
 
-    python benchmarks/bench_noise_floor.py [--task] NAME [NAME ...]
+    python benchmarks/bench_noise_floor.py [--task] [--no-reference] NAME [NAME ...]
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def task_metric(e: corpus.CorpusEntry):
 
 def main(args: list[str]) -> int:
     use_task = "--task" in args
-    names = [a for a in args if a != "--task"]
+    with_reference = "--no-reference" not in args
+    names = [a for a in args if a not in ("--task", "--no-reference")]
     entries = {e.name: e for e in corpus.load_manifests()}
     unknown = [n for n in names if n not in entries]
     if unknown or not names:
@@ -79,7 +81,12 @@ def main(args: list[str]) -> int:
 
         def rewrite(m, e=e):
             return api.optimize(
-                m, e.rules, ignore=e.ignore, calibration_data=e.calibration, lint_result=False
+                m,
+                e.rules,
+                ignore=e.ignore,
+                calibration_data=e.calibration,
+                reference=str(e.reference) if with_reference else None,
+                lint_result=False,
             )[0]
 
         out = rewrite(str(e.model))

@@ -198,7 +198,9 @@ def _convert_weight(graph: QGraph, dq: Node, ctx: ActionContext, stats: dict) ->
     stats["weights"] += 1
     wq, scale = symmetric_weight(w, axis, graph)
     w_old = _current_weight(raw, p, pair)
-    kept = keep_means(graph, dq.outputs[0], w_old, dequantize_np(wq, scale, None, axis), ctx)
+    w_new = dequantize_np(wq, scale, None, axis)
+    w_float = w if (pair or reference is not None) else None  # else only its dequantized values
+    kept = keep_means(graph, dq.outputs[0], w_old, w_new, ctx, w_float)
     change = Change(
         "requantize",
         [n.name for n in ((q, dq) if pair else (dq,))],

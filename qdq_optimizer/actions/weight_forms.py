@@ -193,7 +193,9 @@ def weight_per_channel(
     gain = "all of it" if after == 0 else f"{10 * np.log10(before / after):.1f} dB"
     name = q.inputs[0].name if q is not None else dq.inputs[0].name
     w_old, w_new = dequantize_np(held, p.scale, None, None), dequantize_np(wq, scale, None, axis)
-    kept = keep_means(graph, t, w_old, w_new, ctx)  # each reader's bias, before the weights change
+    kept = keep_means(
+        graph, t, w_old, w_new, ctx, w
+    )  # each reader's bias, before the weights change
     change = Change(
         "requantize",
         [n.name for n in (q, dq) if n is not None],
@@ -239,15 +241,17 @@ def quantize_float_weights(
     axis = weight_axis(graph, wt)
     if axis is None:
         return []
+    wq, scale = symmetric_weight(value, axis, graph)
+    # the op's bias takes the float op's output mean (calibration E[x]), before the weights change
+    kept = keep_means(graph, wt, value, dequantize_np(wq, scale, None, axis), ctx, value)
     change = Change(
         "quantize",
         [w.name],
         f"float weight '{wt.name}' {list(value.shape)} of an INT8-input {w.op} -> symmetric "
-        f"int8 per-channel (axis {axis}, max/127)",
+        f"int8 per-channel (axis {axis}, max/127)" + (f"; {kept}" if kept else ""),
     )
     if ctx.dry_run:
         return [change]
-    wq, scale = symmetric_weight(value, axis, graph)
     s_c = graph.float_constant(f"{wt.name}_scale", scale)
     z_c = gs.Constant(graph.unique_name(f"{wt.name}_zero_point"), np.zeros(scale.shape, np.int8))
     out = gs.Variable(
