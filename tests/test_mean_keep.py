@@ -12,12 +12,13 @@ from functools import cache
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from ort_quant import outputs, photos
 
-from qdq_optimizer.actions.mean_keep import _mean_shift
-from qdq_optimizer.api import optimize
+from qdq_optimizer.actions.mean_keep import INPUT_MEANS, _mean_shift
+from qdq_optimizer.api import calibration_pre_pass, float_input_means, optimize
 from qdq_optimizer.calibration import CalibrationData
 from qdq_optimizer.graph import QGraph
 from qdq_optimizer.verify import sqnr
@@ -251,3 +252,22 @@ def test_float_weights_quantized_take_the_float_models_mean() -> None:
     # calibration images' (0.41 vs 0.38 in red)
     assert _channel_mean_error(y_moved, ref) < 0.3 * _channel_mean_error(y_bare, ref)
     assert sqnr(ref, y_moved) > sqnr(ref, y_bare)
+
+
+def test_the_corrections_use_the_float_models_input_means() -> None:
+    """The corrections aim at the float model's output mean, so they take its input means
+    (``api.float_input_means``), not those of the quantized model with quantization off, whose
+    coarse weights move every later layer's means: here conv1's per-tensor weights move conv2's
+    input means by up to a few percent."""
+    fm, qm = _models()
+    calib = photos("calib")
+    probe = onnx.ModelProto()
+    probe.CopyFrom(fm)
+    probe.graph.output.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    r = np.concatenate([sess.run(["r"], {"x": calib[i : i + 1]})[0] for i in range(len(calib))])
+    got = float_input_means(fm, CalibrationData({"x": calib}))
+    np.testing.assert_allclose(got["conv2"], r.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got["conv1"], calib.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-7)
+    own = calibration_pre_pass(qm, CalibrationData({"x": calib}))[INPUT_MEANS]["conv2"]
+    assert not np.allclose(own, got["conv2"], rtol=1e-3)  # what the quantized weights give

@@ -20,7 +20,9 @@ whole inputs (a padded border reads zeros).
   that mean gave back most of the gain (the PP-OCRv4 detector's ORT default graph fell from
   10.53 to 4.56 dB). When the rule re-rounds from the float weight ``W_f`` it knows, the bias
   gets ``(W_f - W_new) . E[x]`` instead: the output mean becomes the float layer's, as bias
-  correction (Nagel et al., 2019) makes it. An image-reading first conv shows why: its input's
+  correction (Nagel et al., 2019) makes it. ``E[x]`` is then the float model's own input mean
+  where ``--reference`` has the op (``api.float_input_means``): the quantized model's coarse
+  weights move later layers' means. An image-reading first conv shows why: its input's
   mean is 0.4-0.5, so a weight rounding's sum per output channel is an output offset. On the
   seed's YOLOv8n-like model (ORT per-tensor weights) re-rounding that conv per channel cost
   0.60 dB at the output although its weight error fell 35 %; with the correction -0.01.
