@@ -193,9 +193,8 @@ def weight_per_channel(
     gain = "all of it" if after == 0 else f"{10 * np.log10(before / after):.1f} dB"
     name = q.inputs[0].name if q is not None else dq.inputs[0].name
     w_old, w_new = dequantize_np(held, p.scale, None, None), dequantize_np(wq, scale, None, axis)
-    kept = keep_means(
-        graph, t, w_old, w_new, ctx, w
-    )  # each reader's bias, before the weights change
+    # each reader's bias (the float output mean: w is the float weight), before the weights change
+    kept = keep_means(graph, t, w_old, w_new, ctx, w)
     change = Change(
         "requantize",
         [n.name for n in (q, dq) if n is not None],
