@@ -15,6 +15,7 @@ from .actions.mean_keep import INPUT_MEANS
 from .calibration import (
     CalibrationData,
     measure_histograms,
+    measure_means,
     measure_ranges_and_means,
 )
 from .contrib_qdq import to_default_domain
@@ -23,6 +24,7 @@ from .fixpoint import DEFAULT_MAX_ITERATIONS, apply_rules
 from .graph import DEQUANTIZE, QUANTIZE, QGraph, name_matches
 from .model_io import finalize
 from .opset_upgrade import upgrade_opset
+from .protos import FLOAT_TYPES
 from .report import OptimizeReport, Problem
 from .ruleset import RuleSet, compile_ignore, load_ruleset
 from .scale_groups import scale_groups
@@ -119,7 +121,7 @@ def optimize(
         calibration_data.check(model)  # bad samples fail here, before any rule runs
         t, c = time.perf_counter(), time.process_time()
         run_settings.update(calibration_pre_pass(model, calibration_data))
-        if ref is not None:  # the float model's own input means, where it has the op
+        if ref is not None and _may_round_weights(model):  # the float model's input means
             run_settings[INPUT_MEANS].update(float_input_means(ref, calibration_data))
         timings["calibration"] = _ms(t)
         timings["calibration_cpu"] = round((time.process_time() - c) * 1000, 3)
@@ -186,9 +188,28 @@ def float_input_means(reference: onnx.ModelProto, data: CalibrationData) -> dict
     0.07, and the correction cost 0.8 dB instead of gaining)."""
     weighted = _weighted_inputs(reference)
     runs = data.runs
-    _, means = measure_ranges_and_means(reference, data, set(weighted.values()))
+    means = measure_means(reference, data, set(weighted.values()))
     data.runs = runs
     return {op: means[t] for op, t in weighted.items() if t in means}
+
+
+def _may_round_weights(model: onnx.ModelProto) -> bool:
+    """Can a rule round a weight, so that a bias correction reads the input means? A weight it
+    re-rounds (``may_reround_weights``), or any float constant of rank 2 or more (a superset of
+    the float weights ``quantize-float-weights`` rounds, also behind an exporter's Identity or
+    Transpose). Without one the float model is not run."""
+    from .reference_weights import may_reround_weights
+
+    if may_reround_weights(model):
+        return True
+    constants = list(model.graph.initializer) + [
+        a.t
+        for n in model.graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.type == onnx.AttributeProto.TENSOR
+    ]
+    return any(t.data_type in FLOAT_TYPES and len(t.dims) >= 2 for t in constants)
 
 
 def calibration_pre_pass(model: onnx.ModelProto, data: CalibrationData) -> dict[str, Any]:

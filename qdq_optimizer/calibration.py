@@ -128,6 +128,17 @@ def measure_ranges_and_means(
     return ranges, {t: means[alias.get(t, t)] for t in mean_of if alias.get(t, t) in means}
 
 
+def measure_means(
+    model: onnx.ModelProto, data: CalibrationData, mean_of: set[str]
+) -> dict[str, np.ndarray]:
+    """The means of ``measure_ranges_and_means`` alone: only the tensors in ``mean_of`` are
+    fetched (the float model's Conv/Gemm inputs, ``api.float_input_means``)."""
+    bypassed, alias = _bypass(model)
+    sources = {alias.get(t, t) for t in mean_of}
+    means = _peaks(bypassed, sources, data, sources)[1]
+    return {t: means[alias.get(t, t)] for t in mean_of if alias.get(t, t) in means}
+
+
 def _peaks(
     bypassed: onnx.ModelProto,
     names: set[str],

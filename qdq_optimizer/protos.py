@@ -13,6 +13,10 @@ from onnx import TensorProto, numpy_helper
 QUANTIZE = "QuantizeLinear"
 DEQUANTIZE = "DequantizeLinear"
 QDQ_OPS = (QUANTIZE, DEQUANTIZE)
+# the ONNX float element types (a float model's, a Q/DQ scale's)
+FLOAT_TYPES = frozenset(
+    {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+)
 
 
 def payload_dtype(payload: TensorProto | np.ndarray | None) -> int | None:

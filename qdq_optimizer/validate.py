@@ -23,6 +23,7 @@ from .errors import InputError
 from .model_io import check_tensor_data as _check_tensor_data
 from .protos import (
     DEQUANTIZE,
+    FLOAT_TYPES,
     QUANTIZE,
     attr_int,
     constant_payload,
@@ -55,7 +56,7 @@ _FP8 = frozenset(
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # ONNX Runtime's contrib Q/DQ still there after contrib_qdq moved what it could: checked alike
 _QDQ_DOMAINS = (*_DEFAULT_DOMAINS, CONTRIB_DOMAIN)
-_SCALE_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+_SCALE_TYPES = FLOAT_TYPES  # a Q/DQ scale is of a float type
 
 
 def validate_model(model: onnx.ModelProto) -> list[str]:

@@ -17,9 +17,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from ort_quant import outputs, photos
 
+from qdq_optimizer import api
 from qdq_optimizer.actions.mean_keep import INPUT_MEANS, _mean_shift
 from qdq_optimizer.api import calibration_pre_pass, float_input_means, optimize
-from qdq_optimizer.calibration import CalibrationData
+from qdq_optimizer.calibration import CalibrationData, measure_means, measure_ranges_and_means
 from qdq_optimizer.graph import QGraph
 from qdq_optimizer.verify import sqnr
 
@@ -109,8 +110,6 @@ def _nncf_like() -> tuple[onnx.ModelProto, onnx.ModelProto]:
     fm = build(b2)
     probe = build(b2)
     probe.graph.output.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
-    import onnxruntime as ort
-
     sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     r = np.concatenate([sess.run(["r"], {"x": calib[i : i + 1]})[0] for i in range(len(calib))])
     scales = (1.0 / 127, float(r.max() / 127))
@@ -271,3 +270,34 @@ def test_the_corrections_use_the_float_models_input_means() -> None:
     np.testing.assert_allclose(got["conv1"], calib.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-7)
     own = calibration_pre_pass(qm, CalibrationData({"x": calib}))[INPUT_MEANS]["conv2"]
     assert not np.allclose(own, got["conv2"], rtol=1e-3)  # what the quantized weights give
+
+
+def test_float_means_are_measured_alone_and_only_when_a_weight_can_be_rounded(
+    tmp_path, monkeypatch
+) -> None:
+    """``measure_means`` fetches only the tensors it averages and gives the pre-pass's means; and
+    the float model is not run when no rule can round a weight (per-channel int8 weights, no
+    float constant: nothing would read the means)."""
+    fm, qm = _models()
+    data = CalibrationData({"x": photos("calib")})
+    inputs = {"c1", "r"}
+    alone = measure_means(fm, data, inputs)
+    with_ranges = measure_ranges_and_means(fm, data, inputs)[1]
+    assert alone.keys() == with_ranges.keys() == inputs
+    for t in inputs:
+        np.testing.assert_array_equal(alone[t], with_ranges[t])
+
+    per_channel, _ = optimize(qm, "tensorrt")  # int8 weight initializers, per output channel
+    assert not any(
+        t.data_type == TensorProto.FLOAT and len(t.dims) >= 2 for t in per_channel.graph.initializer
+    )
+    ref_path = tmp_path / "float.onnx"
+    onnx.save(fm, ref_path)
+
+    def never(*_args):
+        raise AssertionError("the float model was run")
+
+    monkeypatch.setattr(api, "float_input_means", never)
+    optimize(per_channel, "tensorrt", calibration_data=data, reference=ref_path)
+    with pytest.raises(AssertionError, match="float model was run"):
+        optimize(qm, "tensorrt", calibration_data=data, reference=ref_path)  # pair-form weights
