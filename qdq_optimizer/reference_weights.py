@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .batchnorm import bn_scale
 from .biases import float_bias
 from .graph import Node, QGraph, constant_value
 from .ops import CONV_OPS, WEIGHTED_OPS
@@ -112,12 +113,9 @@ def _bn_folded(graph: QGraph, op: Node, w: np.ndarray) -> np.ndarray | None:
     bn = readers[0]
     if bn.op != "BatchNormalization" or bn.inputs[0] is not op.outputs[0]:
         return None
-    gamma, var = constant_value(bn.inputs[1]), constant_value(bn.inputs[4])
-    if gamma is None or var is None:
+    g = bn_scale(bn, np.float64)
+    if g is None:
         return None
-    g = np.asarray(gamma, np.float64) / np.sqrt(
-        np.asarray(var, np.float64) + float(bn.attrs.get("epsilon", 1e-5))
-    )
     axis = output_channel_axis(op, w.ndim)
     if g.size != w.shape[axis]:
         return None
@@ -250,9 +248,8 @@ def _reference_biases(ref: QGraph, op: Node) -> list[np.ndarray]:
         bn = readers[0]
         params = [constant_value(t) for t in bn.inputs[1:5]]
         if all(p is not None and np.size(p) == cout for p in params):
-            gamma, beta, mean, var = (np.asarray(p, np.float64).reshape(-1) for p in params)
-            g = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
-            forms.append((b - mean) * g + beta)
+            beta, mean = (np.asarray(p, np.float64).reshape(-1) for p in params[1:3])
+            forms.append((b - mean) * bn_scale(bn, np.float64).reshape(-1) + beta)
     return forms
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..batchnorm import bn_affine
 from ..graph import Node, QGraph, constant_value
 from ..ops import CONV_OPS
 from ..qdq_numpy import dequantize_np, quantize_np
@@ -44,13 +45,9 @@ def remove_epilogue_qdq(
 
 def _bn_params(bn: Node) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-channel multiplier g and offset h with BN(y) = g * y + h."""
-    vals = [constant_value(t) for t in bn.inputs[1:5]]
-    if len(vals) != 4 or any(v is None for v in vals) or len(bn.outputs) != 1:
+    if len(bn.outputs) != 1:
         return None
-    gamma, beta, mean, var = (np.asarray(v, dtype=np.float32) for v in vals)
-    eps = np.float32(bn.attrs.get("epsilon", 1e-5))
-    g = (gamma / np.sqrt(var + eps)).astype(np.float32)
-    return g, (beta - mean * g).astype(np.float32)
+    return bn_affine(bn, np.float32)
 
 
 def _out_axis(conv: Node) -> int:
