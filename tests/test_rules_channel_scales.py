@@ -312,11 +312,13 @@ def test_a_second_reader_keeps_its_values_and_the_ignore_list_holds() -> None:
     assert count(_net(), "QuantizeLinear") == 2
 
 
-def test_fp16_graph_stays_fp16_and_keeps_its_integers() -> None:
-    """ModelOpt-style fp16 graphs: every scale the fold writes is fp16 (the model stays valid)."""
+@pytest.mark.parametrize("act, bn", [("Relu", True), ("Sigmoid", False)], ids=["bn", "new-mul"])
+def test_fp16_graph_stays_fp16_and_keeps_its_integers(act: str, bn: bool) -> None:
+    """ModelOpt-style fp16 graphs: every scale the fold writes, and the new Mul's factor, is fp16
+    (the model stays valid)."""
     from float_types import convert_float_type
 
-    m = convert_float_type(_net(bn=True))
+    m = convert_float_type(_net(act, bn=bn))
     out, rep = optimize(m, _only("channel-scales"), lint_result=False)
     assert rep.result("channel-scales").count == 1
     onnx.checker.check_model(out, full_check=True)
