@@ -24,7 +24,7 @@ from .fixpoint import DEFAULT_MAX_ITERATIONS, apply_rules
 from .graph import DEQUANTIZE, QUANTIZE, QGraph, name_matches
 from .model_io import finalize
 from .opset_upgrade import upgrade_opset
-from .protos import FLOAT_TYPES
+from .protos import FLOAT_TYPES, constant_tensors
 from .report import OptimizeReport, Problem
 from .ruleset import RuleSet, compile_ignore, load_ruleset
 from .scale_groups import scale_groups
@@ -202,13 +202,7 @@ def _may_round_weights(model: onnx.ModelProto) -> bool:
 
     if may_reround_weights(model):
         return True
-    constants = list(model.graph.initializer) + [
-        a.t
-        for n in model.graph.node
-        if n.op_type == "Constant"
-        for a in n.attribute
-        if a.type == onnx.AttributeProto.TENSOR
-    ]
+    constants = constant_tensors(model).values()
     return any(t.data_type in FLOAT_TYPES and len(t.dims) >= 2 for t in constants)
 
 

@@ -54,6 +54,18 @@ def constant_node_payload(node: onnx.NodeProto) -> TensorProto | np.ndarray | No
     return None
 
 
+def constant_tensors(model: onnx.ModelProto) -> dict[str, TensorProto]:
+    """Every constant TensorProto by tensor name: the initializers and the tensors ``Constant``
+    nodes hold (undecoded: a scan of names, types and dims reads no data)."""
+    found = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and len(n.output) == 1:
+            payload = constant_node_payload(n)
+            if isinstance(payload, TensorProto):
+                found[n.output[0]] = payload
+    return found
+
+
 def constant_payload(
     name: str,
     nodes: list[onnx.NodeProto],

@@ -25,7 +25,7 @@ from .batchnorm import bn_scale
 from .biases import float_bias
 from .graph import Node, QGraph, constant_value
 from .ops import CONV_OPS, WEIGHTED_OPS
-from .protos import is_float_dtype
+from .protos import constant_tensors, is_float_dtype
 from .qdq_numpy import axis_shape, centered_np
 from .trt_patterns import output_channel_axis, weight_tensor
 
@@ -142,15 +142,9 @@ def may_reround_weights(model: onnx.ModelProto) -> bool:
     a GEMM), or with uint8 / nonzero zero points (a superset of what ``rerounded_weights``
     returns). Without one, neither float weights nor corrected biases can be used, and the
     reference pre-pass decides so without indexing either model."""
-    consts = {t.name: t for t in model.graph.initializer}
+    consts = constant_tensors(model)
     readers: dict[str, list[str]] = {}
     for n in model.graph.node:
-        if (
-            n.op_type == "Constant"
-            and n.attribute
-            and n.attribute[0].type == onnx.AttributeProto.TENSOR
-        ):
-            consts[n.output[0]] = n.attribute[0].t
         if len(n.input) > 1:
             readers.setdefault(n.input[1], []).append(n.op_type)
     pair_form = {
