@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # Generator venvs of the corpora (one per producer; git-ignored)
 CORPUS_VENVS ?= .venv-corpus
 
-.PHONY: install demo test golden bench fuzz lint format clean system-deps corpus corpus-transformers corpus-trained corpus-heldout corpus-trained-heldout
+.PHONY: install demo test golden bench fuzz lint format clean system-deps corpus corpus-transformers corpus-trained corpus-heldout corpus-trained-heldout corpus-quark
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -122,6 +122,25 @@ corpus-heldout: $(foreach p,$(CORPUS_PRODUCERS),$(CV)/$(p)/.installed)
 	$(CV)/modelopt/bin/python fixtures/corpus/make_heldout.py mtq-partial && \
 	$(CV)/ort/bin/python fixtures/corpus/make_heldout.py manifest
 	QDQOPT_CORPUS_ROOT=$(dir $(abspath $(HELDOUT_OUT))) OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_corpus.py
+
+# Ninth held-out round: AMD Quark's ONNX PTQ (fixtures/corpus/producers/quark_qdq.py), a producer
+# the corpus has not seen, on the corpus's own float CNNs (7 configurations) and on every trained
+# model (make_trained.py quark, 4 configurations), written OUTSIDE the repository, then the
+# criterion on them. About 40 min on 2 cores.
+# Usage: make corpus-quark HELDOUT_OUT=/elsewhere/quark
+corpus-quark: $(CV)/quark/.installed install
+	@test -n "$(HELDOUT_OUT)" || { echo "set HELDOUT_OUT=/path/outside/the/repo/quark"; exit 2; }
+	mkdir -p $(HELDOUT_OUT)/cnn $(HELDOUT_OUT)/trained
+	cp fixtures/corpus/cnn/*-float.onnx fixtures/corpus/cnn/photos-calib-*.npz $(HELDOUT_OUT)/cnn/
+	export CORPUS_OUT=$(abspath $(HELDOUT_OUT))/cnn OMP_NUM_THREADS=1; \
+	$(CV)/quark/bin/python fixtures/corpus/producers/quark_qdq.py && \
+	$(BIN)/python fixtures/corpus/make_manifest.py && \
+	$(BIN)/python fixtures/corpus/make_trained.py samples && \
+	$(BIN)/python fixtures/corpus/make_trained.py samples --heldout && \
+	$(CV)/quark/bin/python fixtures/corpus/make_trained.py quark --all --out $(abspath $(HELDOUT_OUT))/trained && \
+	$(CV)/quark/bin/python fixtures/corpus/make_trained.py quark --heldout --out $(abspath $(HELDOUT_OUT))/trained && \
+	$(BIN)/python fixtures/corpus/make_trained.py manifest --out $(abspath $(HELDOUT_OUT))/trained
+	QDQOPT_CORPUS_ROOT=$(abspath $(HELDOUT_OUT)) OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_corpus.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis

@@ -352,9 +352,10 @@ def test_heldout_manifest_names_every_built_graph(tmp_path):
     (out / "models").mkdir(parents=True)
     stems = ("ppocr-rec-ort-default", "ppocr-rec-modelopt-fp16-dq", "ddddocr-det-nncf-mixed")
     stems += ("ppocrv6-det-tiny-nncf-mixed",)  # a model name with dashes of its own
+    stems += ("ppocrv5-det-quark-cnn-default",)  # and a producer name with two
     for stem in (*stems, "not-a-corpus-graph"):
         (out / "models" / f"{stem}.onnx").write_bytes(b"")
-    (out / "versions.json").write_text('{"ort": "1.32.0"}')
+    (out / "versions.json").write_text('{"ort": "1.32.0", "quark": "0.13"}')
     make_trained.write_manifest(out)
     entries = {e.name: e for e in load_manifests(tmp_path)}
     assert set(entries) == set(stems)
@@ -368,4 +369,19 @@ def test_heldout_manifest_names_every_built_graph(tmp_path):
     assert e.prepare == "fixtures.corpus.trained.samples:prepare"
     e = entries["ppocrv6-det-tiny-nncf-mixed"]
     assert e.task == "fixtures.corpus.trained.tasks:ppocrv6_tiny_det_f1"
-    assert samples.models_in(out) == ["ppocr-rec", "ddddocr-det", "ppocrv6-det-tiny"]
+    e = entries["ppocrv5-det-quark-cnn-default"]
+    assert (e.producer, e.producer_version) == ("quark", "0.13")
+    assert e.task == "fixtures.corpus.trained.tasks:ppocrv5_det_f1"
+    assert samples.models_in(out) == ["ppocr-rec", "ddddocr-det", "ppocrv5-det", "ppocrv6-det-tiny"]
+
+
+def test_every_quark_producer_names_a_quark_configuration():
+    """A ``quark-*`` producer builds with one of AMD Quark's named configurations; a name
+    without one would fail only inside the quark venv, after the other producers ran."""
+    from fixtures.corpus import make_trained
+
+    quark = [p for p in make_trained.PRODUCERS if p.startswith("quark-")]
+    assert quark and set(quark) == set(make_trained.QUARK_CONFIGS)
+    assert set(make_trained.QUARK_CONFIGS.values()) <= {
+        "XINT8", "A8W8", "S8S8_AAWS", "U8S8_AAWS", "U8U8_AAWA", "INT8_CNN_DEFAULT", "VINT8"
+    }  # fmt: skip
