@@ -25,6 +25,7 @@ from .graph import DEQUANTIZE, QUANTIZE, QGraph, name_matches
 from .model_io import finalize
 from .opset_upgrade import upgrade_opset
 from .protos import FLOAT_TYPES, constant_tensors
+from .reference_weights import REFERENCE_NAMES
 from .report import OptimizeReport, Problem
 from .ruleset import RuleSet, compile_ignore, load_ruleset
 from .scale_groups import scale_groups
@@ -122,7 +123,10 @@ def optimize(
         t, c = time.perf_counter(), time.process_time()
         run_settings.update(calibration_pre_pass(model, calibration_data))
         if ref is not None and _may_round_weights(model):  # the float model's input means
-            run_settings[INPUT_MEANS].update(float_input_means(ref, calibration_data))
+            means = float_input_means(ref, calibration_data)
+            renamed = run_settings.get(REFERENCE_NAMES, {})
+            means.update({op: means[r] for op, r in renamed.items() if r in means})
+            run_settings[INPUT_MEANS].update(means)
         timings["calibration"] = _ms(t)
         timings["calibration_cpu"] = round((time.process_time() - c) * 1000, 3)
 
@@ -248,25 +252,31 @@ def reference_weight_pre_pass(
         FLOAT_WEIGHTS,
         corrected_biases,
         may_reround_weights,
+        reference_ops,
         reference_weights,
     )
 
     if not may_reround_weights(model):
         return {}  # no rule re-rounds a weight: nothing to match, neither model indexed
     graphs = QGraph.from_model(model), QGraph.from_model(reference)  # indexed once for both
-    found, missing = reference_weights(model, reference, graphs)
-    corrected = corrected_biases(*graphs)
+    ops = reference_ops(*graphs)  # which float op each weighted op was quantized from
+    found, missing = reference_weights(model, reference, graphs, ops)
+    corrected = corrected_biases(*graphs, ops)
     if missing:
         shown = ", ".join(f"'{n}'" for n in missing[:3]) + (" ..." if len(missing) > 3 else "")
         warnings.append(
             f"--reference: {len(missing)} re-rounded weight(s) ({shown}) have no float "
-            "weight there that rounds to them (same node name and shape, BN folded or not): "
+            "weight there that rounds to them (same node name or output, same shape, BN folded "
+            "or not): "
             "per-tensor int8 ones stay per tensor, uint8/asymmetric ones are converted from "
             "their integer values"
         )
     settings: dict[str, Any] = {FLOAT_WEIGHTS: found} if found else {}
     if corrected:
         settings[BIAS_CORRECTED] = corrected
+    renamed = {name: op.name for name, op in ops.items() if op.name != name}
+    if renamed:  # the float model's input means are measured by its own op names
+        settings[REFERENCE_NAMES] = renamed
     return settings
 
 

@@ -7,15 +7,20 @@ rounded values would round twice.
 
 A pre-pass, like the calibration one: it runs before the rules and hands them its result in
 settings (``observed_float_weights``: weighted op name -> float weight), so the rules stay graph
-rewrites. A float weight is taken only when it provably is the one that was quantized: the op has
-the same name in both models (quantizers keep node names), the same weight shape, and rounding
-the float weight with the model's own scales gives its integer values (``|w - s (q - z)| <= s/2``
-everywhere, per channel where the scales are, a little slack for float arithmetic). A float conv
-whose output only a BatchNormalization reads is tried with the BN folded in as well: ONNX
-Runtime's pre-processing folds BN before it quantizes.
+rewrites. A float weight is taken only when it provably is the one that was quantized: the op is
+the reference's op of the same name (quantizers keep node names) or, where no op has that name,
+the one that writes the same output tensor, itself or through the BatchNormalization that alone
+reads it (a producer that folds BN itself and renames the node: AMD Quark names the folded conv
+after the conv's old output and writes the BN's), ``reference_ops``; it has the same weight
+shape, and rounding the float weight with the model's own scales gives its integer values
+(``|w - s (q - z)| <= s/2`` everywhere, per channel where the scales are, a little slack for
+float arithmetic). A float conv whose output only a BatchNormalization reads is tried with the
+BN folded in as well: ONNX Runtime's pre-processing folds BN before it quantizes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
@@ -31,6 +36,7 @@ from .trt_patterns import output_channel_axis, weight_tensor
 
 SLACK = 1e-3  # in steps: float32 division and rounding in the quantizer
 FLOAT_WEIGHTS = "observed_float_weights"  # the setting: op name -> float weight
+REFERENCE_NAMES = "reference_op_names"  # the setting: op name -> the reference's, where they differ
 BIAS_CORRECTED = "bias_corrected_ops"  # the setting: ops whose bias the producer corrected
 
 
@@ -182,14 +188,51 @@ def may_reround_weights(model: onnx.ModelProto) -> bool:
     return False
 
 
+def reference_ops(
+    graph: QGraph, ref: QGraph, names: Iterable[str] | None = None
+) -> dict[str, Node]:
+    """Weighted op name of ``graph`` (``names``, else every Conv/ConvTranspose/Gemm/MatMul) -> the
+    reference's weighted op it was quantized from: the one of the same name, else the one that
+    writes the same output tensor, itself or through the BatchNormalization that alone reads its
+    output (the producer folded the BN and renamed the node). Names that name one node only, and
+    one reference op per op: an ambiguous match is no match."""
+    mine, theirs = _unique_names(graph), _unique_names(ref)
+    ref_ops = {op.name: op for op in ref.nodes if op.name in theirs and op.op in WEIGHTED_OPS}
+    found: dict[str, Node] = {}
+    for name in names if names is not None else [n.name for n in graph.nodes]:
+        if name not in mine:
+            continue
+        op = graph.node(name)
+        if op.op not in WEIGHTED_OPS:
+            continue
+        if name in ref_ops:
+            found[name] = ref_ops[name]
+            continue
+        out = op.outputs[0].name if op.outputs else ""
+        writer = ref.producer(ref.tensor(out)) if out and ref.has_tensor(out) else None
+        if writer is not None and writer.op == "BatchNormalization":
+            conv = ref.producer(writer.inputs[0])
+            folded = conv is not None and conv.outputs and len(conv.outputs[0].outputs) == 1
+            writer = conv if folded else None
+        if writer is not None and writer.op == op.op and writer.name in theirs:
+            if writer.name not in mine:  # else it is another op of this graph's own
+                found[name] = writer
+    taken: dict[str, int] = {}
+    for r in found.values():
+        taken[r.name] = taken.get(r.name, 0) + 1
+    return {n: r for n, r in found.items() if taken[r.name] == 1}
+
+
 def reference_weights(
     model: onnx.ModelProto,
     reference: onnx.ModelProto,
     graphs: tuple[QGraph, QGraph] | None = None,
+    ops: dict[str, Node] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """(op name -> float weight of ``reference`` that ``model``'s re-rounded integer weight was
     rounded from; the names of the re-rounded weights no float weight matched).
-    ``graphs``: both models already indexed (else they are, when needed)."""
+    ``graphs``: both models already indexed (else they are, when needed); ``ops``: their
+    ``reference_ops``, when known."""
     if graphs is None and not may_reround_weights(model):
         return {}, []  # the common case, decided without indexing the graph
     graph, ref = graphs or (QGraph.from_model(model), None)
@@ -197,23 +240,21 @@ def reference_weights(
     if not wanted:
         return {}, []
     ref = ref or QGraph.from_model(reference)
-    unique = _unique_names(ref)
     found: dict[str, np.ndarray] = {}
-    for op in ref.topo_nodes():
-        if op.name not in wanted or op.name not in unique or op.op not in WEIGHTED_OPS:
-            continue
+    matched = reference_ops(graph, ref, wanted) if ops is None else ops
+    for name, op in ((n, matched[n]) for n in wanted if n in matched):
         if len(op.inputs) < 2:
             continue
         value = constant_value(op.inputs[1])
         if value is None or not is_float_dtype(np.asarray(value).dtype):
             continue
-        held = wanted[op.name]
+        held = wanted[name]
         w = np.asarray(value, np.float32)
         if w.shape != held[0].shape:
             continue
         for candidate in (w, _bn_folded(ref, op, w)):
             if candidate is not None and _rounds_to(candidate, *held):
-                found[op.name] = candidate
+                found[name] = candidate
                 break
     return found, [name for name in wanted if name not in found]
 
@@ -271,16 +312,15 @@ def _out_channels(op: Node) -> int | None:
 BIAS_TOLERANCE = 1e-3  # relative to max(1, |b|): ONNX Runtime's int32 bias rounds far below it
 
 
-def corrected_biases(graph: QGraph, ref: QGraph) -> set[str]:
+def corrected_biases(graph: QGraph, ref: QGraph, ops: dict[str, Node] | None = None) -> set[str]:
     """Names of the Conv/Gemm ops whose bias in ``graph`` is not the reference model's (plain or
     with its BatchNormalization folded): the producer corrected it for the weights it rounded
     (NNCF's bias correction), so re-rounding those weights must keep the output mean
     (``actions/mean_keep.py``). Unmatched ops are left out: their weights re-round as before."""
-    mine, theirs = _unique_names(graph), _unique_names(ref)
-    ref_ops = {op.name: op for op in ref.nodes if op.name in theirs}
+    ref_ops = reference_ops(graph, ref) if ops is None else ops
     out: set[str] = set()
     for op in graph.nodes:
-        if op.op not in ("Conv", "Gemm") or op.name not in mine or op.name not in ref_ops:
+        if op.op not in ("Conv", "Gemm") or op.name not in ref_ops:
             continue
         readers = op.outputs[0].outputs if op.outputs else []
         if any(r.op == "BatchNormalization" for r in readers):

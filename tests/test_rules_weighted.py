@@ -367,6 +367,34 @@ def test_reference_weights_match_a_bn_folded_conv_and_refuse_a_stranger() -> Non
     assert any(x.startswith("--reference: 1 re-rounded weight(s) ('op')") for x in rep.warnings)
 
 
+def test_reference_weights_follow_a_renamed_conv_that_folded_its_bn() -> None:
+    """AMD Quark folds BN itself and names the folded conv after the conv's old output tensor
+    ('c'), writing the BN's output ('y'): no node name matches, the output tensor does. The float
+    weight is found through it (BN folded), and the op's reference name is handed on for the
+    float model's input means."""
+    import qdq_optimizer.api as api
+    from qdq_optimizer.reference_weights import FLOAT_WEIGHTS, REFERENCE_NAMES, reference_weights
+
+    w = _narrow_conv_weight()
+    gamma, var = np.linspace(0.5, 2, 6), np.linspace(0.1, 3, 6)
+    folded = (w * (gamma / np.sqrt(var + 1e-5)).reshape(6, 1, 1, 1)).astype(np.float32)
+    m = _weighted_graph("Conv", folded, _per_tensor(folded), 0)
+    conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    conv.name = "c"
+    float_model = _conv_bn_float(w, gamma, var)
+    found, missing = reference_weights(m, float_model)
+    assert list(found) == ["c"] and missing == []
+    np.testing.assert_allclose(found["c"], folded, rtol=1e-6)
+    settings = api.reference_weight_pre_pass(m, float_model, [])
+    assert settings[REFERENCE_NAMES] == {"c": "op"} and list(settings[FLOAT_WEIGHTS]) == ["c"]
+    _, rep = optimize(m, "tensorrt", reference=float_model)
+    assert rep.result("weight-per-channel").count == 1
+    assert not any("--reference" in x for x in rep.warnings)
+    # an op of another kind writing that tensor is no match
+    conv.op_type = "ConvTranspose"
+    assert reference_weights(m, float_model)[0] == {}
+
+
 def test_reference_weights_need_a_name_that_identifies_one_node() -> None:
     from qdq_optimizer.reference_weights import reference_weights
 
