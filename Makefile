@@ -126,7 +126,7 @@ corpus-heldout: $(foreach p,$(CORPUS_PRODUCERS),$(CV)/$(p)/.installed)
 # Ninth held-out round: AMD Quark's ONNX PTQ (fixtures/corpus/producers/quark_qdq.py), a producer
 # the corpus has not seen, on the corpus's own float CNNs (7 configurations) and on every trained
 # model (make_trained.py quark, 4 configurations), written OUTSIDE the repository, then the
-# criterion on them. About 40 min on 2 cores.
+# criterion on them. About 35 min on 2 cores, the venv included.
 # Usage: make corpus-quark HELDOUT_OUT=/elsewhere/quark
 corpus-quark: $(CV)/quark/.installed install
 	@test -n "$(HELDOUT_OUT)" || { echo "set HELDOUT_OUT=/path/outside/the/repo/quark"; exit 2; }
