@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # Generator venvs of the corpora (one per producer; git-ignored)
 CORPUS_VENVS ?= .venv-corpus
 
-.PHONY: install demo test golden bench fuzz lint format clean system-deps corpus corpus-transformers corpus-trained corpus-heldout corpus-trained-heldout corpus-quark
+.PHONY: install demo test golden bench fuzz lint format clean system-deps corpus corpus-transformers corpus-trained corpus-heldout corpus-trained-heldout corpus-quark corpus-tf corpus-ao
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -140,6 +140,35 @@ corpus-quark: $(CV)/quark/.installed install
 	$(CV)/quark/bin/python fixtures/corpus/make_trained.py quark --all --out $(abspath $(HELDOUT_OUT))/trained && \
 	$(CV)/quark/bin/python fixtures/corpus/make_trained.py quark --heldout --out $(abspath $(HELDOUT_OUT))/trained && \
 	$(BIN)/python fixtures/corpus/make_trained.py manifest --out $(abspath $(HELDOUT_OUT))/trained
+	QDQOPT_CORPUS_ROOT=$(abspath $(HELDOUT_OUT)) OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_corpus.py
+
+# Tenth held-out round: PyTorch's own quantization (torch.ao FX: x86 / qnnpack PTQ, the TensorRT
+# backend config, QAT; and torchao's PT2E, installed apart into the output folder with
+# fixtures/corpus/requirements-torchao.txt so the torch venv stays as it is) on the corpus's plain
+# CNNs and four torchvision architectures, written OUTSIDE the repository, then the criterion.
+# About 20 min on 2 cores. Usage: make corpus-ao HELDOUT_OUT=/elsewhere/ao/cnn
+AO_ONLY = regnety-small,mobilenetv3-small-w1,shufflenetv2-x0.5,lraspp-mobilenetv3
+corpus-ao: $(CV)/torch/.installed $(CV)/ultralytics/.installed install
+	@test -n "$(HELDOUT_OUT)" || { echo "set HELDOUT_OUT=/path/outside/the/repo/ao/cnn"; exit 2; }
+	export CORPUS_OUT=$(abspath $(HELDOUT_OUT)) OMP_NUM_THREADS=1 PYTHONPATH=$(CURDIR) \
+	  HELDOUT_TORCHVISION=$$(ls -d $(CURDIR)/$(CV)/ultralytics/lib/python3*/site-packages/torchvision); \
+	HELDOUT_ONLY=$(AO_ONLY) $(CV)/ultralytics/bin/python fixtures/corpus/make_heldout.py floats && \
+	$(CV)/torch/bin/python fixtures/corpus/make_heldout.py ao && \
+	$(CV)/torch/bin/pip install -q --no-deps --target $(abspath $(HELDOUT_OUT))/.torchao \
+	  -r fixtures/corpus/requirements-torchao.txt && \
+	PYTHONPATH=$(CURDIR):$(abspath $(HELDOUT_OUT))/.torchao \
+	  $(CV)/torch/bin/python fixtures/corpus/make_heldout.py ao-pt2e && \
+	$(CV)/torch/bin/python fixtures/corpus/make_heldout.py manifest
+	QDQOPT_CORPUS_ROOT=$(dir $(abspath $(HELDOUT_OUT))) OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_corpus.py
+
+# TensorFlow QAT (tfmot quantize_model) exported by tf2onnx (fixtures/corpus/producers/tf_qat.py):
+# Keras MobileNetV2, a ResNet and a U-Net with seeded weights, float and two QAT graphs each,
+# written OUTSIDE the repository with their manifest, then the criterion. About 15 min on 2 cores.
+# Usage: make corpus-tf HELDOUT_OUT=/elsewhere/tf
+corpus-tf: $(CV)/tf/.installed install
+	@test -n "$(HELDOUT_OUT)" || { echo "set HELDOUT_OUT=/path/outside/the/repo/tf"; exit 2; }
+	mkdir -p $(HELDOUT_OUT)/cnn
+	CORPUS_OUT=$(abspath $(HELDOUT_OUT))/cnn OMP_NUM_THREADS=1 $(CV)/tf/bin/python fixtures/corpus/producers/tf_qat.py
 	QDQOPT_CORPUS_ROOT=$(abspath $(HELDOUT_OUT)) OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_corpus.py
 
 clean:

@@ -148,7 +148,7 @@ def bench_big(gb: float, tmp: Path) -> None:
     peak = res["peak_rss_bytes"]
     print(
         f"big model ({rules}): optimize {res['optimize_s']:.1f} s (load {res['load_s']:.1f}, "
-        f"validate+import {res['validate_import_s']:.1f}, rules {res['rules_s']:.1f}, "
+        f"validate+import {res['validate_s'] + res['import_s']:.1f}, rules {res['rules_s']:.1f}, "
         f"finalize {res['finalize_s']:.1f}), save {res['save_s']:.1f} s; "
         f"output {out_size / 1e9:.2f} GB in {sorted(p.name for p in out.parent.iterdir())}"
     )

@@ -12,12 +12,14 @@ import numpy as np
 import onnx
 
 from .actions.mean_keep import INPUT_MEANS
+from .actions.symmetric import OBSERVED_PAIRS
 from .calibration import (
     CalibrationData,
     measure_histograms,
     measure_means,
     measure_ranges_and_means,
 )
+from .computed_params import fold_computed_params
 from .contrib_qdq import to_default_domain
 from .errors import UsageError
 from .fixpoint import DEFAULT_MAX_ITERATIONS, apply_rules
@@ -44,6 +46,17 @@ def load(model_or_path: ModelLike) -> onnx.ModelProto:
     from .model_io import load_model
 
     return load_model(model_or_path)
+
+
+def canonical_input(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """The exact rewrites made before anything reads a model (in place; callers pass their own
+    copy), and a note for each that changed something: opset 10-12 upgraded to 13, ONNX Runtime's
+    ``com.microsoft`` Q/DQ moved to the default domain, torch.onnx's computed Q/DQ parameters
+    folded (``computed_params``)."""
+    model, upgraded = upgrade_opset(model)
+    model, moved = to_default_domain(model)
+    model, folded = fold_computed_params(model)
+    return model, [note for note in (upgraded, moved, folded) if note]
 
 
 def optimize(
@@ -112,9 +125,12 @@ def optimize(
     model = load(model_or_path)
     timings["load"] = _ms(t)
 
-    model, upgraded = upgrade_opset(model)  # opset 10-12 -> 13 (exact), before anything reads it
-    model, moved = to_default_domain(model)  # ONNX Runtime's com.microsoft Q/DQ (exact)
-    input_warnings = [note for note in (upgraded, moved) if note]
+    model, input_warnings = canonical_input(model)
+    from .validate import validate_model
+
+    t = time.perf_counter()  # validated before any pre-pass reads it: bad input is refused, once
+    input_warnings.extend(validate_model(model))
+    timings["validate"] = _ms(t)
     ref = None if reference is None else load(reference)
     if ref is not None:  # float weights for per-tensor int8 ones (weight-per-channel)
         run_settings.update(reference_weight_pre_pass(model, ref, input_warnings))
@@ -236,8 +252,23 @@ def calibration_pre_pass(model: onnx.ModelProto, data: CalibrationData) -> dict[
         "observed_ranges": ranges,
         "observed_runs": runs,
         "observed_histograms": histograms,
+        OBSERVED_PAIRS: _activation_pairs(model, constants),
         INPUT_MEANS: {op: means[t] for op, t in weighted.items() if t in means},
     }
+
+
+def _activation_pairs(model: onnx.ModelProto, constants: set[str]) -> dict[str, tuple]:
+    """Activation Q name -> (the tensor it reads, its scale values) when measured: a rule that
+    reads a pair's range from ``observed_ranges`` uses it only while the pair still reads that
+    tensor at that scale (a fold since, e.g. ``channel-scales``, changed the values)."""
+    values = constant_tensors(model)
+    pairs = {}
+    for n in model.graph.node:
+        if n.op_type == QUANTIZE and len(n.input) > 1 and n.input[0] not in constants:
+            scale = values.get(n.input[1])
+            if scale is not None:
+                pairs[n.name] = (n.input[0], onnx.numpy_helper.to_array(scale).reshape(-1))
+    return pairs
 
 
 def reference_weight_pre_pass(
@@ -294,14 +325,11 @@ def _optimize_loaded(
     input_warnings: list[str] | None = None,
 ) -> tuple[onnx.ModelProto, OptimizeReport]:
     """One run of a rule set over a loaded model (left unmodified: the graph is a copy)."""
-    from .validate import validate_model
-
     t = time.perf_counter()
     warnings = list(input_warnings or [])
-    warnings.extend(validate_model(model))
     graph = QGraph.from_model(model)
     before = _stats(graph)
-    timings["validate_import"] = _ms(t)
+    timings["import"] = _ms(t)
 
     t = time.perf_counter()
     run = apply_rules(

@@ -86,6 +86,34 @@ def target_scale(scale: np.ndarray, zero_point: np.ndarray | None, dtype: int) -
     return symmetric_scale(represented_range(scale, zero_point, dtype))
 
 
+def within(r: Range, bounds: tuple[float | None, float | None]) -> Range:
+    """``r`` narrowed to what a clamp before the quantizer lets through (``None``: no bound): a
+    quantizer need not cover values its input never takes (torch's ``reduce_range`` uint8 pair
+    clamps to 0..127 and represents 0..255)."""
+    lo, hi = bounds
+    return Range(
+        r.lo if lo is None else np.maximum(r.lo, lo), r.hi if hi is None else np.minimum(r.hi, hi)
+    )
+
+
+# the samples reach less than this fraction of what a pair represents: codes the producer never
+# meant to use (torch's reduce_range sizes scales for uint8 0..127: about half); a pair whose data
+# fill its range (a MinMax calibration) keeps the full conversion, however small the sample set
+UNUSED_RANGE = 2 / 3
+
+
+def calibrated_scale(scale: float, original: float, seen: float) -> float:
+    """The conversion's scale where calibration samples show how far the data reach. ``scale``
+    covers everything the pair represented; when the samples' largest |x| (``seen``) stays below
+    ``UNUSED_RANGE`` of that, the scale covers ``seen`` instead, but never finer than the
+    ``original`` step (the same grid, so values inside it round as before). A reduce_range pair
+    then keeps close to its step instead of doubling it; values beyond what the samples reached
+    clip."""
+    if seen >= UNUSED_RANGE * 127.0 * scale:
+        return scale
+    return min(scale, max(original, seen / 127.0))
+
+
 def implied_clamp(r: Range) -> tuple[float | None, float | None]:
     """(min, max) of the activation the pair stood for, or (None, None). A range with an edge at
     exactly 0 in every channel (zero point at the type's minimum or maximum) stood for a deleted

@@ -62,6 +62,13 @@ def fold_bn(graph: QGraph, node: Node | None, params: dict, ctx: ActionContext) 
     if bn is None or bn.op != "BatchNormalization":
         return []
     conv = graph.producer(bn.inputs[0])
+    factor = None
+    if conv is not None and conv.op in _CHANNEL_SCALE_OPS:  # torch's QAT ConvBn: Conv / f -> BN
+        scaling = conv
+        conv = next((graph.producer(t) for t in scaling.inputs if not is_const(t)), None)
+        factor = _channel_factor(graph, scaling, bn, conv)
+        if factor is None:
+            return []
     if conv is None or conv.op not in CONV_OPS or is_ignored(conv, ctx.ignore):
         return []
     y = conv.outputs[0]
@@ -73,6 +80,10 @@ def fold_bn(graph: QGraph, node: Node | None, params: dict, ctx: ActionContext) 
     if gh is None:
         return []
     g, h = gh
+    if factor is not None:
+        if factor.size not in (1, g.size):
+            return []
+        g = (g * factor).astype(np.float32)  # BN(f * y) = (g f) y + h
     plan = _fold_plan(graph, conv, g, h)
     if isinstance(plan, str):
         ctx.note(f"BatchNormalization '{bn.name}' not folded: {plan}")
@@ -80,15 +91,49 @@ def fold_bn(graph: QGraph, node: Node | None, params: dict, ctx: ActionContext) 
     neg = int(np.sum(g < 0))
     change = Change(
         "fold",
-        [bn.name, conv.name],
+        [bn.name, *([scaling.name] if factor is not None else []), conv.name],
         f"BN folded into '{conv.name}': {plan['form']} weight, scales x|gamma/sigma|"
-        + (f", {neg} channel(s) negated" if neg else ""),
+        + (f", {neg} channel(s) negated" if neg else "")
+        + (f", with the per-channel {scaling.op} before it" if factor is not None else ""),
     )
     if ctx.dry_run:
         return [change]
     plan["apply"]()
+    if factor is not None:
+        graph.absorb(conv, scaling)
     graph.absorb(conv, bn)  # the conv now computes the BN's output, under its name
     return [change]
+
+
+# a per-channel constant factor between a conv and its BN (PyTorch's QAT ConvBn2d quantizes
+# W * gamma/sigma and divides the conv's output by gamma/sigma before the BN)
+_CHANNEL_SCALE_OPS = ("Mul", "Div")
+
+
+def _channel_factor(graph: QGraph, op: Node, bn: Node, conv: Node | None) -> np.ndarray | None:
+    """The factor ``f`` with ``op(y) = f * y`` per channel (axis 1), when ``op`` is a Mul or Div of
+    the conv output by a finite non-zero constant, read by ``bn`` alone; else None."""
+    if conv is None or conv.op not in CONV_OPS:
+        return None
+    if len(op.inputs) != 2 or len(op.outputs) != 1 or list(op.outputs[0].outputs) != [bn]:
+        return None
+    if graph.is_graph_output(op.outputs[0]):
+        return None
+    k = 1 if op.op == "Div" else next((i for i in (1, 0) if is_const(op.inputs[i])), None)
+    if k is None or not is_const(op.inputs[k]):
+        return None
+    c = constant_value(op.inputs[k])
+    y = op.inputs[1 - k]
+    rank = len(y.shape) if y.shape is not None else _conv_rank(graph, conv)
+    if c is None or rank is None or rank < 2 or c.ndim > rank:
+        return None
+    full = np.asarray(c, np.float64).reshape((1,) * (rank - c.ndim) + c.shape)
+    if any(d != 1 for i, d in enumerate(full.shape) if i != 1):
+        return None  # not constant within each channel
+    f = full.reshape(-1)
+    if not np.all(np.isfinite(f)) or np.any(f == 0):
+        return None
+    return (1.0 / f if op.op == "Div" else f).astype(np.float32)
 
 
 def _fold_plan(graph: QGraph, conv: Node, g: np.ndarray, h: np.ndarray) -> dict | str:
@@ -165,3 +210,18 @@ def _fold_plan(graph: QGraph, conv: Node, g: np.ndarray, h: np.ndarray) -> dict 
         set_bias()
 
     return {"form": "Q/DQ pair" if pair_form else "int8 DQ", "apply": apply_q}
+
+
+def _conv_rank(graph: QGraph, conv: Node) -> int | None:
+    """The rank of a conv's output where shapes are unknown: its weight's (that of the constant
+    behind the weight DQ, or behind its Q), or its kernel's spatial rank + 2."""
+    kernel = conv.attrs.get("kernel_shape")
+    if kernel is not None:
+        return len(kernel) + 2
+    w = conv.inputs[1] if len(conv.inputs) > 1 else None
+    for _ in range(3):  # the weight, the DQ's input, the Q's input
+        if w is None or w.shape is not None:
+            break
+        p = graph.producer(w)
+        w = p.inputs[0] if p is not None and (graph.is_dq(p) or graph.is_q(p)) else None
+    return len(w.shape) if w is not None and w.shape is not None else None

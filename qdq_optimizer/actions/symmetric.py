@@ -30,6 +30,8 @@ _NIBBLE_TYPES = (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
 # ctx.run key: in a dry run (lint), the per-channel pairs channel-scales would make per-tensor
 # first (Q name -> (scale, zero point)), so the conversion is described as the real run makes it
 PLANNED_FOLDS = "channel_scales_planned"
+# settings (calibration pre-pass): activation Q name -> (tensor it read, scale) when measured
+OBSERVED_PAIRS = "observed_activation_pairs"
 
 
 def _plain(node: Node) -> bool:
@@ -95,6 +97,32 @@ def _set_params(graph: QGraph, node: Node, scale, zp, axis: int | None) -> None:
     graph.touch()
 
 
+def _observed_range(q: Node, p: QParams, ctx: ActionContext) -> float | None:
+    """The largest |x| the calibration samples gave the pair's input, while the pair still reads
+    the tensor measured, at the scale it had (``OBSERVED_PAIRS``); else None."""
+    measured = (ctx.settings.get(OBSERVED_PAIRS) or {}).get(q.name)
+    seen = (ctx.settings.get("observed_ranges") or {}).get(q.inputs[0].name)
+    if measured is None or seen is None or p.per_axis or not (np.isfinite(seen) and seen > 0):
+        return None
+    tensor, scale = measured
+    now = np.asarray(p.scale, np.float32).reshape(-1)
+    if tensor != q.inputs[0].name or now.shape != scale.shape or np.any(now != scale):
+        return None
+    return float(seen)
+
+
+def _clip_bounds(graph: QGraph, node: Node | None) -> tuple[float | None, float | None]:
+    """The constant bounds of a Clip (None for an absent or non-constant one)."""
+    if node is None or node.op != "Clip":
+        return None, None
+    bounds: list[float | None] = []
+    for k in (1, 2):
+        t = node.inputs[k] if len(node.inputs) > k else None
+        v = constant_value(t) if t is not None and t.name else None
+        bounds.append(float(np.asarray(v).reshape(())) if v is not None and v.size == 1 else None)
+    return bounds[0], bounds[1]
+
+
 def _insert_clamp(graph: QGraph, q: Node, clamp: tuple[float | None, float | None]) -> None:
     x = q.inputs[0]
     ins = [x]
@@ -133,6 +161,12 @@ def convert_activation(
     scale = asym.target_scale(p.scale, p.zero_point, p.dtype)
     clamp = asym.implied_clamp(r)
     producer = graph.producer(q.inputs[0])
+    reached = asym.within(r, _clip_bounds(graph, producer))
+    if reached.amax < r.amax and not (p.dtype == onnx.TensorProto.INT8 and not p.per_axis):
+        scale = min(scale, asym.symmetric_scale(reached))  # the values a Clip lets through
+    seen = _observed_range(q, p, ctx)
+    if seen is not None:
+        scale = asym.calibrated_scale(scale, float(np.asarray(p.scale).reshape(-1)[0]), seen)
     # ORT deletes activations, never graph inputs: a graph input's range edge clamps nothing;
     # nor does a zero edge on a tensor that is non-negative by construction (a decode head)
     add_clamp = (

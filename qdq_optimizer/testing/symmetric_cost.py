@@ -33,7 +33,6 @@ from ..actions.symmetric import (
 )
 from ..graph import QGraph
 from ..model_io import finalize
-from ..opset_upgrade import upgrade_opset
 from .corpus import output_sqnr
 
 
@@ -62,10 +61,17 @@ class ConversionCost:
         return self.sqnr_all_db - self.sqnr_input_db
 
 
+def _read(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` as ``optimize`` reads it (a copy, after its exact input rewrites)."""
+    from ..api import canonical_input, load
+
+    return canonical_input(load(model))[0]
+
+
 def convert(model: onnx.ModelProto, only: int | None = None) -> onnx.ModelProto:
     """``model`` converted as ``symmetric-int8`` converts it (activations and weights), or with
     ``only`` just the activation pair whose Q has that index (``activation_quantizers``)."""
-    model, _ = upgrade_opset(model)
+    model = _read(model)
     graph = QGraph.from_model(model)
     ctx, stats = ActionContext(rule_id="symmetric-int8"), new_stats()
     convert_activations(graph, ctx, stats, only)
@@ -77,7 +83,7 @@ def convert(model: onnx.ModelProto, only: int | None = None) -> onnx.ModelProto:
 def convertible_pairs(model: onnx.ModelProto) -> list[tuple[int, str, str, bool]]:
     """(Q index, Q name, the rule's change text, half codes?) of every activation pair the rule
     converts, from a dry run."""
-    graph = QGraph.from_model(upgrade_opset(model)[0])
+    graph = QGraph.from_model(_read(model))
     ctx, stats, memo = ActionContext(rule_id="symmetric-int8", dry_run=True), new_stats(), {}
     found = []
     for i, q in activation_quantizers(graph, ctx):
@@ -96,7 +102,7 @@ def conversion_costs(
     (see the module docstring). ``reference`` is the float model, ``inputs`` an ``.npz``."""
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(model)
-    graph = QGraph.from_model(upgrade_opset(model)[0])
+    graph = QGraph.from_model(_read(model))
     weights = convert_weights(graph, ActionContext(dry_run=True), new_stats())
     result = ConversionCost(
         sqnr_input_db=output_sqnr(model, reference, inputs),
