@@ -72,6 +72,46 @@ def _index(model: onnx.ModelProto):
     return nodes, producer, inits
 
 
+def _default_domain(node: onnx.NodeProto, op: str) -> bool:
+    return node.op_type == op and node.domain in ("", "ai.onnx")
+
+
+def _links(model: onnx.ModelProto, op: str, sole_reader: bool):
+    """Each ``op`` node between a Q and its DQs: (its index, the Q's index, the DQs' indices),
+    when it reads a default-domain Q's output (with ``sole_reader``, nothing else does) and only
+    DQs read its output (no graph output); with the index (nodes, producer, inits) it was found
+    in."""
+    nodes, producer, inits = _index(model)
+    readers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for t in n.input:
+            readers.setdefault(t, []).append(i)
+    outputs = {o.name for o in model.graph.output}
+    found = []
+    for i, node in enumerate(nodes):
+        if not _default_domain(node, op) or not node.input:
+            continue
+        q = producer.get(node.input[0])
+        if q is None or not _default_domain(nodes[q], QUANTIZE):
+            continue
+        if sole_reader and (
+            readers.get(nodes[q].output[0]) != [i] or nodes[q].output[0] in outputs
+        ):
+            continue
+        users = readers.get(node.output[0], [])
+        if node.output[0] in outputs or not users:
+            continue
+        if any(not _default_domain(nodes[u], DEQUANTIZE) for u in users):
+            continue
+        found.append((i, q, users))
+    return found, (nodes, producer, inits)
+
+
+def _keep_nodes(model: onnx.ModelProto, nodes: list, dropped: set[int]) -> None:
+    del model.graph.node[:]
+    model.graph.node.extend(n for j, n in enumerate(nodes) if j not in dropped)
+
+
 def _subgraph(name: str, nodes, producer, inits) -> list[int] | None:
     """Indices of the foldable nodes ``name`` is computed by, when all of them are foldable
     (or Constant) and read only constants; else None."""
@@ -176,40 +216,22 @@ def _remove_unread(candidates: set[int], model: onnx.ModelProto) -> None:
         for t in n.input:
             reads[t] -= 1
     if dead:
-        keep = [n for j, n in enumerate(nodes) if j not in dead]
-        del model.graph.node[:]
-        model.graph.node.extend(keep)
+        _keep_nodes(model, nodes, dead)
 
 
 def _drop_noop_casts(model: onnx.ModelProto) -> int:
     """Q -> Cast(to = the Q's output type) -> DQ: the DQ reads the Q (the Cast changes no value)."""
-    nodes, producer, inits = _index(model)
-    readers: dict[str, list[int]] = {}
-    for i, n in enumerate(nodes):
-        for t in n.input:
-            readers.setdefault(t, []).append(i)
-    outputs = {o.name for o in model.graph.output}
+    links, (nodes, producer, inits) = _links(model, "Cast", sole_reader=False)
     dropped: set[int] = set()
-    for i, cast in enumerate(nodes):
-        if cast.op_type != "Cast" or cast.domain not in ("", "ai.onnx") or not cast.input:
-            continue
-        q = producer.get(cast.input[0])
-        if q is None or nodes[q].op_type != QUANTIZE or nodes[q].domain not in ("", "ai.onnx"):
-            continue
-        to = next((a.i for a in cast.attribute if a.name == "to"), None)
+    for i, q, users in links:
+        to = next((a.i for a in nodes[i].attribute if a.name == "to"), None)
         if to is None or to != _q_output_type(nodes[q], nodes, producer, inits):
             continue
-        out = cast.output[0]
-        users = readers.get(out, [])
-        if out in outputs or not users or any(nodes[u].op_type != DEQUANTIZE for u in users):
-            continue
         for u in users:
-            nodes[u].input[0] = cast.input[0]
+            nodes[u].input[0] = nodes[q].output[0]
         dropped.add(i)
     if dropped:
-        keep = [n for j, n in enumerate(nodes) if j not in dropped]
-        del model.graph.node[:]
-        model.graph.node.extend(keep)
+        _keep_nodes(model, nodes, dropped)
     return len(dropped)
 
 
@@ -222,30 +244,14 @@ def _q_output_type(q: onnx.NodeProto, nodes, producer, inits) -> int | None:
 def _float_clips(model: onnx.ModelProto) -> int:
     """Q -> Clip(lo, hi) -> DQ on the integers of a per-tensor Q: Clip(x, (lo - z) s, (hi - z) s)
     -> Q -> DQ (the same values; the clamp becomes one TensorRT fuses as an activation)."""
-    nodes, producer, inits = _index(model)
-    readers: dict[str, list[int]] = {}
-    for i, n in enumerate(nodes):
-        for t in n.input:
-            readers.setdefault(t, []).append(i)
-    outputs = {o.name for o in model.graph.output}
+    links, (nodes, producer, inits) = _links(model, "Clip", sole_reader=True)
     taken = set(inits) | set(producer)
     moved = 0
-    for ci, clip in enumerate(nodes):
-        if clip.op_type != "Clip" or clip.domain not in ("", "ai.onnx") or len(clip.input) < 2:
-            continue
-        qi = producer.get(clip.input[0])
-        if qi is None or nodes[qi].op_type != QUANTIZE or nodes[qi].domain not in ("", "ai.onnx"):
-            continue
-        q = nodes[qi]
+    for i, qi, users in links:
+        clip, q = nodes[i], nodes[qi]
         bounds = _clip_bounds(clip, q, nodes, producer, inits)
         params = _per_tensor_params(q, nodes, producer, inits)
-        out = clip.output[0]
-        users = readers.get(out, [])
-        if bounds is None or params is None or out in outputs or not users:
-            continue
-        if readers.get(q.output[0]) != [ci] or q.output[0] in outputs:
-            continue
-        if any(nodes[u].op_type != DEQUANTIZE for u in users):
+        if bounds is None or params is None:
             continue
         scale, zp = params
         lo, hi = ((np.float64(b) - np.float64(zp)) * np.float64(scale) for b in bounds)
@@ -256,7 +262,7 @@ def _float_clips(model: onnx.ModelProto) -> int:
         # the Clip now reads the Q's input and the Q reads the Clip; the DQs read the Q
         clip_in, q_out = q.input[0], q.output[0]
         clip.input[:] = [clip_in, *names]
-        clip.output[0] = f"{out}_float"
+        clip.output[0] = _fresh(f"{clip.output[0]}_float", taken)
         q.input[0] = clip.output[0]
         for u in users:
             nodes[u].input[0] = q_out
