@@ -100,16 +100,20 @@ def within(r: Range, bounds: tuple[float | None, float | None]) -> Range:
 # meant to use (torch's reduce_range sizes scales for uint8 0..127: about half); a pair whose data
 # fill its range (a MinMax calibration) keeps the full conversion, however small the sample set
 UNUSED_RANGE = 2 / 3
+# only where the full conversion would coarsen the step this much (a uint8 [0, a] range: x2.01);
+# a pair that keeps about its step (uint8 with zero point 128, AMD Quark's XINT8: x1.008) keeps its
+# producer's range rather than one read off a few calibration samples
+STEP_GROWTH = 1.5
 
 
 def calibrated_scale(scale: float, original: float, seen: float) -> float:
     """The conversion's scale where calibration samples show how far the data reach. ``scale``
-    covers everything the pair represented; when the samples' largest |x| (``seen``) stays below
-    ``UNUSED_RANGE`` of that, the scale covers ``seen`` instead, but never finer than the
-    ``original`` step (the same grid, so values inside it round as before). A reduce_range pair
-    then keeps close to its step instead of doubling it; values beyond what the samples reached
-    clip."""
-    if seen >= UNUSED_RANGE * 127.0 * scale:
+    covers everything the pair represented; when that coarsens the step by ``STEP_GROWTH`` or
+    more and the samples' largest |x| (``seen``) stays below ``UNUSED_RANGE`` of it, the scale
+    covers ``seen`` instead, but never finer than the ``original`` step (the same grid, so values
+    inside it round as before). A reduce_range pair then keeps close to its step instead of
+    doubling it; values beyond what the samples reached clip."""
+    if scale < STEP_GROWTH * original or seen >= UNUSED_RANGE * 127.0 * scale:
         return scale
     return min(scale, max(original, seen / 127.0))
 

@@ -274,3 +274,4 @@ def test_calibrated_scale_moves_only_half_used_ranges() -> None:
     assert calibrated_scale(2.0, 1.0, 150.0) == pytest.approx(150 / 127)  # cover what was seen
     assert calibrated_scale(2.0, 1.0, 50.0) == 1.0  # never finer than the original step
     assert calibrated_scale(1.0, 1.0, 50.0) == 1.0
+    assert calibrated_scale(1.2, 1.0, 50.0) == 1.2  # the conversion keeps about the step: as is
