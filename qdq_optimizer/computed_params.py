@@ -34,6 +34,7 @@ from .protos import (
     implicit_quant_dtype,
     payload_dtype,
 )
+from .validate import kahn_order
 
 # ops that move, reshape, fill or cast a constant: the value a parameter holds is theirs
 _FOLDABLE = frozenset(
@@ -313,28 +314,11 @@ def _per_tensor_params(q, nodes, producer, inits) -> tuple[np.ndarray, int] | No
 
 
 def _sort_nodes(model: onnx.ModelProto) -> None:
-    """Topological order, keeping the original order where it is already right (Kahn's, stable)."""
-    import heapq
-
-    nodes = list(model.graph.node)
-    producer = {out: i for i, n in enumerate(nodes) for out in n.output if out}
-    deps = [{producer[t] for t in n.input if t in producer} for n in nodes]
-    users: dict[int, list[int]] = {}
-    for i, d in enumerate(deps):
-        for j in d:
-            users.setdefault(j, []).append(i)
-    pending = [len(d) for d in deps]
-    ready = [i for i, c in enumerate(pending) if c == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
-        for u in users.get(i, []):
-            pending[u] -= 1
-            if pending[u] == 0:
-                heapq.heappush(ready, u)
-    if len(order) != len(nodes):
-        return  # a cycle: validation refuses it
+    """Topological order (validation's Kahn order); a graph with a cycle is left for validation
+    to refuse."""
+    nodes, producer, _ = _index(model)
+    order, pending = kahn_order(nodes, producer)
+    if any(pending):
+        return
     del model.graph.node[:]
     model.graph.node.extend(nodes[i] for i in order)
