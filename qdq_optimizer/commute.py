@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from .asymmetric import INT_RANGES
 from .graph import Node, QGraph, Tensor, constant_value
-from .ops import DATA_MOVEMENT_OPS
+from .ops import DATA_MOVEMENT_OPS, OFFSET_COMMUTING_OPS
 
 
 def is_const(t: Tensor) -> bool:
@@ -77,6 +77,28 @@ def joining_inputs(graph: QGraph, node: Node) -> list[Tensor]:
     if op in ("Resize", "Upsample"):
         return [node.inputs[0]] if _attr_str(node, "mode", "nearest") == "nearest" else []
     return []
+
+
+def offset_inputs(node: Node) -> list[Tensor]:
+    """Data inputs through which ``node`` carries one constant offset: when each of them is
+    ``x - c`` (one ``c``), each of its value outputs is ``y - c`` ([] when it does not). Unlike a
+    Q/DQ, an offset passes linear interpolation (its weights sum to one) but not zero padding."""
+    op = node.op
+    if op not in OFFSET_COMMUTING_OPS or not node.inputs:
+        return []
+    if op == "Concat":
+        ins = [t for t in node.inputs if t.name]
+        return [] if any(is_const(t) for t in ins) else ins
+    if is_const(node.inputs[0]):
+        return []
+    if op == "MaxPool" and len(node.outputs) > 1 and node.outputs[1].outputs:
+        return []
+    if op in ("Resize", "Upsample"):
+        if _attr_str(node, "mode", "nearest") not in ("nearest", "linear"):
+            return []
+        if _attr_str(node, "coordinate_transformation_mode", "") == "tf_crop_and_resize":
+            return []  # out-of-box points take the fixed extrapolation value
+    return [node.inputs[0]]
 
 
 def value_outputs(node: Node) -> list[Tensor]:

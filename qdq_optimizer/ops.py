@@ -34,6 +34,13 @@ DATA_MOVEMENT_OPS = frozenset(
 CONDITIONAL_COMMUTING_OPS = frozenset({"MaxPool", "Pad", "Resize", "Upsample", "Concat"})
 COMMUTING_OPS = DATA_MOVEMENT_OPS | CONDITIONAL_COMMUTING_OPS
 
+# Ops that carry a constant offset of their data inputs to their output (x - c in, y - c out):
+# data movement, MaxPool (its padding is -inf), Concat (every input offset alike) and Resize /
+# Upsample whose interpolation weights sum to one (nearest, linear). Not Pad (its padding value
+# would move) nor anything arithmetic. ``commute.offset_inputs`` holds the conditions;
+# ``shift-relu-range`` moves a one-sided range through them.
+OFFSET_COMMUTING_OPS = DATA_MOVEMENT_OPS | frozenset({"MaxPool", "Concat", "Resize", "Upsample"})
+
 # Average pooling runs in INT8 when Q/DQ surround it: in TensorRT 8.4's ResNet-18 QAT engine
 # with a quantized global pool (NVIDIA/TensorRT @ b8b46f21,
 # examples/pytorch/resnet/A100/qat-residual-qgap; ../shared/trt-engines), layer

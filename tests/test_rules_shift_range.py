@@ -1,13 +1,21 @@
-"""``shift-relu-range``: a Relu/ReLU6 output [0, a] between a conv and unpadded convs is shifted
-by a/2 onto all the int8 codes (half the step), the convs' biases taking the shift out again."""
+"""``shift-relu-range``: a Relu/ReLU6 output [0, a] is shifted by a/2 onto all the int8 codes (half
+the step), through MaxPool / Concat / Resize to the convs that read it, whose biases (and, padded,
+an int8 border term through DQ) take the shift out again."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
 
-from qdq_optimizer.api import optimize
-from tests.rules_util import G, count, outputs
+from qdq_optimizer.actions.shift_range import _padded_taps_sum
+from qdq_optimizer.api import lint, optimize
+from qdq_optimizer.guard import without
+from qdq_optimizer.ruleset import load_ruleset
+from tests.rules_util import G, count, node, outputs, scales_of
 
 
 def _net(act: str = "Relu", k2: int = 1, skip: bool = False, scale: float = 0.02):
@@ -81,8 +89,134 @@ def test_relu6_keeps_its_upper_clamp_shifted() -> None:
     assert np.isclose(consts[clip.input[1]], -c) and np.isclose(consts[clip.input[2]], 6 - c)
 
 
-def test_left_alone_for_padded_consumers_other_readers_and_the_ignore_list() -> None:
-    for model, ignore in ((_net(k2=3), ()), (_net(skip=True), ()), (_net(), ("^conv2$",))):
+def test_left_alone_for_other_readers_and_the_ignore_list() -> None:
+    for model, ignore in ((_net(skip=True), ()), (_net(), ("^conv2$",)), (_net(), ("^act$",))):
         out, rep = optimize(model, "tensorrt", ignore=ignore)
         assert rep.result("shift-relu-range").count == 0
         assert count(out, "Relu") == 1
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"pads": [1, 1, 1, 1]},
+        {"pads": [2, 0, 1, 3], "strides": [2, 1]},
+        {"pads": [2, 2, 2, 2], "dilations": [2, 2]},
+        {"auto_pad": "SAME_UPPER", "strides": [2, 2]},
+        {"auto_pad": "SAME_LOWER"},
+        {"pads": [1, 1, 1, 1], "group": 2},
+    ],
+)
+def test_border_term_is_what_the_padding_takes_from_a_constant_input(attrs: dict) -> None:
+    """The taps in the padding, against a brute-force conv of a constant input (ONNX's
+    reference Conv): inside + padded = every tap, at every output position."""
+    rng = np.random.default_rng(0)
+    group = attrs.get("group", 1)
+    w = rng.standard_normal((4, 4 // group, 3, 3))
+    node = gs.Node("Conv", attrs={"kernel_shape": [3, 3], **attrs})
+    padded = _padded_taps_sum(w, node, (7, 6))
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], **attrs)
+    inside = ReferenceEvaluator(conv).run(None, {"x": np.ones((1, 4, 7, 6)), "w": w})[0][0]
+    assert padded.shape == inside.shape and np.abs(padded).max() > 0
+    full = w.sum(axis=(1, 2, 3))[:, None, None]
+    np.testing.assert_allclose(inside + padded, np.broadcast_to(full, inside.shape), atol=1e-9)
+
+
+def test_padded_consumer_takes_the_border_back_through_an_int8_dq() -> None:
+    m = _net(k2=3)
+    out, rep = optimize(m, "tensorrt")
+    res = rep.result("shift-relu-range")
+    assert res.count == 1 and "border term" in res.changes[0].detail
+    assert count(out, "Relu") == 0 and count(out, "Add") == 1
+    add = next(n for n in out.graph.node if n.op_type == "Add")
+    conv2 = node(out, "conv2")
+    assert add.input[0] == conv2.output[0]  # the conv's output first: it sets the fusion's type
+    dq = next(n for n in out.graph.node if n.output[0] == add.input[1])
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    assert dq.op_type == "DequantizeLinear" and consts[dq.input[0]].dtype == np.int8
+    assert consts[dq.input[0]].shape == (1, 4, 6, 6) and consts[dq.input[1]].size == 1
+    # the one activation pair is the only rounding the input has: the shifted one rounds finer
+    twin = outputs(_without_mid_pair(m), _x())[0]
+    before, after = _sqnr(twin, outputs(m, _x())[0]), _sqnr(twin, outputs(out, _x())[0])
+    assert after > before + 3, (before, after)
+    onnx.checker.check_model(out, full_check=True)
+    assert lint(out, "tensorrt") == []
+    _, again = optimize(out, "tensorrt")
+    assert again.result("shift-relu-range").count == 0
+
+
+def _component_net(
+    quantize: bool = True, convt: bool = False, dynamic: bool = False, conv3_pair: bool = True
+):
+    """conv1 -> Relu -> pair -> MaxPool -> pair -> conv2 (3x3), and conv3 -> Relu -> linear
+    Resize -> pair, concatenated with conv1's pair -> pair -> conv4 (3x3): one component of
+    four pairs at one scale, two sources, two padded sinks (conv4 a ConvTranspose if asked)."""
+    g = G(c=4, hw=8, seed=3)
+    s = 0.1  # wide enough that nothing clips: the pairs only round
+    pair = (lambda t, name: g.q(t, s, name)) if quantize else (lambda t, name: t)
+    x = g.q("x", 0.03)
+    a1 = g.op("Relu", [g.conv(x, k=3, name="conv1")], "act1")
+    p1 = pair(a1, "p1")
+    c2 = g.conv(pair(g.op("MaxPool", [p1], "pool", kernel_shape=[2, 2], strides=[2, 2]), "p2"), k=3)
+    c2 = g.q(c2, 0.07) if conv3_pair else c2  # without: the component's pairs round alone
+    a3 = g.op("Relu", [g.conv(c2, k=3, name="conv3")], "act3")
+    scales = g.const(np.array([1, 1, 2, 2], np.float32))
+    up = g.op("Resize", [a3, "", scales], "up", mode="linear")
+    cat = pair(g.op("Concat", [p1, pair(up, "p3")], "cat", axis=1), "p4")
+    if convt:
+        w = g.weight(8, 4, 3)
+        y = g.op("ConvTranspose", [cat, w], "conv4", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    else:
+        y = g.conv(cat, cout=4, cin=8, k=3, name="conv4")
+    hw = "h" if dynamic else 8
+    return g.model([y], inputs={"x": [1, 4, hw, hw]})
+
+
+def test_one_component_through_maxpool_concat_and_resize() -> None:
+    m = _component_net()
+    out, rep = optimize(m, "tensorrt")
+    res = rep.result("shift-relu-range")
+    assert res.count == 1, [c.detail for c in res.changes]
+    assert "from 2 activation(s) through 4 pair(s)" in res.changes[0].detail
+    assert count(out, "Relu") == 0 and count(out, "Add") == 2  # the two padded sinks
+    scales = scales_of(out)
+    assert sum(np.isclose(v, 0.05) for v in scales.values()) == 4
+    onnx.checker.check_model(out, full_check=True)
+    assert lint(out, "tensorrt") == []
+    _, again = optimize(out, "tensorrt")
+    assert again.result("shift-relu-range").count == 0
+    # against the same net without the component's four pairs (the same rules applied), the
+    # shifted pairs round finer than the unshifted ones
+    m = _component_net(conv3_pair=False)
+    out = optimize(m, "tensorrt")[0]
+    twin = outputs(optimize(_component_net(False, conv3_pair=False), "tensorrt")[0], _x8())[0]
+    unshifted, _ = optimize(m, without(load_ruleset("tensorrt"), ["shift-relu-range"]))
+    before, after = _sqnr(twin, outputs(unshifted, _x8())[0]), _sqnr(twin, outputs(out, _x8())[0])
+    assert after > before + 3, (before, after)
+
+
+def _x8() -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)}
+
+
+def test_a_component_with_a_reader_that_cannot_take_the_offset_is_left_alone() -> None:
+    for model in (_component_net(convt=True), _component_net(dynamic=True)):
+        out, rep = optimize(model, "tensorrt")
+        assert rep.result("shift-relu-range").count == 0
+        assert count(out, "Relu") == 2
+
+
+def test_chained_components_shift_through_a_border_add() -> None:
+    """conv1 -> Relu -> pair -> conv2 (3x3) -> Relu -> pair -> conv3 (3x3): conv2 is the padded
+    sink of one component and the source of the next (its Relu behind the border Add)."""
+    g = G(c=4, hw=6, seed=2)
+    a1 = g.op("Relu", [g.conv(g.q("x", 0.03), k=1)], "act1")
+    a2 = g.op("Relu", [g.conv(g.q(a1, 0.02, "p1"), k=3, name="conv2")], "act2")
+    m = g.model([g.conv(g.q(a2, 0.04, "p2"), k=3, name="conv3")])
+    out, rep = optimize(m, "tensorrt")
+    assert rep.result("shift-relu-range").count == 2
+    assert count(out, "Relu") == 0 and count(out, "Add") == 2
+    onnx.checker.check_model(out, full_check=True)
+    assert lint(out, "tensorrt") == []
+    _, again = optimize(out, "tensorrt")
+    assert again.result("shift-relu-range").count == 0

@@ -1,38 +1,57 @@
-"""Re-centre a one-sided INT8 activation: ``shift_one_sided`` (rule ``shift-relu-range``).
+"""Re-centre one-sided INT8 activations: ``shift_one_sided`` (rule ``shift-relu-range``).
 
 A tensor a Relu or a Clip(0, m) makes lies in [0, a]; the signed symmetric int8 TensorRT runs
 spends half its codes on negatives it never holds (step a/127 where uint8 had a/255: the cost
 ``symmetric-int8`` warns about, and pytorch-quantization's and ModelOpt's own graphs pay it too).
-When the activation is its conv's only reader and every reader of its Q/DQ is the data input of
-an unpadded Conv, ``x' = x - c`` with ``c = a/2`` carries the same values on all the codes:
+Quantizing ``x' = x - c`` with ``c = a/2`` puts the same values on all the codes:
 
-    before: Conv(b) -> Relu -> Q/DQ(s) -> Conv(W, b2, no padding)
-    after:  Conv(b - c) -> Clip(-c, m - c) -> Q/DQ(s/2) -> Conv(W, b2 + c * sum(W))
+    before: Conv(b) -> Relu -> Q/DQ(s) -> [MaxPool, Concat, Resize ...] -> Q/DQ(s) -> Conv(W, b2)
+    after:  Conv(b - c) -> Clip(-c) -> Q/DQ(s/2) -> [...] -> Q/DQ(s/2) -> Conv(W, b2 + c*sum W)
+                                                                       [-> Add(DQ(border))]
 
-- the producer conv's bias moves by ``-c`` and its activation becomes ``Clip(-c, m - c)``, which
+The offset travels as one *component*: the tensors joined by Q/DQ pairs and by ops that carry a
+constant offset (``commute.offset_inputs``: data movement, MaxPool, Concat, nearest/linear
+Resize). Every pair in it must share one per-tensor int8 scale (``scale-groups`` has tied Concat
+and MaxPool groups), every value entering it must come from a conv's Relu/Clip(0, m), and every
+value leaving it must enter a Conv's data input; otherwise it is left alone (a residual skip, a
+graph output, a ConvTranspose or any other reader would see the offset).
+
+- each source conv's bias moves by ``-c`` and its activation becomes ``Clip(-c, m - c)``, which
   TensorRT fuses into the conv as it fused the Relu (Clip is one of its fused activations);
-- each consumer conv adds back what the shift took away: without padding every output reads
-  only shifted inputs, so its bias gains ``c * sum(W)`` over each output channel's weights (the
-  weights TensorRT will use: dequantized int8); exact up to float rounding;
+- each consumer conv adds back what the shift took away: every output reading only shifted
+  inputs gains ``c * sum(W)`` over its output channel's weights (those TensorRT uses: the
+  dequantized int8), put in the bias, exact up to float rounding;
+- a padded consumer's padding still reads 0, which now stands for ``c``: its border outputs
+  take ``c * (sum of W over the taps that fall in the padding)`` away again, an int8 constant
+  (zero inside the border) added to the conv output through a DQ. That is the residual form
+  TensorRT fuses into the conv as an INT8 epilogue (a skip input arriving through DQ; facts
+  section 1), the conv's output its first input. The constant rounds to its own step (the
+  change says how large); it needs the input's height and width, so a padded consumer of a
+  tensor whose spatial shape is unknown, or whose output already feeds an Add, keeps the
+  component unshifted;
 - with ``c = 127 s/2`` the new grid ``c + k s/2`` holds every point ``j s`` of the old one, so no
   value is rounded worse, and most are rounded twice as finely.
 
-A padded consumer would pad with ``-c`` instead of 0 at the border: left alone, as are tensors
-with other readers (a residual skip, a graph output) and ConvTranspose consumers (their border
-outputs sum fewer inputs).
+Shifted tensors get new names: a name keeps the values it had in the input (calibration ranges
+read it).
 """
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass, field
+
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from ..biases import float_bias, set_float_bias
+from ..commute import is_const, offset_inputs, value_outputs
 from ..graph import Node, QGraph, Tensor, constant_value
 from ..protos import is_float_dtype
 from ..qdq_numpy import dequantize_np, quantize_np
 from ..report import Change
-from ..trt_patterns import conv_data_readers, is_ignored, per_tensor_int8
+from ..trt_patterns import per_tensor_int8
 from .clamps import clip_bounds
 from .registry import ActionContext, register_action
 
@@ -77,66 +96,340 @@ def _weight(graph: QGraph, conv: Node) -> np.ndarray | None:
     return np.asarray(dequantize_np(src, p.scale, p.zero_point, p.axis), np.float64)
 
 
+@dataclass
+class _Component:
+    """One set of tensors that must carry the same offset (module doc)."""
+
+    tensors: list[Tensor] = field(default_factory=list)
+    quantizers: list[Node] = field(default_factory=list)  # Q and DQ nodes
+    sources: list[tuple[Node, Node]] = field(default_factory=list)  # (conv, Relu/Clip)
+    sinks: list[Node] = field(default_factory=list)  # convs reading a component tensor as data
+
+
+def _source_conv(graph: QGraph, act: Node) -> Node | None:
+    """The conv whose output ``act`` (a Relu/Clip(0, m)) clamps, its bias free to move: the
+    activation is the conv's only reader, directly or through the border Add this rule puts
+    after a padded consumer conv (which may be a source of another component)."""
+    reader, t = act, act.inputs[0]
+    p = graph.producer(t)
+    if p is not None and p.op == "Add" and len(p.inputs) == 2 and is_const_dq(graph, p.inputs[1]):
+        if list(t.outputs) != [act] or graph.is_graph_output(t):
+            return None
+        reader, t = p, p.inputs[0]
+        p = graph.producer(t)
+    if p is None or p.op != "Conv" or list(t.outputs) != [reader] or graph.is_graph_output(t):
+        return None
+    return p
+
+
+def is_const_dq(graph: QGraph, t: Tensor) -> bool:
+    """``t`` is a DQ of a constant (a weight-like int8 tensor)."""
+    dq = graph.producer(t)
+    return graph.is_dq(dq) and constant_value(dq.inputs[0]) is not None
+
+
+def _component(graph: QGraph, start: Tensor, ctx: ActionContext) -> _Component | None:
+    """The component of ``start`` (module doc), or None when any part of it cannot carry the
+    offset. Each tensor and node is visited once: linear in the component's size."""
+    comp = _Component()
+    seen: set[int] = set()
+    nodes_seen: set[int] = set()
+    todo = deque([start])
+
+    def visit_node(n: Node) -> bool:
+        if id(n) in nodes_seen:
+            return False
+        nodes_seen.add(id(n))
+        return True
+
+    while todo:
+        t = todo.popleft()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        if graph.is_graph_output(t) or is_const(t):
+            return None
+        comp.tensors.append(t)
+        p = graph.producer(t)
+        if p is None:
+            return None  # a graph input: nothing upstream can take the offset
+        if graph.is_dq(p):
+            q = graph.producer(p.inputs[0])
+            if not graph.is_q(q):
+                return None
+            if visit_node(q):
+                comp.quantizers.append(q)
+                todo.append(q.inputs[0])
+        elif p.op in ("Relu", "Clip"):
+            if visit_node(p):
+                conv = _source_conv(graph, p) if _clip_bounds(p) is not None else None
+                if conv is None or ctx.any_ignored([conv, p]):
+                    return None
+                comp.sources.append((conv, p))
+        elif any(v is t for v in value_outputs(p)) and offset_inputs(p):
+            if visit_node(p):
+                if ctx.is_ignored(p):
+                    return None
+                todo.extend(offset_inputs(p))
+                todo.extend(value_outputs(p))
+        else:
+            return None
+        for c in t.outputs:
+            if graph.is_q(c):
+                if c.inputs[0] is not t or graph.is_graph_output(c.outputs[0]):
+                    return None
+                if visit_node(c):
+                    comp.quantizers.append(c)
+                for dq in c.outputs[0].outputs:
+                    if not graph.is_dq(dq) or dq.inputs[0] is not c.outputs[0]:
+                        return None
+                    if visit_node(dq):
+                        comp.quantizers.append(dq)
+                    todo.append(dq.outputs[0])
+            elif graph.is_dq(c):
+                return None
+            elif c.op == "Conv" and c.inputs[0] is t and not any(i is t for i in c.inputs[1:]):
+                if visit_node(c):
+                    if ctx.is_ignored(c):
+                        return None
+                    comp.sinks.append(c)
+            elif any(i is t for i in offset_inputs(c)):
+                if visit_node(c):
+                    if ctx.is_ignored(c):
+                        return None
+                    todo.extend(offset_inputs(c))
+                    todo.extend(value_outputs(c))
+            else:
+                return None
+    return comp
+
+
+def _pads(conv: Node, spatial: tuple[int, int], kernel: tuple[int, int]) -> list[int] | None:
+    """[top, left, bottom, right] padding of a 2-D conv (auto_pad resolved), None if unknown."""
+    auto = conv.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("NOTSET", "VALID"):
+        pads = list(conv.attrs.get("pads", [0, 0, 0, 0])) if auto == "NOTSET" else [0, 0, 0, 0]
+        return [int(v) for v in pads] if len(pads) == 4 else None
+    strides = list(conv.attrs.get("strides", [1, 1]))
+    dil = list(conv.attrs.get("dilations", [1, 1]))
+    before, after = [], []
+    for d in range(2):
+        out = -(-spatial[d] // strides[d])
+        total = max(0, (out - 1) * strides[d] + (kernel[d] - 1) * dil[d] + 1 - spatial[d])
+        small, big = total // 2, total - total // 2
+        before.append(small if auto == "SAME_UPPER" else big)
+        after.append(big if auto == "SAME_UPPER" else small)
+    return before + after
+
+
+def _padded_taps_sum(
+    w: np.ndarray, conv: Node, spatial: tuple[int, int] | None
+) -> np.ndarray | None:
+    """Per output channel and position, the sum of ``w`` over the taps that fall in the padding
+    (``[Cout, Ho, Wo]``, zero inside the border); an empty array for an unpadded conv; None when
+    the input's spatial shape is needed and unknown, or the conv is not 2-D."""
+    if _zero_padding(conv):
+        return np.zeros((0,))
+    if w.ndim != 4 or spatial is None:
+        return None
+    kernel = (w.shape[2], w.shape[3])
+    pads = _pads(conv, spatial, kernel)
+    if pads is None:
+        return None
+    if not any(pads):
+        return np.zeros((0,))
+    strides = [int(v) for v in conv.attrs.get("strides", [1, 1])]
+    dil = [int(v) for v in conv.attrs.get("dilations", [1, 1])]
+    masks = []
+    for d in range(2):
+        n_out = (spatial[d] + pads[d] + pads[d + 2] - dil[d] * (kernel[d] - 1) - 1) // strides[
+            d
+        ] + 1
+        pos = np.arange(n_out)[:, None] * strides[d] - pads[d] + np.arange(kernel[d])[None] * dil[d]
+        masks.append(((pos < 0) | (pos >= spatial[d])).astype(np.float64))  # [out, k]: in padding
+    per_tap = w.sum(axis=1)  # [Cout, kh, kw]: the input is one constant over every channel
+    inside = np.einsum("okl,yk,xl->oyx", per_tap, 1.0 - masks[0], 1.0 - masks[1])
+    return per_tap.sum(axis=(1, 2))[:, None, None] - inside
+
+
+def _spatial(graph: QGraph, t: Tensor, ctx: ActionContext) -> tuple[int, int] | None:
+    """Height and width of a 4-D activation: from its shape or (a DQ output) its Q's input's,
+    else from ONNX shape inference over the whole graph, run once per visit (exports without
+    value_info, tensors a rule made) so the answer does not depend on what the file records."""
+    for cand in (t, _q_input(graph, t)):
+        hw = _hw(getattr(cand, "shape", None) if cand is not None else None)
+        if hw is not None:
+            return hw
+    if "shapes" not in ctx.cache:
+        ctx.cache["shapes"] = _inferred_shapes(graph)
+    shapes = ctx.cache["shapes"]
+    for cand in (t, _q_input(graph, t)):
+        hw = _hw(shapes.get(cand.name)) if cand is not None else None
+        if hw is not None:
+            return hw
+    return None
+
+
+def _hw(shape: object) -> tuple[int, int] | None:
+    if shape is None or len(shape) != 4 or not all(isinstance(v, int) and v > 0 for v in shape[2:]):
+        return None
+    return int(shape[2]), int(shape[3])
+
+
+def _inferred_shapes(graph: QGraph) -> dict[str, list]:
+    try:
+        model = onnx.shape_inference.infer_shapes(graph.to_model())
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError):
+        return {}
+    found = {}
+    for vi in (*model.graph.value_info, *model.graph.input, *model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        found[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return found
+
+
+def _q_input(graph: QGraph, t: Tensor) -> Tensor | None:
+    dq = graph.producer(t)
+    if not graph.is_dq(dq):
+        return None
+    q = graph.producer(dq.inputs[0])
+    return q.inputs[0] if graph.is_q(q) else None
+
+
+@dataclass
+class _SinkFix:
+    conv: Node
+    weight_sum: np.ndarray  # per output channel
+    border: np.ndarray  # [Cout, Ho, Wo] taps in the padding, or empty
+
+
+def _plan_sinks(graph: QGraph, comp: _Component, ctx: ActionContext) -> list[_SinkFix] | None:
+    fixes = []
+    for conv in comp.sinks:
+        w = _weight(graph, conv)
+        if w is None or float_bias(graph, conv, w.shape[0]) is None:
+            return None
+        spatial = None if _zero_padding(conv) else _spatial(graph, conv.inputs[0], ctx)
+        border = _padded_taps_sum(w, conv, spatial)
+        if border is None:
+            return None
+        if border.size and any(c.op == "Add" for c in conv.outputs[0].outputs):
+            return None  # a second Add after the conv would break its residual fusion
+        fixes.append(_SinkFix(conv, w.reshape(w.shape[0], -1).sum(axis=1), border))
+    return fixes
+
+
+def _add_border(graph: QGraph, fix: _SinkFix, c: float) -> float:
+    """Subtract ``c * border`` from the conv's output through an int8 DQ constant (returns its
+    step). Each channel's values are centred on a multiple of the step that the bias takes
+    back, so the interior stays exact while the border rounds to half the step it would."""
+    conv, values = fix.conv, -c * fix.border
+    lo = np.minimum(values.min(axis=(1, 2)), 0.0)
+    hi = np.maximum(values.max(axis=(1, 2)), 0.0)
+    half = float(((hi - lo) / 2).max())
+    if half == 0:
+        return 0.0
+    step = float(graph.to_float_type(np.float32(half / 126.5)))
+    centre = np.rint(-(lo + hi) / 2 / step)  # per channel, in codes
+    codes = quantize_np(values + (centre * step)[:, None, None], np.float32(step), None, None)
+    b = float_bias(graph, conv, values.shape[0])
+    set_float_bias(graph, conv, b - centre * step)
+    out = conv.outputs[0]
+    name = graph.unique_name(f"{conv.name}_border")
+    dq_out = gs.Variable(f"{name}_value", dtype=out.dtype)
+    graph.add_node(
+        "DequantizeLinear",
+        [
+            gs.Constant(f"{name}_int8", codes[None]),
+            graph.float_constant(f"{name}_scale", np.float32(step)),
+            graph.constant(f"{name}_zp", np.int8(0)),
+        ],
+        [dq_out],
+        f"{name}_DequantizeLinear",
+    )
+    pre = gs.Variable(graph.unique_name(f"{out.name}_unpadded"), dtype=out.dtype, shape=out.shape)
+    conv.outputs[0] = pre  # graph-surgeon's lists keep both tensors' producers in step
+    graph.add_node("Add", [pre, dq_out], [out], f"{name}_Add")
+    return step
+
+
 @register_action("shift_one_sided", params={})
 def shift_one_sided(
     graph: QGraph, node: Node | None, params: dict, ctx: ActionContext
 ) -> list[Change]:
-    """Shift the [0, a] tensor the anchor Q reads by a/2 onto all the int8 codes (module doc)."""
+    """Shift the [0, a] component the anchor Q reads by a/2 onto all the int8 codes (module
+    doc)."""
     q = node
     if q is None or not graph.is_q(q):
         return []
-    x: Tensor = q.inputs[0]
-    act = graph.producer(x)
-    if act is None or list(x.outputs) != [q] or graph.is_graph_output(x):
+    act = graph.producer(q.inputs[0])
+    if act is None or act.op not in ("Relu", "Clip") or _clip_bounds(act) is None:
         return []
-    bounds = _clip_bounds(act)
-    conv = graph.producer(act.inputs[0]) if bounds is not None else None
-    if conv is None or conv.op != "Conv" or list(act.inputs[0].outputs) != [act]:
+    done = ctx.cache.setdefault("shift_visited", set())
+    if id(q) in done:
         return []
-    if graph.is_graph_output(act.inputs[0]) or ctx.any_ignored([conv, act]):
+    comp = _component(graph, q.inputs[0], ctx)
+    if comp is None:
         return []
-    p = per_tensor_int8(graph, q)
-    if p is None or q.attrs.get("saturate") == 0:
+    done.update(id(n) for n in comp.quantizers)
+    params_ = [per_tensor_int8(graph, n) for n in comp.quantizers]
+    if any(p is None for p in params_) or any(
+        n.attrs.get("saturate") == 0 for n in comp.quantizers
+    ):
         return []
-    dqs = list(q.outputs[0].outputs)
-    if not dqs or not all(graph.is_dq(d) and graph.qparams(d).same_as(p) for d in dqs):
+    scales = {float(p.scale.reshape(-1)[0]) for p in params_}
+    if len(scales) != 1 or not comp.sinks:
         return []
-    consumers = conv_data_readers(
-        graph, dqs, lambda c: _zero_padding(c) and not is_ignored(c, ctx.ignore)
-    )
-    if consumers is None:
+    sinks = _plan_sinks(graph, comp, ctx)
+    biases = [float_bias(graph, conv, _cout(graph, conv)) for conv, _ in comp.sources]
+    if sinks is None or any(b is None for b in biases):
         return []
-    weights = [_weight(graph, c) for c in consumers]
-    w_prod = _weight(graph, conv)
-    if w_prod is None or any(w is None for w in weights):
-        return []
-    b_prod = float_bias(graph, conv, w_prod.shape[0])
-    biases = [float_bias(graph, c, w.shape[0]) for c, w in zip(consumers, weights, strict=True)]
-    if b_prod is None or any(b is None for b in biases):
-        return []
-    step = float(graph.to_float_type(np.float32(p.scale.reshape(-1)[0] / 2)))
+    (scale,) = scales
+    step = float(graph.to_float_type(np.float32(scale / 2)))
     c = 127.0 * step
-    lo, hi = bounds
+    padded = [f for f in sinks if f.border.size]
+    what = f"{len(sinks)} conv(s) add it back in their bias"
+    if padded:
+        what += f", {len(padded)} padded one(s) plus an int8 border term through DQ"
     change = Change(
         "shift",
-        [conv.name, act.name, q.name, *(d.name for d in dqs), *(k.name for k in consumers)],
-        f"[0, {127 * 2 * step:.4g}] from '{act.name}' shifted by -{c:.4g} onto all int8 codes "
-        f"(step {2 * step:.4g} -> {step:.4g}); {len(consumers)} unpadded conv(s) add it back "
-        "in their bias (not exact: the grid is finer)",
+        [
+            *(n.name for pair in comp.sources for n in pair),
+            *(n.name for n in comp.quantizers),
+            *(f.conv.name for f in sinks),
+        ],
+        f"[0, {127 * 2 * step:.4g}] from {len(comp.sources)} activation(s) through "
+        f"{sum(graph.is_q(n) for n in comp.quantizers)} pair(s) shifted by -{c:.4g} onto all "
+        f"int8 codes (step {2 * step:.4g} -> {step:.4g}); {what} (not exact: the grid is finer)",
     )
     if ctx.dry_run:
         return [change]
-    set_float_bias(graph, conv, b_prod - c)
-    for k, w, b in zip(consumers, weights, biases, strict=True):
-        set_float_bias(graph, k, b + c * w.reshape(w.shape[0], -1).sum(axis=1))
-    ins = [act.inputs[0], graph.float_constant(f"{act.name}_min", np.float32(lo - c))]
-    if hi is not None:
-        ins.append(graph.float_constant(f"{act.name}_max", np.float32(hi - c)))
-    # a new tensor: a name keeps the values it had in the input (calibration ranges read it)
-    shifted = gs.Variable(graph.unique_name(f"{x.name}_shifted"), dtype=x.dtype, shape=x.shape)
-    graph.remove_node(act)
-    graph.add_node("Clip", ins, [shifted], graph.unique_name(f"{act.name}_shifted"))
-    graph.set_input(q, 0, shifted)
-    for n in (q, *dqs):
+    for (conv, act), b in zip(comp.sources, biases, strict=True):
+        set_float_bias(graph, conv, b - c)
+        lo, hi = _clip_bounds(act)
+        ins = [act.inputs[0], graph.float_constant(f"{act.name}_min", np.float32(lo - c))]
+        if hi is not None:
+            ins.append(graph.float_constant(f"{act.name}_max", np.float32(hi - c)))
+        out = act.outputs[0]
+        graph.remove_node(act)
+        graph.add_node("Clip", ins, [out], graph.unique_name(f"{act.name}_shifted"))
+    steps = []
+    for fix in sinks:
+        b = float_bias(graph, fix.conv, fix.weight_sum.size)
+        set_float_bias(graph, fix.conv, b + c * fix.weight_sum)
+        if fix.border.size:
+            steps.append(_add_border(graph, fix, c))
+    for n in comp.quantizers:
         graph.set_qparams(n, np.float32(step))
+    for t in comp.tensors:  # a name keeps the values it had in the input
+        t.name = graph.unique_name(f"{t.name}_shifted")
+    graph.touch()
+    if steps:
+        change.detail += f"; border term step up to {max(steps):.3g}"
     return [change]
+
+
+def _cout(graph: QGraph, conv: Node) -> int:
+    w = _weight(graph, conv)
+    return 0 if w is None else int(w.shape[0])
