@@ -220,3 +220,23 @@ def test_chained_components_shift_through_a_border_add() -> None:
     assert lint(out, "tensorrt") == []
     _, again = optimize(out, "tensorrt")
     assert again.result("shift-relu-range").count == 0
+
+
+def test_fp16_component_writes_fp16_constants() -> None:
+    from onnx import TensorProto
+
+    from tests.float_types import convert_float_type
+
+    out, rep = optimize(convert_float_type(_component_net()), "tensorrt")
+    assert rep.result("shift-relu-range").count == 1
+    onnx.checker.check_model(out, full_check=True)
+    resize_params = {n.input[2] for n in out.graph.node if n.op_type == "Resize"}
+    fp32 = {
+        t.name
+        for t in out.graph.initializer
+        if t.data_type == TensorProto.FLOAT and t.name not in resize_params
+    }
+    assert not fp32  # biases, Clip bounds, scales, the border term's scale: all fp16
+    assert count(out, "Add") == 2
+    y = outputs(out, {"x": _x8()["x"].astype(np.float16)})[0]
+    assert y.dtype == np.float16 and np.isfinite(y).all()
