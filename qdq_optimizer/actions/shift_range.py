@@ -130,9 +130,23 @@ def is_const_dq(graph: QGraph, t: Tensor) -> bool:
 
 def _component(graph: QGraph, start: Tensor, ctx: ActionContext) -> _Component | None:
     """The component of ``start`` (module doc), or None when any part of it cannot carry the
-    offset. Each tensor and node is visited once: linear in the component's size."""
-    comp = _Component()
+    offset. Each tensor and node is visited once, and a refused component's tensors are
+    remembered for the rest of the visit (every anchor in it would be refused alike), so the
+    rule is linear in the graph's size however many anchors a component holds."""
+    refused = ctx.cache.setdefault("shift_refused", set())
+    if id(start) in refused:
+        return None
     seen: set[int] = set()
+    comp = _walk(graph, start, ctx, seen, refused)
+    if comp is None:
+        refused.update(seen)
+    return comp
+
+
+def _walk(
+    graph: QGraph, start: Tensor, ctx: ActionContext, seen: set[int], refused: set[int]
+) -> _Component | None:
+    comp = _Component()
     nodes_seen: set[int] = set()
     todo = deque([start])
 
@@ -147,6 +161,8 @@ def _component(graph: QGraph, start: Tensor, ctx: ActionContext) -> _Component |
         if id(t) in seen:
             continue
         seen.add(id(t))
+        if id(t) in refused:
+            return None
         if graph.is_graph_output(t) or is_const(t):
             return None
         comp.tensors.append(t)
