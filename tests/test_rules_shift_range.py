@@ -90,7 +90,10 @@ def test_relu6_keeps_its_upper_clamp_shifted() -> None:
 
 
 def test_left_alone_for_other_readers_and_the_ignore_list() -> None:
-    for model, ignore in ((_net(skip=True), ()), (_net(), ("^conv2$",)), (_net(), ("^act$",))):
+    g = G(c=4, hw=6, seed=1)
+    a = g.op("Relu", [g.conv(g.q("x", 0.03), k=1)], "act")
+    exposed = g.model([g.conv(g.q(a, 0.02, "mid"), k=1, name="conv2"), a])  # a graph output
+    for model, ignore in ((exposed, ()), (_net(), ("^conv2$",)), (_net(), ("^act$",))):
         out, rep = optimize(model, "tensorrt", ignore=ignore)
         assert rep.result("shift-relu-range").count == 0
         assert count(out, "Relu") == 1
@@ -240,3 +243,36 @@ def test_fp16_component_writes_fp16_constants() -> None:
     assert count(out, "Add") == 2
     y = outputs(out, {"x": _x8()["x"].astype(np.float16)})[0]
     assert y.dtype == np.float16 and np.isfinite(y).all()
+
+
+def test_a_residual_skip_takes_the_offset_back_in_its_conv_branch() -> None:
+    """Relu output -> pair -> conv2 (1x1), and the same tensor as the skip of Add(conv2, .):
+    the branch conv's bias adds ``c`` back, so the Add's output is unchanged."""
+    m = _net(skip=True)
+    out, rep = optimize(m, "tensorrt")
+    res = rep.result("shift-relu-range")
+    assert res.count == 1 and count(out, "Relu") == 0
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    clip = next(n for n in out.graph.node if n.op_type == "Clip")
+    c = -float(consts[clip.input[1]])
+    conv2_in, conv2_out = node(m, "conv2"), node(out, "conv2")
+    b_in = onnx.numpy_helper.to_array(
+        next(t for t in m.graph.initializer if t.name == conv2_in.input[2])
+    )
+    w = outputs_weight(out, conv2_out)
+    # +c for the shifted data input (c * sum W) and +c for the shifted skip
+    np.testing.assert_allclose(
+        consts[conv2_out.input[2]], b_in + c * w.reshape(4, -1).sum(1) + c, rtol=1e-5, atol=1e-5
+    )
+    onnx.checker.check_model(out, full_check=True)
+    assert lint(out, "tensorrt") == []
+    _, again = optimize(out, "tensorrt")
+    assert again.result("shift-relu-range").count == 0
+
+
+def outputs_weight(model: onnx.ModelProto, conv) -> np.ndarray:
+    """The dequantized int8 weight a conv reads (per-channel DQ of an initializer)."""
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    dq = next(n for n in model.graph.node if n.output[0] == conv.input[1])
+    q, s = consts[dq.input[0]].astype(np.float64), consts[dq.input[1]].astype(np.float64)
+    return q * s.reshape(-1, 1, 1, 1)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import onnx
@@ -51,7 +52,7 @@ from ..graph import Node, QGraph, Tensor, constant_value
 from ..protos import is_float_dtype
 from ..qdq_numpy import dequantize_np, quantize_np
 from ..report import Change
-from ..trt_patterns import per_tensor_int8
+from ..trt_patterns import per_tensor_int8, residual_inputs
 from .clamps import clip_bounds
 from .registry import ActionContext, register_action
 
@@ -104,20 +105,41 @@ class _Component:
     quantizers: list[Node] = field(default_factory=list)  # Q and DQ nodes
     sources: list[tuple[Node, Node]] = field(default_factory=list)  # (conv, Relu/Clip)
     sinks: list[Node] = field(default_factory=list)  # convs reading a component tensor as data
+    # convs whose residual Add reads a component tensor as its skip: their bias takes it back
+    branches: list[Node] = field(default_factory=list)
 
 
 def _source_conv(graph: QGraph, act: Node) -> Node | None:
-    """The conv whose output ``act`` (a Relu/Clip(0, m)) clamps, its bias free to move: the
-    activation is the conv's only reader, directly or through the border Add this rule puts
-    after a padded consumer conv (which may be a source of another component)."""
+    """The conv whose bias can move the value ``act`` (a Relu/Clip(0, m)) clamps: the
+    activation reads the conv's output (its only reader) directly, through the border Add this
+    rule puts after a padded consumer conv (which may be a source of another component), or
+    through a residual Add, whose conv branch then takes the offset (module doc)."""
     reader, t = act, act.inputs[0]
     p = graph.producer(t)
-    if p is not None and p.op == "Add" and len(p.inputs) == 2 and is_const_dq(graph, p.inputs[1]):
-        if list(t.outputs) != [act] or graph.is_graph_output(t):
+    if p is not None and p.op == "Add" and list(t.outputs) == [act]:
+        if graph.is_graph_output(t):
             return None
-        reader, t = p, p.inputs[0]
-        p = graph.producer(t)
+        if len(p.inputs) == 2 and is_const_dq(graph, p.inputs[1]):
+            reader, t = p, p.inputs[0]
+            p = graph.producer(t)
+        else:
+            return _branch_conv(graph, p)
     if p is None or p.op != "Conv" or list(t.outputs) != [reader] or graph.is_graph_output(t):
+        return None
+    return p
+
+
+def _branch_conv(graph: QGraph, add: Node, skip: Tensor | None = None) -> Node | None:
+    """The conv of a residual Add's conv branch (the input TensorRT fuses the Add into,
+    ``trt_patterns.residual_inputs``) when the Add reads its output directly, the Add its only
+    reader, so an offset added to its bias reaches the Add's output unchanged; with ``skip``,
+    only when that tensor is the Add's skip input."""
+    split = residual_inputs(graph, add)
+    if split is None or (skip is not None and add.inputs[split[1]] is not skip):
+        return None
+    t = add.inputs[split[0]]
+    p = graph.producer(t)
+    if p is None or p.op != "Conv" or list(t.outputs) != [add] or graph.is_graph_output(t):
         return None
     return p
 
@@ -209,6 +231,11 @@ def _walk(
                     if ctx.is_ignored(c):
                         return None
                     comp.sinks.append(c)
+            elif c.op == "Add" and (branch := _branch_conv(graph, c, t)) is not None:
+                if visit_node(c):
+                    if ctx.any_ignored([c, branch]):
+                        return None
+                    comp.branches.append(branch)
             elif any(i is t for i in offset_inputs(c)):
                 if visit_node(c):
                     if ctx.is_ignored(c):
@@ -395,11 +422,13 @@ def shift_one_sided(
     ):
         return []
     scales = {float(p.scale.reshape(-1)[0]) for p in params_}
-    if len(scales) != 1 or not comp.sinks:
+    if len(scales) != 1 or not (comp.sinks or comp.branches):
         return []
     sinks = _plan_sinks(graph, comp, ctx)
-    biases = [float_bias(graph, conv, _cout(graph, conv)) for conv, _ in comp.sources]
-    if sinks is None or any(b is None for b in biases):
+    biases = [_bias(graph, conv) for conv, _ in comp.sources]
+    if sinks is None or any(
+        b is None for b in (*biases, *map(partial(_bias, graph), comp.branches))
+    ):
         return []
     (scale,) = scales
     step = float(graph.to_float_type(np.float32(scale / 2)))
@@ -430,6 +459,8 @@ def shift_one_sided(
         out = act.outputs[0]
         graph.remove_node(act)
         graph.add_node("Clip", ins, [out], graph.unique_name(f"{act.name}_shifted"))
+    for conv in comp.branches:  # Add(conv + c, skip - c): the Add's output is unchanged
+        set_float_bias(graph, conv, _bias(graph, conv) + c)
     steps = []
     for fix in sinks:
         b = float_bias(graph, fix.conv, fix.weight_sum.size)
@@ -446,6 +477,7 @@ def shift_one_sided(
     return [change]
 
 
-def _cout(graph: QGraph, conv: Node) -> int:
+def _bias(graph: QGraph, conv: Node) -> np.ndarray | None:
+    """The conv's float bias, None when its weight or bias is in a form the rule cannot move."""
     w = _weight(graph, conv)
-    return 0 if w is None else int(w.shape[0])
+    return None if w is None else float_bias(graph, conv, int(w.shape[0]))
