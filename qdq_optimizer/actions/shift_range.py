@@ -178,6 +178,15 @@ def _walk(
         nodes_seen.add(id(n))
         return True
 
+    def through(n: Node) -> bool:
+        """Walk on through an op that carries the offset; False when it is on the ignore list."""
+        if visit_node(n):
+            if ctx.is_ignored(n):
+                return False
+            todo.extend(offset_inputs(n))
+            todo.extend(value_outputs(n))
+        return True
+
     while todo:
         t = todo.popleft()
         if id(t) in seen:
@@ -205,11 +214,8 @@ def _walk(
                     return None
                 comp.sources.append((conv, p))
         elif any(v is t for v in value_outputs(p)) and offset_inputs(p):
-            if visit_node(p):
-                if ctx.is_ignored(p):
-                    return None
-                todo.extend(offset_inputs(p))
-                todo.extend(value_outputs(p))
+            if not through(p):
+                return None
         else:
             return None
         for c in t.outputs:
@@ -237,11 +243,8 @@ def _walk(
                         return None
                     comp.branches.append(branch)
             elif any(i is t for i in offset_inputs(c)):
-                if visit_node(c):
-                    if ctx.is_ignored(c):
-                        return None
-                    todo.extend(offset_inputs(c))
-                    todo.extend(value_outputs(c))
+                if not through(c):
+                    return None
             else:
                 return None
     return comp
