@@ -82,7 +82,8 @@ def joining_inputs(graph: QGraph, node: Node) -> list[Tensor]:
 def offset_inputs(node: Node) -> list[Tensor]:
     """Data inputs through which ``node`` carries one constant offset: when each of them is
     ``x - c`` (one ``c``), each of its value outputs is ``y - c`` ([] when it does not). Unlike a
-    Q/DQ, an offset passes linear interpolation (its weights sum to one) but not zero padding."""
+    Q/DQ, an offset passes linear interpolation and averaging (their weights sum to one) but not
+    zero padding."""
     op = node.op
     if op not in OFFSET_COMMUTING_OPS or not node.inputs:
         return []
@@ -98,6 +99,10 @@ def offset_inputs(node: Node) -> list[Tensor]:
             return []
         if _attr_str(node, "coordinate_transformation_mode", "") == "tf_crop_and_resize":
             return []  # out-of-box points take the fixed extrapolation value
+    if op == "AveragePool" and node.attrs.get("count_include_pad", 0):
+        auto = _attr_str(node, "auto_pad", "NOTSET")
+        if auto in ("SAME_UPPER", "SAME_LOWER") or any(node.attrs.get("pads", [])):
+            return []  # the zeros it averages in would not move
     return [node.inputs[0]]
 
 

@@ -35,11 +35,14 @@ CONDITIONAL_COMMUTING_OPS = frozenset({"MaxPool", "Pad", "Resize", "Upsample", "
 COMMUTING_OPS = DATA_MOVEMENT_OPS | CONDITIONAL_COMMUTING_OPS
 
 # Ops that carry a constant offset of their data inputs to their output (x - c in, y - c out):
-# data movement, MaxPool (its padding is -inf), Concat (every input offset alike) and Resize /
-# Upsample whose interpolation weights sum to one (nearest, linear). Not Pad (its padding value
-# would move) nor anything arithmetic. ``commute.offset_inputs`` holds the conditions;
-# ``shift-relu-range`` moves a one-sided range through them.
-OFFSET_COMMUTING_OPS = DATA_MOVEMENT_OPS | frozenset({"MaxPool", "Concat", "Resize", "Upsample"})
+# data movement, MaxPool (its padding is -inf), Concat (every input offset alike), Resize /
+# Upsample whose interpolation weights sum to one (nearest, linear) and averages over the inputs
+# they read (global average pooling; AveragePool unless it counts zero padding). Not Pad (its
+# padding value would move) nor anything else arithmetic. ``commute.offset_inputs`` holds the
+# conditions; ``shift-relu-range`` moves a one-sided range through them.
+OFFSET_COMMUTING_OPS = DATA_MOVEMENT_OPS | frozenset(
+    {"MaxPool", "Concat", "Resize", "Upsample", "GlobalAveragePool", "AveragePool"}
+)
 
 # Average pooling runs in INT8 when Q/DQ surround it: in TensorRT 8.4's ResNet-18 QAT engine
 # with a quantized global pool (NVIDIA/TensorRT @ b8b46f21,

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ort_quant import outputs, photos
 
 from qdq_optimizer import api
-from qdq_optimizer.actions.mean_keep import INPUT_MEANS, _mean_shift
+from qdq_optimizer.actions.mean_keep import INPUT_MEANS, output_mean_shift
 from qdq_optimizer.api import calibration_pre_pass, float_input_means, optimize
 from qdq_optimizer.calibration import CalibrationData, measure_means, measure_ranges_and_means
 from qdq_optimizer.graph import QGraph
@@ -49,7 +49,7 @@ def test_shift_is_the_change_of_a_conv_output_mean(groups: int) -> None:
         ws = w.reshape(groups, -1, 8 // groups)
         return np.einsum("goc,ngcp->ngop", ws, xs).reshape(4, -1, 25).mean(axis=(0, 2))
 
-    got = _mean_shift(node, w_old - w_new, x.mean(axis=(0, 2, 3)))
+    got = output_mean_shift(node, w_old - w_new, x.mean(axis=(0, 2, 3)))
     np.testing.assert_allclose(got, mean_out(w_old) - mean_out(w_new), rtol=1e-9, atol=1e-12)
 
 

@@ -276,3 +276,47 @@ def outputs_weight(model: onnx.ModelProto, conv) -> np.ndarray:
     dq = next(n for n in model.graph.node if n.output[0] == conv.input[1])
     q, s = consts[dq.input[0]].astype(np.float64), consts[dq.input[1]].astype(np.float64)
     return q * s.reshape(-1, 1, 1, 1)
+
+
+def test_through_global_average_pool_into_a_gemm() -> None:
+    """conv -> Relu -> GlobalAveragePool -> Flatten -> pair -> Gemm (a classifier's tail): the
+    average carries the offset, the Gemm's bias takes it back (c * sum of each output's row)."""
+
+    def net(quantize: bool) -> onnx.ModelProto:
+        g = G(c=4, hw=6, seed=4)
+        a = g.op("Relu", [g.conv(g.q("x", 0.03), k=3, name="conv1")], "act")
+        f = g.op("Flatten", [g.op("GlobalAveragePool", [a], "gap")], "flat")
+        f = g.q(f, 0.02, "p") if quantize else f
+        wq = g.rng.integers(-127, 128, (3, 4)).astype(np.int8)
+        ws = g.const(np.full(3, 0.004, np.float32))
+        wz = g.const(np.zeros(3, np.int8))
+        w2 = g.op("DequantizeLinear", [g.const(wq), ws, wz], "w2", axis=0)
+        b = g.const(np.array([0.1, -0.2, 0.3], np.float32))
+        return g.model([g.op("Gemm", [f, w2, b], "fc", transB=1)], inputs={"x": ["n", 4, 6, 6]})
+
+    m = net(True)
+    x = {"x": np.random.default_rng(5).standard_normal((256, 4, 6, 6)).astype(np.float32)}
+    out, rep = optimize(m, "tensorrt")
+    assert rep.result("shift-relu-range").count == 1, rep.result("shift-relu-range")
+    assert count(out, "Relu") == 0
+    onnx.checker.check_model(out, full_check=True)
+    assert lint(out, "tensorrt") == []
+    twin = outputs(optimize(net(False), "tensorrt")[0], x)[0]  # 256 samples: 1024 averages
+    unshifted, _ = optimize(m, without(load_ruleset("tensorrt"), ["shift-relu-range"]))
+    before, after = _sqnr(twin, outputs(unshifted, x)[0]), _sqnr(twin, outputs(out, x)[0])
+    assert after > before + 3, (before, after)
+    _, again = optimize(out, "tensorrt")
+    assert again.result("shift-relu-range").count == 0
+
+
+def test_average_pool_counting_zero_padding_does_not_carry_the_offset() -> None:
+    from qdq_optimizer.commute import offset_inputs
+
+    x = gs.Variable("x")
+    plain = gs.Node("AveragePool", attrs={"kernel_shape": [2, 2]}, inputs=[x])
+    padded = gs.Node(
+        "AveragePool",
+        attrs={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": 1},
+        inputs=[x],
+    )
+    assert offset_inputs(plain) == [x] and offset_inputs(padded) == []

@@ -43,7 +43,7 @@ from .registry import ActionContext
 INPUT_MEANS = "observed_input_means"
 
 
-def _mean_shift(op: Node, dw: np.ndarray, mu: np.ndarray) -> np.ndarray | None:
+def output_mean_shift(op: Node, dw: np.ndarray, mu: np.ndarray) -> np.ndarray | None:
     """Per output channel: what ``dw`` (a weight change) adds to the op's output mean when its
     data input has per-channel mean ``mu``."""
     if op.op == "Conv":
@@ -105,7 +105,9 @@ def keep_output_mean(
         target, what = w_float, "takes the float model's output mean"
     else:
         return None  # an uncorrected bias and no float weight: the old mean was no better
-    shift = _mean_shift(op, np.asarray(target, np.float64) - np.asarray(w_new, np.float64), mu)
+    shift = output_mean_shift(
+        op, np.asarray(target, np.float64) - np.asarray(w_new, np.float64), mu
+    )
     if shift is None:
         return None
     bias = float_bias(graph, op, shift.size)

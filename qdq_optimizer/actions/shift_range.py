@@ -54,6 +54,7 @@ from ..qdq_numpy import dequantize_np, quantize_np
 from ..report import Change
 from ..trt_patterns import per_tensor_int8, residual_inputs
 from .clamps import clip_bounds
+from .mean_keep import output_mean_shift
 from .registry import ActionContext, register_action
 
 
@@ -232,7 +233,11 @@ def _walk(
                     todo.append(dq.outputs[0])
             elif graph.is_dq(c):
                 return None
-            elif c.op == "Conv" and c.inputs[0] is t and not any(i is t for i in c.inputs[1:]):
+            elif (
+                c.op in ("Conv", "Gemm")
+                and c.inputs[0] is t
+                and all(i is not t for i in c.inputs[1:])
+            ):
                 if visit_node(c):
                     if ctx.is_ignored(c):
                         return None
@@ -354,16 +359,31 @@ def _plan_sinks(graph: QGraph, comp: _Component, ctx: ActionContext) -> list[_Si
     fixes = []
     for conv in comp.sinks:
         w = _weight(graph, conv)
-        if w is None or float_bias(graph, conv, w.shape[0]) is None:
+        weight_sum = _input_sum(conv, w) if w is not None else None
+        if weight_sum is None or float_bias(graph, conv, weight_sum.size) is None:
             return None
+        if conv.op == "Gemm":
+            fixes.append(_SinkFix(conv, weight_sum, np.zeros((0,))))
+            continue
         spatial = None if _zero_padding(conv) else _spatial(graph, conv.inputs[0], ctx)
         border = _padded_taps_sum(w, conv, spatial)
         if border is None:
             return None
         if border.size and any(c.op == "Add" for c in conv.outputs[0].outputs):
             return None  # a second Add after the conv would break its residual fusion
-        fixes.append(_SinkFix(conv, w.reshape(w.shape[0], -1).sum(axis=1), border))
+        fixes.append(_SinkFix(conv, weight_sum, border))
     return fixes
+
+
+def _input_sum(op: Node, w: np.ndarray) -> np.ndarray | None:
+    """Per output channel, what a Conv or Gemm adds when every input value grows by one: the
+    sum of its weights (``mean_keep``'s output-mean change for a uniform input mean of 1); None
+    for a form that has no such bias (a Gemm with alpha, beta or transA)."""
+    if op.op == "Conv":
+        cin = w.shape[1] * int(op.attrs.get("group", 1))
+    else:
+        cin = w.shape[1] if op.attrs.get("transB", 0) else w.shape[0]
+    return output_mean_shift(op, w, np.ones(cin))
 
 
 def _add_border(graph: QGraph, fix: _SinkFix, c: float) -> float:
@@ -408,9 +428,6 @@ def shift_one_sided(
     doc)."""
     q = node
     if q is None or not graph.is_q(q):
-        return []
-    act = graph.producer(q.inputs[0])
-    if act is None or act.op not in ("Relu", "Clip") or _clip_bounds(act) is None:
         return []
     done = ctx.cache.setdefault("shift_visited", set())
     if id(q) in done:
