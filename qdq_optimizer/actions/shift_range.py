@@ -331,7 +331,13 @@ def _hw(shape: object) -> tuple[int, int] | None:
 def _inferred_shapes(graph: QGraph) -> dict[str, list]:
     try:
         model = onnx.shape_inference.infer_shapes(graph.to_model())
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError):
+    except (
+        onnx.shape_inference.InferenceError,
+        onnx.checker.ValidationError,
+        ValueError,
+        RuntimeError,
+        TypeError,
+    ):  # advisory: an unknown shape only refuses a padded sink
         return {}
     found = {}
     for vi in (*model.graph.value_info, *model.graph.input, *model.graph.output):
