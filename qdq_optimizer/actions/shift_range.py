@@ -153,21 +153,21 @@ def is_const_dq(graph: QGraph, t: Tensor) -> bool:
 
 def _component(graph: QGraph, start: Tensor, ctx: ActionContext) -> _Component | None:
     """The component of ``start`` (module doc), or None when any part of it cannot carry the
-    offset. Each tensor and node is visited once, and a refused component's tensors are
-    remembered for the rest of the visit (every anchor in it would be refused alike), so the
-    rule is linear in the graph's size however many anchors a component holds."""
-    refused = ctx.cache.setdefault("shift_refused", set())
-    if id(start) in refused:
+    offset, or when an earlier anchor of this visit already walked it. Components are disjoint,
+    so every tensor a walk reaches is remembered for the rest of the visit: each is walked
+    once (in a dry run an accepted component is reported once), and the rule is linear in the
+    graph's size however many anchors a component holds."""
+    walked = ctx.cache.setdefault("shift_walked", set())
+    if id(start) in walked:
         return None
     seen: set[int] = set()
-    comp = _walk(graph, start, ctx, seen, refused)
-    if comp is None:
-        refused.update(seen)
+    comp = _walk(graph, start, ctx, seen, walked)
+    walked.update(seen)
     return comp
 
 
 def _walk(
-    graph: QGraph, start: Tensor, ctx: ActionContext, seen: set[int], refused: set[int]
+    graph: QGraph, start: Tensor, ctx: ActionContext, seen: set[int], walked: set[int]
 ) -> _Component | None:
     comp = _Component()
     nodes_seen: set[int] = set()
@@ -193,7 +193,7 @@ def _walk(
         if id(t) in seen:
             continue
         seen.add(id(t))
-        if id(t) in refused:
+        if id(t) in walked:  # reached from another anchor: one component, walked (refused) once
             return None
         if graph.is_graph_output(t) or is_const(t):
             return None
@@ -435,13 +435,9 @@ def shift_one_sided(
     q = node
     if q is None or not graph.is_q(q):
         return []
-    done = ctx.cache.setdefault("shift_visited", set())
-    if id(q) in done:
-        return []
     comp = _component(graph, q.inputs[0], ctx)
     if comp is None:
         return []
-    done.update(id(n) for n in comp.quantizers)
     params_ = [per_tensor_int8(graph, n) for n in comp.quantizers]
     if any(p is None for p in params_) or any(
         n.attrs.get("saturate") == 0 for n in comp.quantizers
