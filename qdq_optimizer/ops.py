@@ -44,6 +44,18 @@ OFFSET_COMMUTING_OPS = DATA_MOVEMENT_OPS | frozenset(
     {"MaxPool", "Concat", "Resize", "Upsample", "GlobalAveragePool", "AveragePool"}
 )
 
+# Elementwise ops that compute each output value from the same position of their inputs (what
+# TensorRT runs as a PointWise layer, fusing chains of them with each other and into a conv's
+# epilogue: ``Conv + PWN(PWN(Sigmoid), Mul)``). ``pointwise.scalar_chain`` follows them from an
+# activation back to the one tensor it is a function of, the other inputs scalar constants.
+SCALAR_POINTWISE_OPS = frozenset(
+    {
+        *("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Clip", "Relu", "LeakyRelu"),
+        *("Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Exp", "Neg", "Abs", "Elu"),
+        *("Softplus", "Mish", "Gelu", "QuantizeLinear", "DequantizeLinear"),
+    }
+)
+
 # Average pooling runs in INT8 when Q/DQ surround it: in TensorRT 8.4's ResNet-18 QAT engine
 # with a quantized global pool (NVIDIA/TensorRT @ b8b46f21,
 # examples/pytorch/resnet/A100/qat-residual-qgap; ../shared/trt-engines), layer

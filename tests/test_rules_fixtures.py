@@ -16,6 +16,7 @@ from qdq_optimizer.api import lint, optimize
 from qdq_optimizer.calibration import CalibrationData
 from qdq_optimizer.dump import dump_model
 from qdq_optimizer.graph import QGraph
+from qdq_optimizer.guard import without
 from qdq_optimizer.ruleset import load_ruleset
 from qdq_optimizer.runtime import load_inputs, run
 from qdq_optimizer.trt_patterns import is_ignored, is_quantized_weighted, is_weighted
@@ -100,11 +101,20 @@ def test_optimizing_twice_gives_a_byte_identical_dump(case) -> None:
 
 @pytest.mark.parametrize("with_data", [False, True], ids=["max", "calibrated"])
 @pytest.mark.parametrize("model", RULES)
-def test_already_right_graphs_come_out_unchanged(model, with_data) -> None:
+def test_already_right_graphs_keep_their_placement(model, with_data) -> None:
+    """A graph placed right keeps its placement: the one rule that may fire is
+    shift-relu-range, which re-centres one-sided ranges (SiLU outputs read only by convs) onto
+    all the int8 codes, an accuracy rewrite that must not lose accuracy; without it the graph
+    comes out byte for byte as it went in."""
     src = onnx.load(MODELS / f"{model}-right.onnx")
     out, rep = (calibrated if with_data else optimized)(model, "right")
-    assert rep.total_changes == 0
-    assert dump_model(out) == dump_model(src)
+    assert {r.rule_id for r in rep.results if r.count} <= {"shift-relu-range"}
+    assert sqnr(float_outputs(model), outputs(out)) >= input_sqnr(model, "right") - 0.1
+    data = {"calibration_data": calibration()} if with_data else {}
+    rules = without(load_ruleset(RULES[model]), ["shift-relu-range"])
+    plain, plain_rep = optimize(MODELS / f"{model}-right.onnx", rules, **data)
+    assert plain_rep.total_changes == 0
+    assert dump_model(plain) == dump_model(src)
 
 
 @pytest.mark.parametrize("with_data", [True, False], ids=["calibrated", "max"])
@@ -135,7 +145,7 @@ def test_calibration_data_changes_only_residual_skip_scales(case) -> None:
 
     def kinds(m):  # op and first input; names qdqopt generates are numbered in visit order
         return {
-            (n.op_type, re.sub(r"_qdqopt\d+$", "", n.input[0] if n.input else ""))
+            (n.op_type, re.sub(r"_qdqopt\d+", "", n.input[0] if n.input else ""))
             for n in m.graph.node
         }
 

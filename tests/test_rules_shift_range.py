@@ -320,3 +320,109 @@ def test_average_pool_counting_zero_padding_does_not_carry_the_offset() -> None:
         inputs=[x],
     )
     assert offset_inputs(plain) == [x] and offset_inputs(padded) == []
+
+
+# ---------------------------------------------------------------------- hard-swish, SiLU ...
+def _gated(g: G, h: str, form: str) -> str:
+    """The activation ``form`` of ``h`` as exporters write it."""
+    if form == "HardSwish":
+        return g.op("HardSwish", [h], "act")
+    if form == "hswish-decomposed":  # paddle2onnx / torch: x * Clip(x + 3, 0, 6) / 6
+        gate = g.op(
+            "Clip",
+            [
+                g.op("Add", [h, g.const(np.float32(3))]),
+                g.const(np.float32(0)),
+                g.const(np.float32(6)),
+            ],
+        )
+        return g.op("Div", [g.op("Mul", [h, gate]), g.const(np.float32(6))], "act")
+    if form == "SiLU":
+        return g.op("Mul", [h, g.op("Sigmoid", [h])], "act")
+    return g.op("LeakyRelu", [h], "act", alpha=0.1)
+
+
+LEAST = {"HardSwish": -0.375, "hswish-decomposed": -0.375, "SiLU": -0.2784645}
+
+
+def _gated_net(form: str, k2: int = 1, scale: float = 0.02) -> onnx.ModelProto:
+    """x -> Q/DQ -> conv1 (1x1) -> act -> Q/DQ(scale) -> conv2 (k2 x k2)."""
+    g = G(c=4, hw=6, seed=1)
+    h = g.conv(g.q("x", 0.03), k=1)
+    a = _gated(g, h, form)
+    return g.model([g.conv(g.q(a, scale, "mid"), k=k2, name="conv2")], opset=14)
+
+
+@pytest.mark.parametrize("k2", [1, 3])
+@pytest.mark.parametrize("form", sorted(LEAST))
+def test_gated_activation_is_shifted_by_a_new_add(form: str, k2: int) -> None:
+    """[low, a] of a hard-swish or SiLU in any exporter's form: an Add(-c) after the activation
+    (a pointwise op TensorRT fuses into the conv's epilogue with the activation) puts low on
+    the lowest code and a on the highest; the consumer conv adds c back."""
+    m = _gated_net(form, k2)
+    out, rep = optimize(m, "tensorrt")
+    res = rep.result("shift-relu-range")
+    assert res.count == 1 and "by a new Add" in res.changes[0].detail, res.changes
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    q = next(n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.name == "mid_Q")
+    shift = next(n for n in out.graph.node if n.output[0] == q.input[0])
+    assert shift.op_type == "Add"
+    step = float(consts[q.input[1]])
+    c = -float(consts[shift.input[1]])
+    low = LEAST[form]
+    # every code used: the lowest reaches low, the highest is the old top (127 s)
+    assert c - 128 * step <= low + 1e-4 and c - 127 * step > low
+    assert np.isclose(c + 127 * step, 127 * 0.02, rtol=1e-5)
+    # zero is on a code: the many (near-)zero outputs keep no bias
+    assert np.isclose(c / step, round(c / step), atol=1e-3)
+    # the activation's output keeps its name and values (calibration ranges read them)
+    assert shift.input[0] == "act_out"
+    twin = outputs(_without_mid_pair(m), _x())[0]
+    before, after = _sqnr(twin, outputs(m, _x())[0]), _sqnr(twin, outputs(out, _x())[0])
+    # a step 1.75x finer is 4.9 dB on this pair; a padded conv's border term rounds on its own
+    assert after > before + (3 if k2 == 1 else 2), (before, after)
+    onnx.checker.check_model(out, full_check=True)
+    assert lint(out, "tensorrt") == []
+    _, again = optimize(out, "tensorrt")  # idempotent: its least value is now the lowest code
+    assert again.result("shift-relu-range").count == 0
+
+
+def test_an_activation_unbounded_below_is_left_alone() -> None:
+    out, rep = optimize(_gated_net("LeakyRelu"), "tensorrt")
+    assert rep.result("shift-relu-range").count == 0
+    assert count(out, "Add") == 0
+
+
+def test_a_gated_activation_on_the_ignore_list_is_left_alone() -> None:
+    _, rep = optimize(_gated_net("SiLU"), "tensorrt", ignore=("^act$",))
+    assert rep.result("shift-relu-range").count == 0
+
+
+def test_fp16_gated_activation_is_shifted_with_fp16_constants() -> None:
+    from onnx import TensorProto
+
+    from tests.float_types import convert_float_type
+
+    out, rep = optimize(convert_float_type(_gated_net("hswish-decomposed", k2=3)), "tensorrt")
+    assert rep.result("shift-relu-range").count == 1
+    onnx.checker.check_model(out, full_check=True)
+    assert not [t.name for t in out.graph.initializer if t.data_type == TensorProto.FLOAT]
+    y = outputs(out, {"x": _x()["x"].astype(np.float16)})[0]
+    assert y.dtype == np.float16 and np.isfinite(y).all()
+
+
+def test_padded_sinks_false_leaves_padded_components_alone(tmp_path) -> None:
+    """A rule set that redefines the rule with ``padded_sinks: false`` writes no border
+    constants: the padded component stays as it was, an unpadded one is still shifted."""
+    rules = tmp_path / "noborder.yaml"
+    rules.write_text(
+        "name: noborder\nextends: tensorrt\nrules:\n"
+        "  - id: shift-relu-range\n    why: no border constants\n"
+        "    match: {op: QuantizeLinear, inputs: [{constant: false}]}\n"
+        "    action: shift_one_sided\n    params: {padded_sinks: false}\n"
+    )
+    ruleset = load_ruleset(str(rules))
+    _, padded = optimize(_gated_net("SiLU", k2=3), ruleset)
+    assert padded.result("shift-relu-range").count == 0
+    _, unpadded = optimize(_gated_net("SiLU", k2=1), ruleset)
+    assert unpadded.result("shift-relu-range").count == 1

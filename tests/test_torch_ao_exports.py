@@ -20,6 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 from qdq_optimizer.api import lint, optimize
 from qdq_optimizer.computed_params import fold_computed_params
 from qdq_optimizer.errors import InputError
+from qdq_optimizer.guard import without
+from qdq_optimizer.ruleset import load_ruleset
 
 torch = pytest.importorskip("torch")  # installed by `make test` (the trainer's dependency)
 
@@ -177,7 +179,8 @@ def test_reduce_range_pairs_keep_their_step() -> None:
     Q bounds the values at 127 steps, so the symmetric scale need not cover 0..255."""
     model = exported("fake-quant")
     before = set(_activation_scales(model))
-    out, report = optimize(model, "tensorrt")
+    # symmetric-int8's sizing alone: shift-relu-range would halve the steps it re-centres
+    out, report = optimize(model, without(load_ruleset("tensorrt"), ["shift-relu-range"]))
     after = _activation_scales(out)
     assert after and set(after) <= before  # no step grew (a uint8 0..255 pair's would double)
     assert any("up to 1.00x the original" in w for w in report.warnings)
