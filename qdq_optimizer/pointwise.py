@@ -14,6 +14,7 @@ producer wrote.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -132,38 +133,11 @@ def _evaluate_least(graph: QGraph, root: Tensor, nodes: list[Node], out: Tensor)
     grid = np.concatenate(
         [-tail[::-1], np.linspace(-_GRID_HALF_WIDTH, _GRID_HALF_WIDTH, _GRID_POINTS), tail]
     ).astype(dtype)
-    inits, seen = [], set()
-    onnx_nodes = []
-    for n in nodes:
-        for i in n.inputs:
-            if i.name and i.name not in seen and constant_value(i) is not None:
-                seen.add(i.name)
-                inits.append(numpy_helper.from_array(np.asarray(constant_value(i)), i.name))
-        onnx_nodes.append(
-            helper.make_node(
-                n.op,
-                [i.name for i in n.inputs],
-                [o.name for o in n.outputs],
-                domain=n.domain or "",
-                **n.attrs,
-            )
-        )
-    elem = helper.np_dtype_to_tensor_dtype(dtype)
-    model = helper.make_model(
-        helper.make_graph(
-            onnx_nodes,
-            "chain",
-            [helper.make_tensor_value_info(root.name, elem, [grid.size])],
-            [helper.make_tensor_value_info(out.name, elem, None)],
-            inits,
-        ),
-        # The reference evaluator implements Q/DQ from opset 19 on; nothing here changed since 13.
-        opset_imports=[helper.make_opsetid("", max(graph.opset, 21))],
-    )
-    try:
+    try:  # an op or attribute the evaluator cannot take: no bound, nothing is shifted
+        model = _chain_model(graph, root, nodes, out, dtype, grid.size)
         with np.errstate(all="ignore"):  # the tail overflows (inf): still a bound
             (values,) = ReferenceEvaluator(model).run([out.name], {root.name: grid})
-    except Exception:  # an op or form the evaluator cannot run: no bound, nothing is shifted
+    except Exception:
         return None
     values = np.asarray(values, np.float64).reshape(-1)
     if values.size != grid.size or np.isnan(values).any():
@@ -174,3 +148,36 @@ def _evaluate_least(graph: QGraph, root: Tensor, nodes: list[Node], out: Tensor)
     if not np.isfinite(least) or values.min() < least:
         return None
     return least
+
+
+def _chain_model(
+    graph: QGraph, root: Tensor, nodes: list[Node], out: Tensor, dtype: np.dtype, size: int
+) -> onnx.ModelProto:
+    """The chain alone as a model: ``root`` a 1-D input of ``size`` values, constants inlined."""
+    inits: dict[str, onnx.TensorProto] = {}
+    for n in nodes:
+        for i in n.inputs:
+            value = constant_value(i) if i.name and i.name not in inits else None
+            if value is not None:
+                inits[i.name] = numpy_helper.from_array(np.asarray(value), i.name)
+    elem = helper.np_dtype_to_tensor_dtype(dtype)
+    return helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node(
+                    n.op,
+                    [i.name for i in n.inputs],
+                    [o.name for o in n.outputs],
+                    domain=n.domain or "",
+                    **n.attrs,
+                )
+                for n in nodes
+            ],
+            "chain",
+            [helper.make_tensor_value_info(root.name, elem, [size])],
+            [helper.make_tensor_value_info(out.name, elem, None)],
+            list(inits.values()),
+        ),
+        # The reference evaluator implements Q/DQ from opset 19 on; nothing here changed since 13.
+        opset_imports=[helper.make_opsetid("", max(graph.opset, 21))],
+    )
